@@ -1,0 +1,116 @@
+"""The run folder: its name, ``config.yaml``, ``metrics.json`` and ``checkpoint.pt``.
+
+Files are written atomically (temporary file + rename), so a crash never leaves half a file.
+Checkpoints hold tensors and plain Python values only and are read back with
+``torch.load(..., weights_only=True)``: a checkpoint is never unpickled as code.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from huberfit.errors import RunError
+
+CHECKPOINT_FORMAT = 1
+
+
+def make_run_dir(runs_dir: str | Path, name: str, prefix: str = "") -> Path:
+    """Create ``<runs_dir>/<prefix><name>-<YYYYmmdd-HHMMSS>`` (``-2``, ``-3``... if taken)."""
+    parent = Path(runs_dir)
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise RunError(f"cannot create runs folder {parent}: {exc.strerror}") from None
+    stem = f"{prefix}{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    for i in range(1, 10_000):
+        candidate = parent / (stem if i == 1 else f"{stem}-{i}")
+        try:
+            candidate.mkdir()
+            return candidate
+        except FileExistsError:
+            continue
+    raise RunError(f"cannot find a free run folder name for {stem} in {parent}")
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_json(path: Path, data: dict[str, Any]) -> None:
+    write_text_atomic(path, json.dumps(_json_safe(data), indent=2) + "\n")
+
+
+def _json_safe(value: Any) -> Any:
+    """JSON has no NaN: write ``null`` instead of an invalid token."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise RunError(f"cannot read {path}: {exc}") from None
+    if not isinstance(data, dict):
+        raise RunError(f"{path}: not a huberfit metrics file")
+    return data
+
+
+def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
+    import torch
+
+    payload = {"format": CHECKPOINT_FORMAT, **payload}
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    os.close(fd)
+    try:
+        torch.save(payload, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_checkpoint(run_dir: str | Path) -> dict[str, Any]:
+    """Load ``checkpoint.pt`` safely (weights_only) or raise a RunError saying why not."""
+    import pickle
+
+    import torch
+
+    run = Path(run_dir)
+    path = run / "checkpoint.pt"
+    if not run.is_dir():
+        raise RunError(f"run folder not found: {run}")
+    if not path.is_file():
+        raise RunError(f"{run} is not a huberfit run folder (no checkpoint.pt)")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else "unsafe content"
+        raise RunError(f"{path}: refused to load, not a plain checkpoint ({first})") from None
+    except Exception as exc:  # corrupt zip, truncated file, ...
+        raise RunError(f"{path}: cannot read checkpoint ({type(exc).__name__}: {exc})") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+        found = ckpt.get("format") if isinstance(ckpt, dict) else type(ckpt).__name__
+        raise RunError(
+            f"{path}: checkpoint format {found!r} is not supported by this huberfit "
+            f"(expected {CHECKPOINT_FORMAT})"
+        )
+    return ckpt

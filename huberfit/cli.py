@@ -1,0 +1,200 @@
+"""The command line: Typer commands that parse flags, call the experiment and print results.
+
+Must not import torch, numpy, pandas or the rooms that do at module level: ``huberfit
+--help`` stays fast. Heavy rooms are imported inside command bodies. User-fixable errors
+(``HuberfitError``) become one ``error: ...`` line on stderr and exit code 1; ``--debug`` or
+``HUBERFIT_DEBUG=1`` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import typer
+from rich.console import Console
+
+from huberfit import __version__
+from huberfit.errors import HuberfitError
+
+app = typer.Typer(
+    name="huberfit",
+    help="Linear-regression training experiments in PyTorch: Huber, MSE and L1 losses.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+config_app = typer.Typer(help="Show, check, create and describe config files.", no_args_is_help=True)
+app.add_typer(config_app, name="config")
+
+out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+_debug = {"on": os.environ.get("HUBERFIT_DEBUG", "") not in ("", "0")}
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+CONFIG_OPT = typer.Option(
+    None, "--config", "-c", help="YAML config file; default: the built-in quickstart."
+)
+OVERRIDES_ARG = typer.Argument(
+    None, help="Overrides as dotted.key=value, e.g. optimizer.lr=0.1 train.epochs=5."
+)
+
+
+def user_errors(fn: F) -> F:
+    """Print a HuberfitError as one ``error:`` line and exit 1 (unless debugging)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except HuberfitError as exc:
+            if _debug["on"]:
+                raise
+            err.print(f"error: {exc}", markup=False)
+            raise typer.Exit(exc.exit_code) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _version(value: bool) -> None:
+    if value:
+        out.print(f"huberfit {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main_options(
+    debug: bool = typer.Option(False, "--debug", help="Show tracebacks for errors."),
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print the version."
+    ),
+) -> None:
+    """Train nn.Linear with a custom Huber loss, MSE or L1; watch it in TensorBoard."""
+    if debug:
+        _debug["on"] = True
+
+
+# ----------------------------------------------------------------------------- config
+
+
+@config_app.command("show")
+@user_errors
+def config_show(
+    overrides: list[str] = OVERRIDES_ARG, config: Path | None = CONFIG_OPT
+) -> None:
+    """Print the resolved config (every default filled in) as YAML."""
+    from huberfit.config import dump_config, load_config
+
+    out.print(dump_config(load_config(config, overrides)), end="", markup=False)
+
+
+@config_app.command("validate")
+@user_errors
+def config_validate(
+    overrides: list[str] = OVERRIDES_ARG, config: Path | None = CONFIG_OPT
+) -> None:
+    """Check a config: print 'ok', or every problem and exit 1."""
+    from huberfit.config import load_config
+
+    load_config(config, overrides)
+    out.print("ok")
+
+
+@config_app.command("init")
+@user_errors
+def config_init(
+    path: Path = typer.Argument(Path("huberfit.yaml"), help="Where to write the starter config."),
+) -> None:
+    """Write a commented starter config (never overwrites a file)."""
+    from huberfit.config import starter_config
+    from huberfit.errors import ConfigError
+
+    if path.exists():
+        raise ConfigError(f"{path} already exists; choose another path or remove it first")
+    try:
+        with path.open("x", encoding="utf-8") as fh:
+            fh.write(starter_config())
+    except OSError as exc:
+        raise ConfigError(f"cannot write {path}: {exc.strerror}") from None
+    out.print(f"wrote {path}; run it with: huberfit train --config {path}")
+
+
+@config_app.command("schema")
+def config_schema() -> None:
+    """Print the config's JSON Schema (for editors; see the README)."""
+    from huberfit.config import json_schema
+
+    out.print(json.dumps(json_schema(), indent=2), markup=False)
+
+
+# ----------------------------------------------------------------------------- train
+
+
+@app.command()
+@user_errors
+def train(
+    overrides: list[str] = OVERRIDES_ARG,
+    config: Path | None = CONFIG_OPT,
+    runs_dir: str | None = typer.Option(None, "--runs-dir", help="Parent folder of run folders."),
+    name: str | None = typer.Option(None, "--name", help="Run name (overrides name:)."),
+    device: str | None = typer.Option(None, "--device", help="auto | cpu | cuda[:N] | mps."),
+    resume: Path | None = typer.Option(
+        None, "--resume", help="Continue this run folder to its configured epochs."
+    ),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Print nothing but errors."),
+    json_out: bool = typer.Option(False, "--json", help="Print metrics.json to stdout only."),
+) -> None:
+    """Train one experiment into a new run folder (default: the built-in quickstart)."""
+    from huberfit.config import load_config
+    from huberfit.errors import ConfigError
+
+    overrides = list(overrides or [])
+    flags = [f"name={name}"] * bool(name) + [f"device={device}"] * bool(device)
+    if resume is not None:
+        from huberfit.experiment import load_resume
+
+        if config is not None:
+            raise ConfigError("--resume continues a run with its own config; drop --config")
+        cfg, ckpt = load_resume(str(resume), overrides + flags)
+    else:
+        cfg, ckpt = load_config(config, overrides + flags), None
+    _run_training(cfg, ckpt, resume, runs_dir, quiet, json_out)
+
+
+def _run_training(cfg, ckpt, resume, runs_dir, quiet: bool, json_out: bool) -> None:
+    from huberfit.errors import DivergedError
+    from huberfit.experiment import prepare, train_run
+    from huberfit.sinks import ConsoleSink, render_summary
+
+    console = ConsoleSink(cfg.train.epochs, quiet=quiet, err=err)
+    prepared = prepare(cfg)
+    how = " (auto)" if cfg.device == "auto" else ""
+    console.note(f"device: {prepared.device}{how}   data: {prepared.data.source}")
+    outcome = train_run(cfg, console, runs_dir, prepared, run_dir=resume, resume=ckpt)
+    metrics, run_dir = outcome.metrics, outcome.run_dir
+    if json_out:
+        out.print(json.dumps(metrics, indent=2, default=str), markup=False)
+    elif not quiet:
+        render_summary(metrics, str(run_dir), out)
+    status = metrics["status"]
+    if status == "diverged":
+        raise DivergedError(f"{metrics['message']} (run folder kept: {run_dir})")
+    if status == "interrupted":
+        err.print(f"interrupted: saved {run_dir}; continue with: huberfit train --resume {run_dir}")
+        raise typer.Exit(130)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    try:
+        app()
+    except KeyboardInterrupt:  # a second Ctrl-C: stop at once
+        err.print("error: interrupted")
+        sys.exit(130)

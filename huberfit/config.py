@@ -1,0 +1,373 @@
+"""The config: a typed pydantic schema, YAML loading, dotted overrides and error messages.
+
+Validated once, at the edge: everything below receives a ``Config`` it can trust. Every
+problem in a file is reported at once, each naming the dotted key, the constraint and the
+value given. Torch-free (imported by ``huberfit --help``).
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from huberfit.errors import ConfigError
+
+NAME_PATTERN = r"^[A-Za-z0-9_.-]+$"
+DEVICE_PATTERN = r"^(auto|cpu|mps|cuda(:[0-9]+)?)$"
+
+PositiveFloat = Annotated[float, Field(gt=0)]
+
+
+class _Section(BaseModel):
+    # strict: a quoted "5" is not silently taken for 5; extra="forbid": no misspelt keys.
+    model_config = ConfigDict(extra="forbid", strict=True, validate_default=True)
+
+
+class DataConfig(_Section):
+    """Where the rows come from, how they are split and scaled."""
+
+    source: Literal["synthetic", "csv", "parquet"] = Field(
+        "synthetic", description="synthetic | csv | parquet"
+    )
+    n_samples: int = Field(2000, ge=2, description="synthetic only: number of rows")
+    n_features: int = Field(3, ge=1, description="synthetic only: number of features")
+    noise_std: float = Field(0.5, ge=0, description="synthetic only: std of the Gaussian noise")
+    outlier_fraction: float = Field(0.1, ge=0, lt=1, description="share of corrupted rows")
+    outlier_scale: float = Field(20.0, ge=0, description="typical outlier error, target units")
+    true_weights: list[float] | None = Field(None, description="null: drawn from the seed")
+    true_bias: float = Field(1.0, description="synthetic only: the true intercept")
+    path: str | None = Field(None, description="csv/parquet file, relative to the config")
+    target: str | None = Field(None, description="csv/parquet: the target column")
+    features: list[str] | None = Field(None, description="null: every column but the target")
+    missing: Literal["error", "drop"] = Field("error", description="rows with empty/NaN cells")
+    val_fraction: float = Field(0.2, ge=0, lt=1, description="0: no validation set")
+    standardize: bool = Field(True, description="train standardized; report original units")
+
+    @model_validator(mode="after")
+    def _check_source(self) -> DataConfig:
+        if self.source == "synthetic":
+            if self.true_weights is not None and len(self.true_weights) != self.n_features:
+                raise ValueError(
+                    f"data.true_weights must have n_features={self.n_features} values; "
+                    f"got {len(self.true_weights)}"
+                )
+        else:
+            if not self.path:
+                raise ValueError(f"data.path is required when data.source is {self.source}")
+            if not self.target:
+                raise ValueError(f"data.target is required when data.source is {self.source}")
+        return self
+
+
+class ModelConfig(_Section):
+    bias: bool = Field(True, description="fit an intercept")
+
+
+class LossConfig(_Section):
+    # Keep in step with losses.LOSSES (a test checks): the schema must stay torch-free.
+    name: Literal["huber", "mse", "l1"] = Field("huber", description="huber | mse | l1")
+    delta: PositiveFloat = Field(1.0, description="Huber threshold in target units")
+
+    @field_validator("delta")
+    @classmethod
+    def _finite_delta(cls, delta: float) -> float:
+        if delta != delta or delta == float("inf"):
+            raise ValueError("must be a finite number")
+        return delta
+
+
+class OptimizerConfig(_Section):
+    name: Literal["sgd", "adam", "adamw", "lbfgs"] = Field(
+        "sgd", description="sgd | adam | adamw | lbfgs"
+    )
+    lr: PositiveFloat = Field(0.05, description="learning rate (lbfgs: use 1.0)")
+    momentum: float = Field(0.0, ge=0, lt=1, description="sgd only")
+    nesterov: bool = Field(False, description="sgd only; needs momentum > 0")
+    weight_decay: float = Field(0.0, ge=0, description="L2 penalty (not with lbfgs)")
+    max_iter: int = Field(100, ge=1, description="lbfgs only: iterations per epoch")
+    history_size: int = Field(20, ge=1, description="lbfgs only")
+
+    @model_validator(mode="after")
+    def _check_nesterov(self) -> OptimizerConfig:
+        if self.nesterov and self.momentum == 0:
+            raise ValueError("optimizer.nesterov needs optimizer.momentum > 0")
+        return self
+
+
+class SchedulerConfig(_Section):
+    name: Literal["none", "cosine", "step"] = Field("none", description="none | cosine | step")
+    step_size: int = Field(10, ge=1, description="step: epochs between decays")
+    gamma: float = Field(0.5, gt=0, le=1, description="step: decay factor")
+    min_lr: float = Field(0.0, ge=0, description="cosine: final learning rate")
+
+
+class TrainConfig(_Section):
+    epochs: int = Field(50, ge=1, description="passes over the training rows")
+    batch_size: int | None = Field(64, ge=1, description="null: full batch")
+    grad_accum_steps: int = Field(1, ge=1, description="micro-batches per optimizer step")
+    early_stopping_patience: int | None = Field(
+        None, ge=1, description="stop after N epochs without a better val loss"
+    )
+    log_every_steps: int = Field(10, ge=1, description="loss/train every N steps")
+
+
+class OutputConfig(_Section):
+    runs_dir: str = Field("runs", description="parent folder of run folders")
+    tensorboard: bool = Field(True, description="write TensorBoard events")
+    flush_secs: int = Field(5, ge=1, description="seconds between event-file flushes")
+    images: bool = Field(True, description="fit.png / residuals.png at the end")
+    images_every_epochs: int | None = Field(None, ge=1, description="also every N epochs")
+
+
+class Config(_Section):
+    """A whole experiment. The defaults are the built-in quickstart experiment."""
+
+    name: str = Field("quickstart", pattern=NAME_PATTERN, description="run name, never a path")
+    seed: int = Field(0, ge=0, description="seeds data, split, initial weights, shuffling")
+    device: str = Field(
+        "auto", pattern=DEVICE_PATTERN, description="auto | cpu | cuda | cuda:N | mps"
+    )
+    dtype: Literal["float32", "float64"] = Field("float32", description="float32 | float64")
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    loss: LossConfig = LossConfig()
+    optimizer: OptimizerConfig = OptimizerConfig()
+    scheduler: SchedulerConfig = SchedulerConfig()
+    train: TrainConfig = TrainConfig()
+    output: OutputConfig = OutputConfig()
+
+    @field_validator("name")
+    @classmethod
+    def _not_dots(cls, name: str) -> str:
+        if name in (".", ".."):
+            raise ValueError("must be a run name, not a path")
+        return name
+
+    @model_validator(mode="after")
+    def _check_cross(self) -> Config:
+        if self.train.early_stopping_patience is not None and self.data.val_fraction == 0:
+            raise ValueError("train.early_stopping_patience needs data.val_fraction > 0")
+        if self.device == "mps" and self.dtype == "float64":
+            raise ValueError("dtype float64 is not supported on mps (MPS has no float64)")
+        return self
+
+
+# ----------------------------------------------------------------------------- YAML
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that also reads ``1e-3`` as a float (YAML 1.1 would read a string)."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(
+        r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+        |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+        |\.[0-9_]+(?:[eE][-+][0-9]+)?
+        |[-+]?\.(?:inf|Inf|INF)
+        |\.(?:nan|NaN|NAN))$""",
+        re.X,
+    ),
+    list("-+0123456789."),
+)
+
+
+def parse_yaml(text: str, source: str) -> Any:
+    """Parse YAML text safely; a syntax error names ``source``, line and column."""
+    try:
+        return yaml.load(text, Loader=_Loader)  # noqa: S506 - _Loader is a SafeLoader
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{source}:{mark.line + 1}:{mark.column + 1}" if mark else source
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"{where}: invalid YAML: {problem}") from None
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """Read a YAML config file into a mapping (not yet validated)."""
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"config file not found: {path}")
+    if path.is_dir():
+        raise ConfigError(f"config path is a directory, not a YAML file: {path}")
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc}") from None
+    raw = parse_yaml(text, str(path))
+    if raw is None:
+        raise ConfigError(f"config file is empty: {path} (see `huberfit config init`)")
+    if not isinstance(raw, dict):
+        kind = type(raw).__name__
+        raise ConfigError(f"{path}: the top level must be a mapping of keys, got a {kind}")
+    return raw
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``dotted.key=value`` overrides (values parsed as YAML) to a raw mapping."""
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ConfigError(f"override {item!r} must look like dotted.key=value")
+        parts = key.split(".")
+        node = raw
+        for i, part in enumerate(parts[:-1]):
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                where = ".".join(parts[: i + 1])
+                raise ConfigError(f"override {item!r}: {where} is a value, not a section")
+            node = child
+        node[parts[-1]] = parse_yaml(value, f"override {key}") if value.strip() else None
+    return raw
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Load and validate a config: the file (or the built-in quickstart), then overrides.
+
+    A relative ``data.path`` in a file is taken relative to that file's folder; one given as
+    an override is taken relative to the current directory.
+    """
+    raw: dict[str, Any] = {}
+    source = "built-in quickstart"
+    if path is not None:
+        raw = read_config_file(path)
+        source = str(path)
+        data = raw.get("data")
+        if isinstance(data, dict) and isinstance(data.get("path"), str):
+            data["path"] = _resolve_from(Path(path).parent, data["path"])
+    raw = apply_overrides(raw, overrides or [])
+    return validate_config(raw, source)
+
+
+def _resolve_from(folder: Path, file: str) -> str:
+    p = Path(file).expanduser()
+    return str(p if p.is_absolute() or "://" in file else (folder / p).resolve())
+
+
+def validate_config(raw: dict[str, Any], source: str = "config") -> Config:
+    """Validate a raw mapping; all problems are reported at once in one ConfigError."""
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as exc:
+        problems = [describe_problem(err) for err in exc.errors()]
+        raise ConfigError(f"{source}: " + "; ".join(problems)) from None
+
+
+def describe_problem(err: dict[str, Any]) -> str:
+    """One pydantic error as 'key constraint; got value', with did-you-mean for unknown keys."""
+    loc = [str(p) for p in err["loc"] if not str(p).startswith("function-after")]
+    key = ".".join(loc)
+    kind, ctx, value = err["type"], err.get("ctx", {}), err.get("input")
+    if kind == "extra_forbidden":
+        return _unknown_key(loc)
+    if kind == "value_error":
+        msg = str(ctx.get("error", err["msg"]))
+        return msg if not key else f"{key} {msg}; got {_show(value)}"
+    constraint = _CONSTRAINTS.get(kind)
+    if constraint is None:
+        constraint = err["msg"][0].lower() + err["msg"][1:]
+    else:
+        constraint = constraint.format(**{k: _show_ctx(v) for k, v in ctx.items()})
+    if kind == "missing":
+        return f"{key} is required"
+    return f"{key or 'config'} {constraint}; got {_show(value)}"
+
+
+_CONSTRAINTS = {
+    "greater_than": "must be > {gt}",
+    "greater_than_equal": "must be >= {ge}",
+    "less_than": "must be < {lt}",
+    "less_than_equal": "must be <= {le}",
+    "literal_error": "must be one of {expected}",
+    "int_type": "must be an integer",
+    "int_from_float": "must be an integer",
+    "float_type": "must be a number",
+    "bool_type": "must be true or false",
+    "string_type": "must be a string",
+    "list_type": "must be a list",
+    "model_type": "must be a mapping of keys",
+    "model_attributes_type": "must be a mapping of keys",
+    "dict_type": "must be a mapping of keys",
+    "string_pattern_mismatch": "must match {pattern}",
+    "too_short": "must have at least {min_length} items",
+}
+
+
+def _show_ctx(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, str):
+        return repr(value)
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, dict):
+        return "a mapping"
+    return str(value)
+
+
+def _unknown_key(loc: list[str]) -> str:
+    section: type[BaseModel] | None = Config
+    for part in loc[:-1]:
+        field = section.model_fields.get(part) if section else None
+        ann = field.annotation if field else None
+        section = ann if isinstance(ann, type) and issubclass(ann, BaseModel) else None
+    where = ".".join(loc)
+    known = list(section.model_fields) if section else []
+    close = difflib.get_close_matches(loc[-1], known, n=1, cutoff=0.6)
+    hint = f" (did you mean '{'.'.join([*loc[:-1], close[0]])}'?)" if close else ""
+    if not close and known:
+        hint = f" (valid keys here: {', '.join(known)})"
+    return f"unknown key '{where}'{hint}"
+
+
+def dump_config(config: Config) -> str:
+    """The resolved config (every default filled in) as YAML, in schema order."""
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
+
+
+def json_schema() -> dict[str, Any]:
+    """The JSON Schema of the config file, for editors (yaml-language-server)."""
+    schema = Config.model_json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "huberfit config"
+    return schema
+
+
+def starter_config(header: str = "") -> str:
+    """The default config as YAML, every key commented with its meaning (``config init``)."""
+    lines = [
+        header
+        or "# huberfit config: the built-in quickstart experiment. Run: huberfit train --config "
+        "<this file>",
+        "# Every key is optional; see `huberfit config schema` and the README for the reference.",
+    ]
+    defaults = Config().model_dump(mode="json")
+    for key, field in Config.model_fields.items():
+        ann = field.annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            lines.append(f"{key}:")
+            for sub, subfield in ann.model_fields.items():
+                lines.append(_commented(f"  {sub}", defaults[key][sub], subfield.description))
+        else:
+            lines.append(_commented(key, defaults[key], field.description))
+    return "\n".join(lines) + "\n"
+
+
+def _commented(key: str, value: Any, description: str | None) -> str:
+    text = yaml.safe_dump(value, default_flow_style=True).strip()
+    text = text.removesuffix("\n...").removesuffix("...").strip()
+    line = f"{key}: {text}"
+    return f"{line:<34}# {description}" if description else line

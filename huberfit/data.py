@@ -1,0 +1,339 @@
+"""Data: synthetic regression with outliers, CSV/Parquet tables, the split and standardization.
+
+Everything here works in numpy float64 until the end; tensors leave this room contiguous, in
+the configured dtype, on the CPU (the training step moves them to the device once). Bad
+files raise ``DataError`` naming the file, column and line. Readers (pandas, pyarrow) are
+imported lazily. Must not import losses, model, train or sinks.
+"""
+
+from __future__ import annotations
+
+import csv
+import difflib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from huberfit.config import DataConfig
+from huberfit.errors import DataError
+
+TORCH_DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+
+@dataclass
+class Scaling:
+    """Per-column affine maps: standardized = (original - mean) / scale.
+
+    ``x_mean``/``x_scale`` have one entry per feature; a zero-variance feature keeps scale 1.
+    Without standardization every mean is 0 and every scale 1.
+    """
+
+    x_mean: list[float]
+    x_scale: list[float]
+    y_mean: float
+    y_scale: float
+
+    def to_original(self, weight: list[float], bias: float) -> tuple[list[float], float]:
+        """Map coefficients fitted on standardized data back to original units."""
+        w = [self.y_scale * wi / si for wi, si in zip(weight, self.x_scale, strict=True)]
+        b = self.y_mean + self.y_scale * bias - sum(wi * mi for wi, mi in zip(w, self.x_mean))
+        return w, b
+
+    def apply_x(self, X: np.ndarray) -> np.ndarray:
+        return (X - np.asarray(self.x_mean)) / np.asarray(self.x_scale)
+
+    def as_dict(self) -> dict[str, list[float] | float]:
+        return {
+            "x_mean": self.x_mean,
+            "x_scale": self.x_scale,
+            "y_mean": self.y_mean,
+            "y_scale": self.y_scale,
+        }
+
+
+@dataclass
+class Dataset:
+    """A split, scaled regression problem. Shapes: X ``(n, n_features)``, y ``(n, 1)``."""
+
+    X_train: torch.Tensor
+    y_train: torch.Tensor
+    X_val: torch.Tensor | None
+    y_val: torch.Tensor | None
+    feature_names: list[str]
+    scaling: Scaling
+    source: str
+    n_rows: int
+    true_weights: list[float] | None = None
+    true_bias: float | None = None
+    outliers_train: np.ndarray | None = None  # bool per training row (synthetic only)
+    outliers_val: np.ndarray | None = None
+    notes: list[str] = field(default_factory=list)  # warnings for the console
+
+
+# ----------------------------------------------------------------------------- public
+
+
+def load_dataset(cfg: DataConfig, seed: int, dtype: str = "float32", bias: bool = True) -> Dataset:
+    """Build the dataset the config describes: rows, seeded split, standardization.
+
+    ``bias=False`` standardizes by scale only (no centering), so that the model without an
+    intercept keeps exactly the same minimizer.
+    """
+    notes: list[str] = []
+    truth_w = truth_b = None
+    outliers = None
+    if cfg.source == "synthetic":
+        X, y, truth_w, truth_b, outliers = make_synthetic(cfg, seed)
+        names = [f"x{i}" for i in range(X.shape[1])]
+        source = f"synthetic ({cfg.n_samples} rows, {cfg.n_features} features)"
+    else:
+        X, y, names, dropped = read_table(
+            cfg.path or "", cfg.source, cfg.target, cfg.features, cfg.missing, np.float64
+        )
+        if dropped:
+            notes.append(f"dropped {dropped} rows with missing or non-finite cells")
+        source = f"{cfg.path} ({X.shape[0]} rows)"
+    train_idx, val_idx = split_indices(X.shape[0], cfg.val_fraction, seed, where=source)
+    scaling, scale_notes = fit_scaling(X[train_idx], y[train_idx], cfg.standardize, center=bias)
+    notes += [f"feature '{names[i]}' {msg}" for i, msg in scale_notes]
+    tdtype = TORCH_DTYPES[dtype]
+
+    def tensors(idx: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        Xs = scaling.apply_x(X[idx])
+        ys = (y[idx] - scaling.y_mean) / scaling.y_scale
+        return _tensor(Xs, tdtype), _tensor(ys.reshape(-1, 1), tdtype)
+
+    X_train, y_train = tensors(train_idx)
+    X_val, y_val = tensors(val_idx) if len(val_idx) else (None, None)
+    return Dataset(
+        X_train=X_train,
+        y_train=y_train,
+        X_val=X_val,
+        y_val=y_val,
+        feature_names=names,
+        scaling=scaling,
+        source=source,
+        n_rows=int(X.shape[0]),
+        true_weights=truth_w,
+        true_bias=truth_b,
+        outliers_train=None if outliers is None else outliers[train_idx],
+        outliers_val=None if outliers is None else outliers[val_idx],
+        notes=notes,
+    )
+
+
+def _tensor(a: np.ndarray, dtype: torch.dtype) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(a)).to(dtype).contiguous()
+
+
+def make_synthetic(
+    cfg: DataConfig, seed: int
+) -> tuple[np.ndarray, np.ndarray, list[float], float, np.ndarray]:
+    """``y = X @ w + b + N(0, noise_std**2)``, then exactly ``round(fraction * n)`` outliers.
+
+    Returns ``X (n, f)``, ``y (n,)``, the true ``w`` and ``b``, and the outlier mask. Drawn
+    with numpy's PCG64 from ``seed``: the same seed and config give bit-identical data.
+    """
+    rng = np.random.default_rng([seed, 0])
+    n, f = cfg.n_samples, cfg.n_features
+    if cfg.true_weights is not None:
+        w = np.asarray(cfg.true_weights, dtype=np.float64)
+    else:  # round numbers are easier to recognise in a summary
+        w = np.round(rng.uniform(-3.0, 3.0, size=f), 1)
+    X = rng.standard_normal((n, f))
+    y = X @ w + cfg.true_bias + cfg.noise_std * rng.standard_normal(n)
+    n_out = int(round(cfg.outlier_fraction * n))
+    mask = np.zeros(n, dtype=bool)
+    if n_out:
+        rows = rng.choice(n, size=n_out, replace=False)
+        sign = rng.choice([-1.0, 1.0], size=n_out)
+        size = cfg.outlier_scale * rng.uniform(0.5, 1.5, size=n_out)
+        y[rows] += sign * size
+        mask[rows] = True
+    return X, y, [float(v) for v in w], float(cfg.true_bias), mask
+
+
+def split_indices(
+    n: int, val_fraction: float, seed: int, where: str = "data"
+) -> tuple[np.ndarray, np.ndarray]:
+    """Seeded train/validation row indices (validation may be empty)."""
+    n_val = int(round(val_fraction * n))
+    if val_fraction > 0:
+        n_val = max(n_val, 1)
+    n_train = n - n_val
+    needed = 2 + (1 if val_fraction > 0 else 0)
+    if n_train < 2:
+        raise DataError(
+            f"{where}: {n} rows are too few for data.val_fraction={val_fraction}; "
+            f"need at least {needed} rows (2 to train on)"
+        )
+    perm = np.random.default_rng([seed, 1]).permutation(n)
+    return np.sort(perm[n_val:]), np.sort(perm[:n_val])
+
+
+def fit_scaling(
+    X: np.ndarray, y: np.ndarray, standardize: bool, center: bool = True
+) -> tuple[Scaling, list[tuple[int, str]]]:
+    """Standardization statistics from the training rows; zero-variance columns keep scale 1."""
+    f = X.shape[1]
+    if not standardize:
+        return Scaling([0.0] * f, [1.0] * f, 0.0, 1.0), []
+    notes: list[tuple[int, str]] = []
+    if center:
+        x_mean, y_mean = X.mean(axis=0), float(y.mean())
+        x_std, y_std = X.std(axis=0), float(y.std())
+    else:  # scale only: root mean square, so no intercept is introduced
+        x_mean, y_mean = np.zeros(f), 0.0
+        x_std, y_std = np.sqrt((X**2).mean(axis=0)), float(np.sqrt((y**2).mean()))
+    x_scale = x_std.copy()
+    for i in np.flatnonzero(~(x_std > 0)):
+        x_scale[i] = 1.0
+        notes.append((int(i), "has zero variance in the training rows; left unscaled"))
+    return (
+        Scaling(
+            [float(v) for v in x_mean],
+            [float(v) for v in x_scale],
+            y_mean,
+            y_std if y_std > 0 else 1.0,
+        ),
+        notes,
+    )
+
+
+# ----------------------------------------------------------------------------- files
+
+
+def read_table(
+    path: str,
+    source: str,
+    target: str | None,
+    features: list[str] | None,
+    missing: str = "error",
+    dtype: type = np.float64,
+    require_target: bool = True,
+) -> tuple[np.ndarray, np.ndarray | None, list[str], int]:
+    """Read a CSV or Parquet table into ``X (n, f)``, ``y (n,)`` (None if absent and not
+    required), the feature names and the number of rows dropped for missing cells."""
+    file = _check_file(path)
+    columns = _read_header(file, source)
+    dupes = sorted({c for c in columns if columns.count(c) > 1})
+    if dupes:
+        raise DataError(f"{file}: duplicate column names: {', '.join(dupes)}")
+    has_target = target is not None and target in columns
+    if require_target and not has_target:
+        raise DataError(f"{file}: target column {target!r} not found{_suggest(target, columns)}")
+    if features is None:
+        features = [c for c in columns if c != target]
+        if not features:
+            raise DataError(f"{file}: no feature columns besides the target {target!r}")
+    for name in features:
+        if name not in columns:
+            raise DataError(f"{file}: feature column {name!r} not found{_suggest(name, columns)}")
+    wanted = features + ([target] if has_target else [])
+    frame = _read_frame(file, source, wanted, dtype)
+    values, dropped = _to_numeric(frame, wanted, file, source, missing, dtype)
+    if values.shape[0] == 0:
+        kind = "has a header but no data rows" if not dropped else "has no complete rows left"
+        raise DataError(f"{file}: {kind}")
+    X = np.ascontiguousarray(values[:, : len(features)])
+    y = values[:, len(features)].copy() if has_target else None
+    return X, y, list(features), dropped
+
+
+def _check_file(path: str) -> Path:
+    file = Path(path)
+    if not file.exists():
+        raise DataError(f"data file not found: {file}")
+    if file.is_dir():
+        raise DataError(f"data path is a directory, not a file: {file}")
+    if file.stat().st_size == 0:
+        raise DataError(f"{file}: file is empty")
+    return file
+
+
+def _read_header(file: Path, source: str) -> list[str]:
+    if source == "parquet":
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        try:
+            return list(pq.read_schema(file).names)
+        except (pa.ArrowInvalid, OSError) as exc:
+            raise DataError(f"{file}: not a readable Parquet file ({exc})") from None
+    try:
+        with file.open(newline="", encoding="utf-8-sig") as fh:
+            row = next(csv.reader(fh, skipinitialspace=True), None)
+    except UnicodeDecodeError:
+        raise DataError(f"{file}: not a UTF-8 text CSV file") from None
+    if not row or all(not c.strip() for c in row):
+        raise DataError(f"{file}: file is empty (no header row)")
+    return [c.strip() for c in row]
+
+
+def _read_frame(file: Path, source: str, wanted: list[str], dtype: type):  # -> pandas.DataFrame
+    if source == "parquet":
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        try:
+            return pq.read_table(file, columns=wanted).to_pandas()
+        except (pa.ArrowInvalid, OSError) as exc:
+            raise DataError(f"{file}: not a readable Parquet file ({exc})") from None
+    import pandas as pd
+
+    options = dict(
+        encoding="utf-8-sig",
+        skipinitialspace=True,
+        engine="c",
+        usecols=lambda c: c.strip() in wanted,
+    )
+    try:  # fast path: parse straight to floats; a bad cell falls back to the slow diagnosis
+        frame = pd.read_csv(file, dtype=dtype, **options)
+    except ValueError:
+        frame = pd.read_csv(file, dtype=str, keep_default_na=True, **options)
+    except pd.errors.ParserError as exc:
+        raise DataError(f"{file}: malformed CSV: {exc}") from None
+    frame.columns = [c.strip() for c in frame.columns]
+    return frame
+
+
+def _to_numeric(frame, wanted: list[str], file: Path, source: str, missing: str, dtype: type):
+    import pandas as pd
+
+    def where(row: int) -> str:  # row: 0-based data row
+        return f"line {row + 2}" if source == "csv" else f"row {row + 1}"
+
+    for name in wanted:
+        col = frame[name]
+        if not pd.api.types.is_numeric_dtype(col) or pd.api.types.is_bool_dtype(col):
+            as_num = pd.to_numeric(col, errors="coerce")
+            bad = as_num.isna() & col.notna() & (col.astype(str).str.strip() != "")
+            if bad.any():
+                row = int(np.flatnonzero(bad.to_numpy())[0])
+                value = col.iloc[row]
+                raise DataError(
+                    f"{file}: non-numeric value {value!r} in column {name!r} at {where(row)}"
+                )
+            frame[name] = as_num
+    values = frame[wanted].to_numpy(dtype=dtype)
+    finite = np.isfinite(values)
+    if finite.all():
+        return values, 0
+    bad_rows = ~finite.all(axis=1)
+    if missing == "drop":
+        return values[~bad_rows], int(bad_rows.sum())
+    row = int(np.flatnonzero(bad_rows)[0])
+    col = wanted[int(np.flatnonzero(~finite[row])[0])]
+    raise DataError(
+        f"{file}: {int((~finite).sum())} missing or non-finite cells, the first in column "
+        f"{col!r} at {where(row)}; fix them or set data.missing: drop"
+    )
+
+
+def _suggest(name: str | None, columns: list[str]) -> str:
+    close = difflib.get_close_matches(name or "", columns, n=1, cutoff=0.5)
+    if close:
+        return f" (did you mean {close[0]!r}?)"
+    return f"; columns are: {', '.join(columns[:20])}"

@@ -1,0 +1,404 @@
+"""The experiment: the one room that knows every other and wires them together.
+
+``train_run`` reads top to bottom like the recipe it is: device, data, model + loss,
+optimizer, run folder, sinks, ``fit``, final metrics, checkpoint, pictures. Everything that
+can fail on user input (config, device, data) fails before the run folder exists.
+"""
+
+from __future__ import annotations
+
+import math
+import signal
+import threading
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from huberfit import __version__
+from huberfit.artifacts import (
+    load_checkpoint,
+    make_run_dir,
+    save_checkpoint,
+    write_json,
+    write_text_atomic,
+)
+from huberfit.config import Config, dump_config, validate_config
+from huberfit.data import Dataset, load_dataset
+from huberfit.device import resolve_device
+from huberfit.errors import ConfigError
+from huberfit.losses import LOSSES, build_loss
+from huberfit.model import build_model, read_coefficients
+from huberfit.sinks import ConsoleSink, Sinks, TensorBoardSink
+from huberfit.train import FitResult, FitSettings, InMemoryBatches, TrainState, fit
+
+
+@dataclass
+class Prepared:
+    """What every run of one config shares: the device and the data."""
+
+    device: torch.device
+    data: Dataset
+
+
+@dataclass
+class Outcome:
+    run_dir: Path
+    metrics: dict[str, Any]
+    result: FitResult
+    model: nn.Linear = field(repr=False)
+
+
+def prepare(config: Config) -> Prepared:
+    """Resolve the device and load the data (the steps that can fail on user input)."""
+    device = resolve_device(config.device, config.dtype)
+    data = load_dataset(config.data, config.seed, config.dtype, bias=config.model.bias)
+    return Prepared(device, data)
+
+
+def train_run(
+    config: Config,
+    console: ConsoleSink,
+    runs_dir: str | None = None,
+    prepared: Prepared | None = None,
+    run_dir: Path | None = None,
+    resume: dict[str, Any] | None = None,
+) -> Outcome:
+    """Train one config into a new run folder (or ``run_dir``), returning its metrics."""
+    # 1. device and data: every user error surfaces here, before anything is written
+    prepared = prepared or prepare(config)
+    device, data = prepared.device, prepared.data
+    for note in data.notes:
+        console.note(f"warning: {note}")
+    # 2. model, loss (in standardized units), optimizer, scheduler
+    tdtype = data.X_train.dtype
+    model = build_model(len(data.feature_names), config.model.bias, config.seed, tdtype)
+    model.to(device)
+    spec = LOSSES[config.loss.name]
+    loss_fn = build_loss(config.loss.name, config.loss.delta / data.scaling.y_scale)
+    optimizer = build_optimizer(config, model)
+    scheduler = build_scheduler(config, optimizer)
+    state = restore(resume, model, optimizer, scheduler) if resume else TrainState()
+    # 3. the batch source: tensors moved to the device once
+    X, y = data.X_train.to(device), data.y_train.to(device)
+    batch_size = None if config.optimizer.name == "lbfgs" else config.train.batch_size
+    batches = InMemoryBatches(X, y, batch_size, config.seed)
+    X_val = data.X_val.to(device) if data.X_val is not None else None
+    y_val = data.y_val.to(device) if data.y_val is not None else None
+    steps_per_epoch = batches.steps_per_epoch(config.train.grad_accum_steps)
+    log_every = min(config.train.log_every_steps, steps_per_epoch)
+    if log_every < config.train.log_every_steps:
+        console.note(
+            f"train.log_every_steps={config.train.log_every_steps} is more than the "
+            f"{steps_per_epoch} steps per epoch; logging every {log_every} steps"
+        )
+    # 4. the run folder and its sinks
+    run_dir = run_dir or make_run_dir(runs_dir or config.output.runs_dir, config.name)
+    config_yaml = dump_config(config)
+    write_text_atomic(run_dir / "config.yaml", config_yaml)
+    scorer = Scorer(loss_fn, data, spec.power)
+    figures = FigureMaker(config, data, model, scorer)
+    tb = None
+    if config.output.tensorboard:
+        truth = true_params(data)
+        images_every = config.output.images_every_epochs if config.output.images else None
+        tb = TensorBoardSink(run_dir, config.output.flush_secs, truth, figures, images_every)
+        tb.text("config", f"```yaml\n{config_yaml}```")
+    sinks = Sinks(console, tb)
+    settings = FitSettings(
+        epochs=config.train.epochs,
+        grad_accum_steps=config.train.grad_accum_steps,
+        log_every_steps=log_every,
+        early_stopping_patience=config.train.early_stopping_patience,
+        loss_scale=data.scaling.y_scale**spec.power,
+    )
+
+    def evaluate(m: nn.Module) -> tuple[dict[str, float] | None, dict[str, float], Any]:
+        val, residuals = scorer.score(m, X_val, y_val) if X_val is not None else (None, None)
+        return val, scorer.params(m), residuals
+
+    # 5. train; whatever happens, the folder gets what was logged and the writer is closed
+    stop = threading.Event()
+    try:
+        console.start(state.epoch)
+        try:
+            with stop_on_signals(stop):
+                result = fit(
+                    model, loss_fn, batches, optimizer, sinks, settings, evaluate,
+                    scheduler=scheduler, state=state, stop=stop,
+                )  # fmt: skip
+        finally:
+            console.close()
+        # 6. final metrics in original units, checkpoint, pictures
+        metrics = final_metrics(config, data, device, model, result, scorer, X, y, X_val, y_val)
+        metrics["run_dir"] = str(run_dir)
+        payload = checkpoint_payload(config, data, model, optimizer, scheduler, result.state)
+        save_checkpoint(run_dir / "checkpoint.pt", payload)
+        write_json(run_dir / "metrics.json", metrics)
+        if config.output.images and result.status != "diverged":
+            pictures = figures()
+            for name, fig in pictures:
+                fig.savefig(run_dir / f"{name}.png")
+            if tb is not None:
+                tb.images(pictures)
+        if tb is not None:
+            tb.finish(metrics, hparams_of(config, data), config_yaml)
+    finally:
+        if tb is not None:
+            tb.close()
+    return Outcome(run_dir, metrics, result, model)
+
+
+# ----------------------------------------------------------------------------- builders
+
+
+def build_optimizer(config: Config, model: nn.Module) -> torch.optim.Optimizer:
+    """The configured optimizer over the model's parameters."""
+    o = config.optimizer
+    params = list(model.parameters())
+    if o.name == "sgd":
+        return torch.optim.SGD(
+            params, lr=o.lr, momentum=o.momentum, nesterov=o.nesterov, weight_decay=o.weight_decay
+        )
+    if o.name == "adam":
+        return torch.optim.Adam(params, lr=o.lr, weight_decay=o.weight_decay)
+    if o.name == "adamw":
+        return torch.optim.AdamW(params, lr=o.lr, weight_decay=o.weight_decay)
+    if o.weight_decay:
+        raise ConfigError("optimizer.weight_decay is not supported by lbfgs; set it to 0")
+    eps = torch.finfo(params[0].dtype).eps
+    # torch's defaults (tolerance_grad=1e-7, tolerance_change=1e-9) stop well short of the
+    # optimum; tolerances at the dtype's precision, and fit() repeating the step until the
+    # objective stops falling, reach it.
+    return torch.optim.LBFGS(
+        params,
+        lr=o.lr,
+        max_iter=o.max_iter,
+        history_size=o.history_size,
+        tolerance_grad=eps,
+        tolerance_change=eps,
+        line_search_fn="strong_wolfe",
+    )
+
+
+def build_scheduler(config: Config, optimizer: torch.optim.Optimizer) -> Any:
+    s = config.scheduler
+    if s.name == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(
+            optimizer, T_max=config.train.epochs, eta_min=s.min_lr
+        )
+    if s.name == "step":
+        return torch.optim.lr_scheduler.StepLR(optimizer, step_size=s.step_size, gamma=s.gamma)
+    return None
+
+
+# ----------------------------------------------------------------------------- scoring
+
+
+class Scorer:
+    """Metrics in original units: the training objective, MSE, MAE and R^2."""
+
+    def __init__(self, loss_fn: nn.Module, data: Dataset, power: int) -> None:
+        self.loss_fn, self.data = loss_fn, data
+        self.loss_scale = data.scaling.y_scale**power
+
+    @torch.no_grad()
+    def score(
+        self, model: nn.Module, X: torch.Tensor, y: torch.Tensor
+    ) -> tuple[dict[str, float], np.ndarray]:
+        s = self.data.scaling
+        pred = model(X)
+        loss = float(self.loss_fn(pred, y)) * self.loss_scale
+        # original units, float64 for the sums
+        yo = y.double().reshape(-1) * s.y_scale + s.y_mean
+        po = pred.double().reshape(-1) * s.y_scale + s.y_mean
+        r = yo - po
+        mse, mae = float((r * r).mean()), float(r.abs().mean())
+        var = float(((yo - yo.mean()) ** 2).mean())
+        r2 = 1.0 - mse / var if var > 0 else math.nan
+        return {"loss": loss, "mse": mse, "mae": mae, "r2": r2}, r.cpu().numpy()
+
+    def params(self, model: nn.Linear) -> dict[str, float]:
+        w, b = self.data.scaling.to_original(*read_coefficients(model))
+        out = dict(zip(self.data.feature_names, w, strict=True))
+        out["intercept"] = b
+        return out
+
+
+def true_params(data: Dataset) -> dict[str, float] | None:
+    if data.true_weights is None:
+        return None
+    truth = dict(zip(data.feature_names, data.true_weights, strict=True))
+    truth["intercept"] = float(data.true_bias or 0.0)
+    return truth
+
+
+def final_metrics(config, data, device, model, result, scorer, X, y, X_val, y_val) -> dict:
+    """``metrics.json``: the contract other tools read (see the README)."""
+    params = scorer.params(model)
+    intercept = params.pop("intercept")
+    train, _ = scorer.score(model, X, y)
+    val = scorer.score(model, X_val, y_val)[0] if X_val is not None else None
+    truth = true_params(data)
+    metrics: dict[str, Any] = {
+        "name": config.name,
+        "status": result.status,
+        "message": result.message or None,
+        "loss": config.loss.name,
+        "delta": config.loss.delta if LOSSES[config.loss.name].uses_delta else None,
+        "optimizer": config.optimizer.name,
+        "lr": config.optimizer.lr,
+        "device": str(device),
+        "dtype": config.dtype,
+        "seed": config.seed,
+        "epochs": result.state.epoch,
+        "epochs_configured": config.train.epochs,
+        "steps": result.state.step,
+        "seconds": result.seconds,
+        "samples_per_second": result.samples / result.seconds if result.seconds > 0 else None,
+        "data": data.source,
+        "n_train": int(X.shape[0]),
+        "n_val": 0 if X_val is None else int(X_val.shape[0]),
+        "coefficients": params,
+        "intercept": intercept,
+        "true_coefficients": None,
+        "true_intercept": None,
+        "coefficient_error": None,
+        "best_epoch": result.state.best_epoch if result.state.best_epoch > 0 else None,
+        "train": train,
+        "val": val,
+        "huberfit_version": __version__,
+    }
+    if truth is not None:
+        true_b = truth.pop("intercept")
+        fitted = np.array(list(params.values()) + [intercept])
+        true = np.array(list(truth.values()) + [true_b])
+        metrics["true_coefficients"] = truth
+        metrics["true_intercept"] = true_b
+        metrics["coefficient_error"] = float(np.linalg.norm(fitted - true))
+    return metrics
+
+
+def hparams_of(config: Config, data: Dataset) -> dict[str, Any]:
+    """The same hyperparameter keys for every run, whatever its loss."""
+    d, t = config.data, config.train
+    return {
+        "loss": config.loss.name,
+        "delta": config.loss.delta,
+        "optimizer": config.optimizer.name,
+        "lr": config.optimizer.lr,
+        "batch_size": t.batch_size if t.batch_size is not None else data.X_train.shape[0],
+        "grad_accum_steps": t.grad_accum_steps,
+        "epochs": t.epochs,
+        "seed": config.seed,
+        "dtype": config.dtype,
+        "data_source": d.source,
+        "n_samples": data.n_rows,
+        "outlier_fraction": d.outlier_fraction if d.source == "synthetic" else 0.0,
+    }
+
+
+class FigureMaker:
+    """Draws the run's pictures from the current model (end of run, or every N epochs)."""
+
+    def __init__(self, config: Config, data: Dataset, model: nn.Linear, scorer: Scorer):
+        self.config, self.data, self.model, self.scorer = config, data, model, scorer
+
+    def __call__(self) -> list[tuple[str, Any]]:
+        from huberfit import plots
+
+        data, cfg = self.data, self.config
+        params = self.scorer.params(self.model)
+        intercept = params.pop("intercept")
+        X, y = original_units(data, data.X_train, data.y_train)
+        figs = []
+        title = f"{cfg.name}: {cfg.loss.name}"
+        if X.shape[1] == 1:
+            truth = None
+            if data.true_weights is not None:
+                truth = (data.true_weights[0], float(data.true_bias or 0.0))
+            fitted = (next(iter(params.values())), intercept)
+            figs.append(
+                ("fit", plots.fit_figure(X[:, 0], y, data.outliers_train, fitted, truth, title))
+            )
+        Xe, ye = (data.X_val, data.y_val) if data.X_val is not None else (data.X_train, data.y_train)
+        Xo, yo = original_units(data, Xe, ye)
+        pred = Xo @ np.array(list(params.values())) + intercept
+        delta = cfg.loss.delta if cfg.loss.name == "huber" else None
+        if X.shape[1] != 1:
+            figs.append(("fit", plots.predicted_figure(yo, pred, f"{title}: predicted vs actual")))
+        figs.append(("residuals", plots.residual_figure(yo - pred, delta, f"{title}: residuals")))
+        return figs
+
+
+def original_units(data: Dataset, X: torch.Tensor, y: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    s = data.scaling
+    Xo = X.double().numpy() * np.array(s.x_scale) + np.array(s.x_mean)
+    yo = y.double().numpy().reshape(-1) * s.y_scale + s.y_mean
+    return Xo, yo
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+
+def checkpoint_payload(config, data, model, optimizer, scheduler, state: TrainState) -> dict:
+    return {
+        "huberfit_version": __version__,
+        "config": config.model_dump(mode="json"),
+        "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict() if scheduler is not None else None,
+        "state": state.to_dict(),
+        "feature_names": list(data.feature_names),
+        "scaling": data.scaling.as_dict(),
+        "target": config.data.target,
+        "loss": {"name": config.loss.name, "delta": config.loss.delta},
+        "rng": {"torch": torch.get_rng_state()},
+    }
+
+
+def restore(ckpt: dict[str, Any], model, optimizer, scheduler) -> TrainState:
+    """Put a checkpoint's model, optimizer, scheduler and RNG states back."""
+    model.load_state_dict(ckpt["model"])
+    optimizer.load_state_dict(ckpt["optimizer"])
+    if scheduler is not None and ckpt.get("scheduler") is not None:
+        scheduler.load_state_dict(ckpt["scheduler"])
+    torch.set_rng_state(ckpt["rng"]["torch"])
+    return TrainState.from_dict(ckpt["state"])
+
+
+def load_resume(run_dir: str, overrides: list[str]) -> tuple[Config, dict[str, Any]]:
+    """The config and checkpoint of a run to continue (overrides may extend ``epochs``)."""
+    from huberfit.config import apply_overrides
+
+    ckpt = load_checkpoint(run_dir)
+    raw = apply_overrides(dict(ckpt["config"]), overrides)
+    return validate_config(raw, f"{run_dir}/checkpoint.pt config"), ckpt
+
+
+# ----------------------------------------------------------------------------- signals
+
+
+@contextmanager
+def stop_on_signals(stop: threading.Event):
+    """Ctrl-C / SIGTERM set ``stop`` (training finishes its step and saves); a second Ctrl-C
+    interrupts at once."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        if stop.is_set():
+            raise KeyboardInterrupt
+        stop.set()
+
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)

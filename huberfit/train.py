@@ -1,0 +1,373 @@
+"""The training loop: ``fit(model, loss_fn, batches, optimizer, sinks, ...)``.
+
+``fit`` builds nothing itself: it receives the model, the loss, a batch source, the
+optimizer (and scheduler), the sinks and an ``evaluate`` callback, so it can be tested with
+fakes and a new sink or batch source never touches it. It knows nothing about files, configs
+or standardization; losses it reports are multiplied by ``settings.loss_scale`` to put them
+in original units. Must not import data, losses, model or sinks.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import torch
+from torch import nn
+
+# ----------------------------------------------------------------------------- batches
+
+
+class InMemoryBatches:
+    """Index-based mini-batches over in-memory tensors, in a seeded order per epoch.
+
+    Epoch ``e`` uses the permutation of a ``torch.Generator`` seeded from ``(seed, e)``, so
+    any epoch's order is known without replaying the ones before it (resume, comparisons).
+    Tensors must already be on the training device; ``batch_size=None`` is full batch.
+    """
+
+    def __init__(self, X: torch.Tensor, y: torch.Tensor, batch_size: int | None, seed: int):
+        self.X, self.y = X, y
+        self.n = X.shape[0]
+        self.batch_size = min(batch_size or self.n, self.n)
+        self.seed = seed
+
+    def steps_per_epoch(self, accum: int = 1) -> int:
+        return math.ceil(math.ceil(self.n / self.batch_size) / accum)
+
+    def order(self, epoch: int) -> torch.Tensor:
+        """The permutation of row indices for ``epoch`` (on the CPU)."""
+        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        return torch.randperm(self.n, generator=gen)
+
+    def epoch(self, epoch: int) -> list[torch.Tensor]:
+        """The index tensors of the batches of ``epoch``, on the data's device."""
+        if self.batch_size >= self.n:
+            return [torch.arange(self.n, device=self.X.device)]
+        perm = self.order(epoch).to(self.X.device)
+        return list(torch.split(perm, self.batch_size))
+
+    def take(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if idx.numel() == self.n:
+            return self.X, self.y
+        # index_select is ~2x faster than X[idx] for row gathers on the CPU
+        return self.X.index_select(0, idx), self.y.index_select(0, idx)
+
+    def full(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.X, self.y
+
+
+# ----------------------------------------------------------------------------- results
+
+
+@dataclass
+class FitSettings:
+    epochs: int
+    grad_accum_steps: int = 1
+    log_every_steps: int = 10
+    early_stopping_patience: int | None = None
+    loss_scale: float = 1.0  # training-units loss * loss_scale = original-units loss
+
+
+@dataclass
+class TrainState:
+    """Where training is: everything a checkpoint needs to continue bit-exactly."""
+
+    epoch: int = 0  # completed epochs
+    batch: int = 0  # micro-batches already done in the current epoch
+    step: int = 0  # optimizer steps taken so far
+    epoch_loss_sum: float = 0.0  # of the current epoch, in training units, sample-weighted
+    epoch_count: int = 0
+    best_val: float = math.inf
+    best_epoch: int = -1
+    bad_epochs: int = 0
+    best_weights: dict[str, torch.Tensor] | None = None
+    last_finite_loss: float | None = None
+    lbfgs_stalls: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrainState:
+        return cls(**d)
+
+
+@dataclass
+class EpochReport:
+    epoch: int  # 1-based
+    step: int
+    train_loss: float  # original units
+    val: dict[str, float] | None
+    params: dict[str, float]
+    lr: float
+    grad_norm: float
+    samples_per_second: float
+    seconds: float
+    residuals: Any = None  # validation residuals, original units (for histograms)
+
+
+@dataclass
+class FitResult:
+    status: str  # completed | early_stopped | diverged | interrupted
+    state: TrainState
+    last: EpochReport | None
+    seconds: float
+    samples: int
+    message: str = ""
+    history: list[EpochReport] = field(default_factory=list)
+
+
+class Sink(Protocol):
+    def step(self, step: int, train_loss: float) -> None: ...
+    def epoch(self, report: EpochReport) -> None: ...
+
+
+# evaluate(model) -> (val metrics or None, params, val residuals or None), original units
+Evaluate = Callable[[nn.Module], tuple[dict[str, float] | None, dict[str, float], Any]]
+
+
+class Diverged(Exception):
+    pass
+
+
+# ----------------------------------------------------------------------------- the loop
+
+
+def fit(
+    model: nn.Module,
+    loss_fn: nn.Module,
+    batches: InMemoryBatches,
+    optimizer: torch.optim.Optimizer,
+    sinks: Sink,
+    settings: FitSettings,
+    evaluate: Evaluate,
+    scheduler: Any = None,
+    state: TrainState | None = None,
+    stop: threading.Event | None = None,
+) -> FitResult:
+    """Train until ``settings.epochs``, early stopping, divergence or ``stop`` is set.
+
+    ``evaluate(model)`` returns ``(val_metrics or None, params, residuals)`` in original units; val
+    metrics hold at least ``loss``. On divergence the result's status is ``diverged`` and its
+    message says where; on ``stop`` the current step is finished and the status is
+    ``interrupted``.
+    """
+    state = state or TrainState()
+    stop = stop or threading.Event()
+    run = _Run(model, loss_fn, batches, optimizer, sinks, settings, evaluate, scheduler, state)
+    status, message = "completed", ""
+    start = time.perf_counter()
+    try:
+        while state.epoch < settings.epochs:
+            report = run.lbfgs_epoch() if run.is_lbfgs else run.epoch(stop)
+            if report is None:  # stopped mid-epoch
+                status = "interrupted"
+                break
+            if run.early_stop(report):
+                status = "early_stopped"
+                break
+            if run.converged():
+                break
+            if stop.is_set():
+                status = "interrupted"
+                break
+    except Diverged as exc:
+        status, message = "diverged", str(exc)
+    seconds = time.perf_counter() - start
+    return FitResult(status, state, run.last, seconds, run.samples, message, run.history)
+
+
+class _Run:
+    """The state of one ``fit`` call; split from ``fit`` to keep each piece short."""
+
+    def __init__(self, model, loss_fn, batches, optimizer, sinks, settings, evaluate, sched, state):
+        self.model, self.loss_fn, self.batches = model, loss_fn, batches
+        self.opt, self.sinks, self.settings = optimizer, sinks, settings
+        self.evaluate, self.scheduler, self.state = evaluate, sched, state
+        self.is_lbfgs = isinstance(optimizer, torch.optim.LBFGS)
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.on_cpu = batches.X.device.type == "cpu"
+        self.samples = 0
+        self.last: EpochReport | None = None
+        self.history: list[EpochReport] = []
+        self.prev_lbfgs: float | None = None
+
+    # -- mini-batch optimizers --------------------------------------------------------
+
+    def epoch(self, stop: threading.Event) -> EpochReport | None:
+        s, st = self.settings, self.state
+        t0, seen = time.perf_counter(), 0
+        order = self.batches.epoch(st.epoch)
+        k = s.grad_accum_steps
+        device_sum = None if self.on_cpu else torch.zeros((), device=self.batches.X.device)
+        log_sum, log_n = 0.0, 0
+        grad_norm = math.nan
+        for start in range(st.batch, len(order), k):
+            window = order[start : start + k]
+            n_win = sum(int(idx.numel()) for idx in window)
+            win_loss = self._accumulate(window, n_win)
+            last_window = start + k >= len(order)
+            if last_window:
+                grad_norm = _grad_norm(self.params)
+            self.opt.step()
+            self.opt.zero_grad(set_to_none=True)
+            st.step += 1
+            st.batch = start + k
+            seen += n_win
+            if self.on_cpu:  # a host read is free here: check every step
+                value = win_loss.item()
+                self._check_finite(value)
+                st.epoch_loss_sum += value * n_win
+                log_sum, log_n = log_sum + value, log_n + 1
+            else:  # accelerators: no host sync per step; read at the log interval
+                device_sum += win_loss.detach() * n_win
+                log_sum_t = win_loss.detach() if log_n == 0 else log_sum_t + win_loss.detach()
+                log_n += 1
+            st.epoch_count += n_win
+            if st.step % s.log_every_steps == 0 or last_window:
+                mean = (log_sum if self.on_cpu else float(log_sum_t)) / log_n
+                self._check_finite(mean)
+                self.sinks.step(st.step, mean * s.loss_scale)
+                log_sum, log_n = 0.0, 0
+            if stop.is_set() and not last_window:
+                self._flush_device_sum(device_sum)
+                self.samples += seen
+                return None
+        self._flush_device_sum(device_sum)
+        self.samples += seen
+        return self._end_epoch(seen, time.perf_counter() - t0, grad_norm)
+
+    def _accumulate(self, window: list[torch.Tensor], n_win: int) -> torch.Tensor:
+        """Backward through each micro-batch, weighted by its share of the window's samples,
+        so the summed gradient is the gradient of the mean loss over the whole window."""
+        total = None
+        for idx in window:
+            xb, yb = self.batches.take(idx)
+            loss = self.loss_fn(self.model(xb), yb)
+            if len(window) > 1 or idx.numel() != n_win:
+                loss = loss * (idx.numel() / n_win)
+            loss.backward()
+            total = loss.detach() if total is None else total + loss.detach()
+        return total
+
+    def _flush_device_sum(self, device_sum: torch.Tensor | None) -> None:
+        if device_sum is not None:
+            value = float(device_sum)
+            self._check_finite(value / max(self.state.epoch_count, 1))
+            self.state.epoch_loss_sum += value
+
+    def _check_finite(self, value: float) -> None:
+        st = self.state
+        if math.isfinite(value):
+            st.last_finite_loss = value * self.settings.loss_scale
+            return
+        lr = self.opt.param_groups[0]["lr"]
+        last = "none" if st.last_finite_loss is None else f"{st.last_finite_loss:.6g}"
+        raise Diverged(
+            f"training diverged at epoch {st.epoch + 1}, step {st.step}: the loss became "
+            f"{value} (last finite loss {last}, optimizer.lr={lr:g}); try a smaller optimizer.lr"
+        )
+
+    # -- full-batch L-BFGS ------------------------------------------------------------
+
+    def lbfgs_epoch(self) -> EpochReport:
+        """One ``LBFGS.step``: up to ``max_iter`` iterations with strong-Wolfe line search."""
+        t0 = time.perf_counter()
+        X, y = self.batches.full()
+
+        def closure() -> torch.Tensor:
+            self.opt.zero_grad(set_to_none=True)
+            loss = self.loss_fn(self.model(X), y)
+            loss.backward()
+            return loss
+
+        self.opt.step(closure)
+        st = self.state
+        st.step += 1
+        with torch.no_grad():
+            value = float(self.loss_fn(self.model(X), y))
+        self._check_finite(value)
+        for p in self.params:
+            if not torch.isfinite(p).all():
+                self._check_finite(math.nan)
+        st.epoch_loss_sum, st.epoch_count = value * self.batches.n, self.batches.n
+        self.sinks.step(st.step, value * self.settings.loss_scale)
+        self.samples += self.batches.n
+        closure()
+        grad_norm = _grad_norm(self.params)
+        self.opt.zero_grad(set_to_none=True)
+        return self._end_epoch(self.batches.n, time.perf_counter() - t0, grad_norm)
+
+    def converged(self) -> bool:
+        """L-BFGS only: stop once an epoch no longer lowers the objective (to the dtype's
+        precision) twice in a row; torch's own stopping tests fire 1e-4..1e-3 short of it."""
+        if not self.is_lbfgs or self.last is None:
+            return False
+        value = self.state.epoch_loss_sum / max(self.state.epoch_count, 1)
+        prev, self.prev_lbfgs = self.prev_lbfgs, value
+        if prev is None:
+            return False
+        eps = torch.finfo(self.batches.X.dtype).eps
+        if prev - value <= 4 * eps * max(abs(value), 1e-30):
+            self.state.lbfgs_stalls += 1
+        else:
+            self.state.lbfgs_stalls = 0
+        return self.state.lbfgs_stalls >= 2
+
+    # -- end of epoch -----------------------------------------------------------------
+
+    def _end_epoch(self, seen: int, seconds: float, grad_norm: float) -> EpochReport:
+        st, s = self.state, self.settings
+        for p in self.params:
+            if not torch.isfinite(p).all():
+                self._check_finite(math.nan)
+        train_loss = st.epoch_loss_sum / max(st.epoch_count, 1) * s.loss_scale
+        val, params, residuals = self.evaluate(self.model)
+        report = EpochReport(
+            epoch=st.epoch + 1,
+            step=st.step,
+            train_loss=train_loss,
+            val=val,
+            params=params,
+            lr=float(self.opt.param_groups[0]["lr"]),
+            grad_norm=grad_norm,
+            samples_per_second=seen / seconds if seconds > 0 else math.nan,
+            seconds=seconds,
+            residuals=residuals,
+        )
+        st.epoch += 1
+        st.batch, st.epoch_loss_sum, st.epoch_count = 0, 0.0, 0
+        if self.scheduler is not None:
+            self.scheduler.step()
+        self.last = report
+        self.history.append(report)
+        self.sinks.epoch(report)
+        return report
+
+    def early_stop(self, report: EpochReport) -> bool:
+        """Track the best validation loss; past ``patience`` bad epochs, restore the best."""
+        patience, st = self.settings.early_stopping_patience, self.state
+        if patience is None or report.val is None:
+            return False
+        if report.val["loss"] < st.best_val:
+            st.best_val, st.best_epoch, st.bad_epochs = report.val["loss"], report.epoch, 0
+            st.best_weights = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+            return False
+        st.bad_epochs += 1
+        if st.bad_epochs < patience:
+            return False
+        if st.best_weights is not None:
+            self.model.load_state_dict(st.best_weights)
+        return True
+
+
+def _grad_norm(params: list[torch.Tensor]) -> float:
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return math.nan
+    return float(torch.linalg.vector_norm(torch.stack([g.norm() for g in grads])))
