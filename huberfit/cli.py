@@ -30,7 +30,9 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
-config_app = typer.Typer(help="Show, check, create and describe config files.", no_args_is_help=True)
+config_app = typer.Typer(
+    help="Show, check, create and describe config files.", no_args_is_help=True
+)
 app.add_typer(config_app, name="config")
 
 out = Console(highlight=False, soft_wrap=True)
@@ -86,9 +88,7 @@ def main_options(
 
 @config_app.command("show")
 @user_errors
-def config_show(
-    overrides: list[str] = OVERRIDES_ARG, config: Path | None = CONFIG_OPT
-) -> None:
+def config_show(overrides: list[str] = OVERRIDES_ARG, config: Path | None = CONFIG_OPT) -> None:
     """Print the resolved config (every default filled in) as YAML."""
     from huberfit.config import dump_config, load_config
 
@@ -97,9 +97,7 @@ def config_show(
 
 @config_app.command("validate")
 @user_errors
-def config_validate(
-    overrides: list[str] = OVERRIDES_ARG, config: Path | None = CONFIG_OPT
-) -> None:
+def config_validate(overrides: list[str] = OVERRIDES_ARG, config: Path | None = CONFIG_OPT) -> None:
     """Check a config: print 'ok', or every problem and exit 1."""
     from huberfit.config import load_config
 

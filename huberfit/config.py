@@ -96,6 +96,8 @@ class OptimizerConfig(_Section):
     def _check_nesterov(self) -> OptimizerConfig:
         if self.nesterov and self.momentum == 0:
             raise ValueError("optimizer.nesterov needs optimizer.momentum > 0")
+        if self.name == "lbfgs" and self.weight_decay:
+            raise ValueError("optimizer.weight_decay is not supported by lbfgs; set it to 0")
         return self
 
 
@@ -114,6 +116,7 @@ class TrainConfig(_Section):
         None, ge=1, description="stop after N epochs without a better val loss"
     )
     log_every_steps: int = Field(10, ge=1, description="loss/train every N steps")
+    fused: bool = Field(True, description="closed-form gradients for built-in losses")
 
 
 class OutputConfig(_Section):

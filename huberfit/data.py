@@ -38,7 +38,11 @@ class Scaling:
     def to_original(self, weight: list[float], bias: float) -> tuple[list[float], float]:
         """Map coefficients fitted on standardized data back to original units."""
         w = [self.y_scale * wi / si for wi, si in zip(weight, self.x_scale, strict=True)]
-        b = self.y_mean + self.y_scale * bias - sum(wi * mi for wi, mi in zip(w, self.x_mean))
+        b = (
+            self.y_mean
+            + self.y_scale * bias
+            - sum(wi * mi for wi, mi in zip(w, self.x_mean, strict=True))
+        )
         return w, b
 
     def apply_x(self, X: np.ndarray) -> np.ndarray:

@@ -30,7 +30,6 @@ from huberfit.artifacts import (
 from huberfit.config import Config, dump_config, validate_config
 from huberfit.data import Dataset, load_dataset
 from huberfit.device import resolve_device
-from huberfit.errors import ConfigError
 from huberfit.losses import LOSSES, build_loss
 from huberfit.model import build_model, read_coefficients
 from huberfit.sinks import ConsoleSink, Sinks, TensorBoardSink
@@ -115,6 +114,7 @@ def train_run(
         log_every_steps=log_every,
         early_stopping_patience=config.train.early_stopping_patience,
         loss_scale=data.scaling.y_scale**spec.power,
+        fused=config.train.fused,
     )
 
     def evaluate(m: nn.Module) -> tuple[dict[str, float] | None, dict[str, float], Any]:
@@ -156,20 +156,16 @@ def train_run(
 # ----------------------------------------------------------------------------- builders
 
 
-def build_optimizer(config: Config, model: nn.Module) -> torch.optim.Optimizer:
-    """The configured optimizer over the model's parameters."""
+def build_optimizer(config: Config, model: nn.Module) -> Any:
+    """The configured optimizer over the model's parameters (see ``huberfit.optim``)."""
+    from huberfit import optim
+
     o = config.optimizer
     params = list(model.parameters())
     if o.name == "sgd":
-        return torch.optim.SGD(
-            params, lr=o.lr, momentum=o.momentum, nesterov=o.nesterov, weight_decay=o.weight_decay
-        )
-    if o.name == "adam":
-        return torch.optim.Adam(params, lr=o.lr, weight_decay=o.weight_decay)
-    if o.name == "adamw":
-        return torch.optim.AdamW(params, lr=o.lr, weight_decay=o.weight_decay)
-    if o.weight_decay:
-        raise ConfigError("optimizer.weight_decay is not supported by lbfgs; set it to 0")
+        return optim.SGD(params, o.lr, o.momentum, o.nesterov, o.weight_decay)
+    if o.name in ("adam", "adamw"):
+        return optim.Adam(params, o.lr, o.weight_decay, decoupled=o.name == "adamw")
     eps = torch.finfo(params[0].dtype).eps
     # torch's defaults (tolerance_grad=1e-7, tolerance_change=1e-9) stop well short of the
     # optimum; tolerances at the dtype's precision, and fit() repeating the step until the
@@ -185,14 +181,14 @@ def build_optimizer(config: Config, model: nn.Module) -> torch.optim.Optimizer:
     )
 
 
-def build_scheduler(config: Config, optimizer: torch.optim.Optimizer) -> Any:
+def build_scheduler(config: Config, optimizer: Any) -> Any:
+    from huberfit import optim
+
     s = config.scheduler
     if s.name == "cosine":
-        return torch.optim.lr_scheduler.CosineAnnealingLR(
-            optimizer, T_max=config.train.epochs, eta_min=s.min_lr
-        )
+        return optim.CosineLR(optimizer, config.train.epochs, s.min_lr)
     if s.name == "step":
-        return torch.optim.lr_scheduler.StepLR(optimizer, step_size=s.step_size, gamma=s.gamma)
+        return optim.StepLR(optimizer, s.step_size, s.gamma)
     return None
 
 
@@ -325,7 +321,9 @@ class FigureMaker:
             figs.append(
                 ("fit", plots.fit_figure(X[:, 0], y, data.outliers_train, fitted, truth, title))
             )
-        Xe, ye = (data.X_val, data.y_val) if data.X_val is not None else (data.X_train, data.y_train)
+        Xe, ye = (
+            (data.X_val, data.y_val) if data.X_val is not None else (data.X_train, data.y_train)
+        )
         Xo, yo = original_units(data, Xe, ye)
         pred = Xo @ np.array(list(params.values())) + intercept
         delta = cfg.loss.delta if cfg.loss.name == "huber" else None
@@ -335,7 +333,9 @@ class FigureMaker:
         return figs
 
 
-def original_units(data: Dataset, X: torch.Tensor, y: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+def original_units(
+    data: Dataset, X: torch.Tensor, y: torch.Tensor
+) -> tuple[np.ndarray, np.ndarray]:
     s = data.scaling
     Xo = X.double().numpy() * np.array(s.x_scale) + np.array(s.x_mean)
     yo = y.double().numpy().reshape(-1) * s.y_scale + s.y_mean

@@ -248,4 +248,3 @@ def hparam_metrics(metrics: dict[str, Any]) -> dict[str, float]:
 def plain_console(width: int = 100) -> Console:
     """A colourless console writing into a string buffer (tests, captured output)."""
     return Console(width=width, file=io.StringIO(), color_system=None)
-

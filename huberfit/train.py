@@ -71,6 +71,7 @@ class FitSettings:
     log_every_steps: int = 10
     early_stopping_patience: int | None = None
     loss_scale: float = 1.0  # training-units loss * loss_scale = original-units loss
+    fused: bool = True  # closed-form gradients for nn.Linear + a loss with value_and_grad
 
 
 @dataclass
@@ -142,7 +143,7 @@ def fit(
     model: nn.Module,
     loss_fn: nn.Module,
     batches: InMemoryBatches,
-    optimizer: torch.optim.Optimizer,
+    optimizer: Any,
     sinks: Sink,
     settings: FitSettings,
     evaluate: Evaluate,
@@ -192,6 +193,12 @@ class _Run:
         self.is_lbfgs = isinstance(optimizer, torch.optim.LBFGS)
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.on_cpu = batches.X.device.type == "cpu"
+        self.fused = (
+            settings.fused
+            and type(model) is nn.Linear
+            and hasattr(loss_fn, "value_and_grad")
+            and all(p.requires_grad for p in model.parameters())
+        )
         self.samples = 0
         self.last: EpochReport | None = None
         self.history: list[EpochReport] = []
@@ -205,7 +212,7 @@ class _Run:
         order = self.batches.epoch(st.epoch)
         k = s.grad_accum_steps
         device_sum = None if self.on_cpu else torch.zeros((), device=self.batches.X.device)
-        log_sum, log_n = 0.0, 0
+        log_sum, log_n, log_sum_t = 0.0, 0, None
         grad_norm = math.nan
         for start in range(st.batch, len(order), k):
             window = order[start : start + k]
@@ -225,15 +232,15 @@ class _Run:
                 st.epoch_loss_sum += value * n_win
                 log_sum, log_n = log_sum + value, log_n + 1
             else:  # accelerators: no host sync per step; read at the log interval
-                device_sum += win_loss.detach() * n_win
-                log_sum_t = win_loss.detach() if log_n == 0 else log_sum_t + win_loss.detach()
+                device_sum += win_loss * n_win
+                log_sum_t = win_loss if log_sum_t is None else log_sum_t + win_loss
                 log_n += 1
             st.epoch_count += n_win
             if st.step % s.log_every_steps == 0 or last_window:
                 mean = (log_sum if self.on_cpu else float(log_sum_t)) / log_n
                 self._check_finite(mean)
                 self.sinks.step(st.step, mean * s.loss_scale)
-                log_sum, log_n = 0.0, 0
+                log_sum, log_n, log_sum_t = 0.0, 0, None
             if stop.is_set() and not last_window:
                 self._flush_device_sum(device_sum)
                 self.samples += seen
@@ -248,12 +255,32 @@ class _Run:
         total = None
         for idx in window:
             xb, yb = self.batches.take(idx)
-            loss = self.loss_fn(self.model(xb), yb)
-            if len(window) > 1 or idx.numel() != n_win:
-                loss = loss * (idx.numel() / n_win)
-            loss.backward()
-            total = loss.detach() if total is None else total + loss.detach()
+            weight = idx.numel() / n_win
+            if self.fused:
+                loss = self._fused_backward(xb, yb, weight)
+            else:
+                loss = self.loss_fn(self.model(xb), yb)
+                if weight != 1.0:
+                    loss = loss * weight
+                loss.backward()
+                loss = loss.detach()
+            total = loss if total is None else total + loss
         return total
+
+    @torch.no_grad()
+    def _fused_backward(self, xb: torch.Tensor, yb: torch.Tensor, weight: float) -> torch.Tensor:
+        """What ``loss.backward()`` computes for ``nn.Linear``, in closed form: with
+        ``g = dloss/dpred`` (n, 1), ``dW = g.T @ X`` and ``db = sum(g)``; added to ``.grad``."""
+        W, b = self.model.weight, self.model.bias
+        pred = torch.addmm(b, xb, W.t()) if b is not None else torch.mm(xb, W.t())
+        value, g = self.loss_fn.value_and_grad(pred, yb)
+        if weight != 1.0:
+            g.mul_(weight)
+            value = value * weight
+        _add_grad(W, torch.mm(g.t(), xb))
+        if b is not None:
+            _add_grad(b, g.sum(0))
+        return value
 
     def _flush_device_sum(self, device_sum: torch.Tensor | None) -> None:
         if device_sum is not None:
@@ -364,6 +391,13 @@ class _Run:
         if st.best_weights is not None:
             self.model.load_state_dict(st.best_weights)
         return True
+
+
+def _add_grad(p: torch.Tensor, grad: torch.Tensor) -> None:
+    if p.grad is None:
+        p.grad = grad
+    else:
+        p.grad.add_(grad)
 
 
 def _grad_norm(params: list[torch.Tensor]) -> float:

@@ -55,14 +55,18 @@ def test_defaults_are_the_contract():
 def test_misspelt_section_suggests(tmp_path):
     f = tmp_path / "c.yaml"
     f.write_text("optimiser:\n  lr: 0.1\n")
-    with pytest.raises(ConfigError, match=r"unknown key 'optimiser' \(did you mean 'optimizer'\?\)"):
+    with pytest.raises(
+        ConfigError, match=r"unknown key 'optimiser' \(did you mean 'optimizer'\?\)"
+    ):
         load_config(f)
 
 
 def test_misspelt_key_suggests(tmp_path):
     f = tmp_path / "c.yaml"
     f.write_text("train:\n  epoch: 3\n")
-    with pytest.raises(ConfigError, match=r"unknown key 'train.epoch' \(did you mean 'train.epochs'\?\)"):
+    with pytest.raises(
+        ConfigError, match=r"unknown key 'train.epoch' \(did you mean 'train.epochs'\?\)"
+    ):
         load_config(f)
 
 
@@ -150,14 +154,16 @@ def test_cli_error_is_one_line_on_stderr(tmp_path):
     bad.write_text("optimiser: {lr: 1}\n")
     p = subprocess.run(
         [sys.executable, "-m", "huberfit", "config", "validate", "--config", str(bad)],
-        capture_output=True, text=True,
+        capture_output=True,
+        text=True,
     )
     assert p.returncode == 1 and p.stdout == ""
     lines = p.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and "optimizer" in lines[0]
     p = subprocess.run(
         [sys.executable, "-m", "huberfit", "--debug", "config", "validate", "--config", str(bad)],
-        capture_output=True, text=True,
+        capture_output=True,
+        text=True,
     )
     assert p.returncode == 1 and "Traceback" in p.stderr
 
