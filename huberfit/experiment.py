@@ -166,17 +166,16 @@ def build_optimizer(config: Config, model: nn.Module) -> Any:
         return optim.SGD(params, o.lr, o.momentum, o.nesterov, o.weight_decay)
     if o.name in ("adam", "adamw"):
         return optim.Adam(params, o.lr, o.weight_decay, decoupled=o.name == "adamw")
-    eps = torch.finfo(params[0].dtype).eps
     # torch's defaults (tolerance_grad=1e-7, tolerance_change=1e-9) stop well short of the
-    # optimum; tolerances at the dtype's precision, and fit() repeating the step until the
-    # objective stops falling, reach it.
+    # optimum; with them off, each step runs max_iter iterations or until the line search
+    # makes no progress, and fit() repeats the step until the objective stops falling.
     return torch.optim.LBFGS(
         params,
         lr=o.lr,
         max_iter=o.max_iter,
         history_size=o.history_size,
-        tolerance_grad=eps,
-        tolerance_change=eps,
+        tolerance_grad=0.0,
+        tolerance_change=0.0,
         line_search_fn="strong_wolfe",
     )
 
