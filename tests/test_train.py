@@ -85,7 +85,9 @@ def test_l1_reaches_the_weighted_median(tmp_path):
     cum = np.cumsum(weights[order])
     expected = ratios[order][np.searchsorted(cum, cum[-1] / 2)]
     path = tmp_path / "d.csv"
-    path.write_text("x,y\n" + "".join(f"{float(a)!r},{float(b)!r}\n" for a, b in zip(x, y, strict=True)))
+    path.write_text(
+        "x,y\n" + "".join(f"{float(a)!r},{float(b)!r}\n" for a, b in zip(x, y, strict=True))
+    )
     out = run(
         tmp_path, *lbfgs("loss.name=l1", "model.bias=false", "data.source=csv",
                          f"data.path={path}", "data.target=y", "data.val_fraction=0",
