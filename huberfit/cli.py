@@ -35,7 +35,8 @@ config_app = typer.Typer(
 )
 app.add_typer(config_app, name="config")
 
-out = Console(highlight=False, soft_wrap=True)
+# Piped output is not squeezed into 80 columns: tables stay readable in files and logs.
+out = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 120)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 _debug = {"on": os.environ.get("HUBERFIT_DEBUG", "") not in ("", "0")}
 
@@ -187,6 +188,52 @@ def _run_training(cfg, ckpt, resume, runs_dir, quiet: bool, json_out: bool) -> N
     if status == "interrupted":
         err.print(f"interrupted: saved {run_dir}; continue with: huberfit train --resume {run_dir}")
         raise typer.Exit(130)
+
+
+@app.command("compare-losses")
+@user_errors
+def compare_losses(
+    overrides: list[str] = OVERRIDES_ARG,
+    config: Path | None = CONFIG_OPT,
+    losses: str = typer.Option("huber,mse,l1", "--losses", help="Comma-separated losses."),
+    deltas: str = typer.Option("", "--deltas", help="Huber deltas, e.g. 0.5,1,2: one run each."),
+    runs_dir: str | None = typer.Option(None, "--runs-dir", help="Parent folder of run folders."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Print nothing but errors."),
+    json_out: bool = typer.Option(False, "--json", help="Print comparison.json to stdout only."),
+) -> None:
+    """Train the same experiment with each loss (same data, split, init, batch order)."""
+    from huberfit.config import load_config
+    from huberfit.errors import ConfigError
+
+    names = [x.strip() for x in losses.split(",") if x.strip()]
+    try:
+        delta_list = [float(x) for x in deltas.split(",") if x.strip()]
+    except ValueError:
+        raise ConfigError(f"--deltas must be comma-separated numbers; got {deltas!r}") from None
+    if any(not d > 0 or d == float("inf") for d in delta_list):
+        raise ConfigError(f"--deltas must all be finite and > 0; got {deltas!r}")
+    if config is None:
+        from huberfit.experiment import COMPARE_DEFAULTS
+
+        cfg = load_config(None, COMPARE_DEFAULTS + list(overrides or []))
+    else:
+        cfg = load_config(config, list(overrides or []))
+    _run_comparison(cfg, names, delta_list, runs_dir, quiet, json_out)
+
+
+def _run_comparison(cfg, names, deltas, runs_dir, quiet: bool, json_out: bool) -> None:
+    from huberfit.experiment import compare_losses as compare
+    from huberfit.sinks import ConsoleSink, render_comparison
+
+    console = ConsoleSink(cfg.train.epochs, quiet=True, err=err)
+    notes = ConsoleSink(cfg.train.epochs, quiet=quiet, err=err)
+    console.note = notes.note  # per-run notes, no per-epoch lines
+    result = compare(cfg, names, deltas, console, runs_dir)
+    if json_out:
+        payload = {"runs": result.rows, "verdict": result.verdict, "parent": str(result.parent)}
+        out.print(json.dumps(payload, indent=2, default=str), markup=False)
+    elif not quiet:
+        render_comparison(result.rows, result.verdict, str(result.parent), out)
 
 
 def main() -> None:

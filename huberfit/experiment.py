@@ -30,6 +30,7 @@ from huberfit.artifacts import (
 from huberfit.config import Config, dump_config, validate_config
 from huberfit.data import Dataset, load_dataset
 from huberfit.device import resolve_device
+from huberfit.errors import ConfigError
 from huberfit.losses import LOSSES, build_loss
 from huberfit.model import build_model, read_coefficients
 from huberfit.sinks import ConsoleSink, Sinks, TensorBoardSink
@@ -81,6 +82,7 @@ def train_run(
     loss_fn = build_loss(config.loss.name, config.loss.delta / data.scaling.y_scale)
     optimizer = build_optimizer(config, model)
     scheduler = build_scheduler(config, optimizer)
+    initial = read_coefficients(model)  # before any restore: a function of the seed alone
     state = restore(resume, model, optimizer, scheduler) if resume else TrainState()
     # 3. the batch source: tensors moved to the device once
     X, y = data.X_train.to(device), data.y_train.to(device)
@@ -136,6 +138,8 @@ def train_run(
         # 6. final metrics in original units, checkpoint, pictures
         metrics = final_metrics(config, data, device, model, result, scorer, X, y, X_val, y_val)
         metrics["run_dir"] = str(run_dir)
+        metrics["initial_weights"] = [*initial[0], initial[1]]
+        metrics["batch_order_digest"] = order_digest(batches)
         payload = checkpoint_payload(config, data, model, optimizer, scheduler, result.state)
         save_checkpoint(run_dir / "checkpoint.pt", payload)
         write_json(run_dir / "metrics.json", metrics)
@@ -151,6 +155,14 @@ def train_run(
         if tb is not None:
             tb.close()
     return Outcome(run_dir, metrics, result, model)
+
+
+def order_digest(batches: InMemoryBatches) -> str:
+    """A short fingerprint of the first epoch's sample order (same order, same digest)."""
+    import hashlib
+
+    order = batches.order(0) if batches.batch_size < batches.n else torch.arange(batches.n)
+    return hashlib.sha1(order.numpy().tobytes()).hexdigest()[:16]
 
 
 # ----------------------------------------------------------------------------- builders
@@ -401,3 +413,145 @@ def stop_on_signals(stop: threading.Event):
     finally:
         for s, h in previous.items():
             signal.signal(s, h)
+
+
+# ----------------------------------------------------------------------------- comparison
+
+COMPARE_DEFAULTS = [
+    "name=compare",
+    "data.n_samples=1000",
+    "data.n_features=1",
+    "data.true_weights=[2.0]",
+    "data.outlier_fraction=0.15",
+    "data.outlier_scale=15.0",
+    "train.epochs=40",
+]
+
+
+@dataclass
+class Comparison:
+    parent: Path
+    rows: list[dict[str, Any]]
+    verdict: str
+    figure: Any = field(repr=False, default=None)
+
+
+def compare_losses(
+    config: Config,
+    losses: list[str],
+    deltas: list[float],
+    console: ConsoleSink,
+    runs_dir: str | None = None,
+) -> Comparison:
+    """Train the same data, split, initial weights and batch order once per loss (and per
+    Huber delta), each into ``<parent>/<label>``; report each one's optimality gap."""
+    from huberfit.reference import optimality_gap
+
+    labels = comparison_labels(losses, deltas, config.loss.delta)
+    prepared = prepare(config)  # one dataset for every run
+    parent = make_run_dir(runs_dir or config.output.runs_dir, config.name, prefix="compare-")
+    X, y = original_units(prepared.data, prepared.data.X_train, prepared.data.y_train)
+    rows = []
+    for label, name, delta in labels:
+        console.note(f"{label}: training")
+        raw = config.model_dump(mode="json")
+        raw["loss"] = {"name": name, "delta": delta}
+        raw["name"] = label
+        child = validate_config(raw, f"compare-losses {label}")
+        (parent / label).mkdir()
+        outcome = train_run(child, console, prepared=prepared, run_dir=parent / label)
+        m = outcome.metrics
+        gap = optimality_gap(name, X, y, list(m["coefficients"].values()), m["intercept"],
+                             delta, config.model.bias)  # fmt: skip
+        rows.append({"label": label, **_comparison_row(m, gap)})
+        write_json(parent / label / "metrics.json", {**m, "optimality": gap})
+    verdict = comparison_verdict(rows, prepared.data.true_weights is not None)
+    result = Comparison(parent, rows, verdict)
+    write_json(parent / "comparison.json", {"runs": rows, "verdict": verdict,
+                                            "config": config.model_dump(mode="json")})  # fmt: skip
+    if config.output.images:
+        result.figure = _comparison_picture(parent, prepared.data, rows, config)
+    return result
+
+
+def comparison_labels(
+    losses: list[str], deltas: list[float], default_delta: float
+) -> list[tuple[str, str, float]]:
+    """``(label, loss, delta)`` per run: ``huber``, ``mse``, ``l1``, ``huber-d0.5``..."""
+    labels = []
+    for name in losses:
+        if name not in LOSSES:
+            raise ConfigError(f"--losses: unknown loss {name!r}; valid: {', '.join(LOSSES)}")
+        if name == "huber" and deltas:
+            labels += [(f"huber-d{d:g}", "huber", d) for d in deltas]
+        else:
+            labels.append((name, name, default_delta))
+    if len({lab for lab, _, _ in labels}) != len(labels):
+        raise ConfigError("--losses/--deltas: each loss and delta may appear only once")
+    return labels
+
+
+def _comparison_row(m: dict[str, Any], gap: dict[str, Any]) -> dict[str, Any]:
+    val = m.get("val") or {}
+    return {
+        "loss": m["loss"],
+        "delta": m["delta"],
+        "status": m["status"],
+        "train_objective": gap["objective"],
+        "optimum": gap["optimum"],
+        "optimality_gap": gap["gap"],
+        "relative_gap": gap["relative_gap"],
+        "val_mse": val.get("mse"),
+        "val_mae": val.get("mae"),
+        "coefficient_error": m.get("coefficient_error"),
+        "coefficients": m["coefficients"],
+        "intercept": m["intercept"],
+        "epochs": m["epochs"],
+        "seconds": m["seconds"],
+        "initial_weights": m["initial_weights"],
+        "batch_order_digest": m["batch_order_digest"],
+        "run_dir": m["run_dir"],
+    }
+
+
+def comparison_verdict(rows: list[dict[str, Any]], synthetic: bool) -> str:
+    if synthetic:
+        best = min(rows, key=lambda r: r["coefficient_error"])
+        return (
+            f"{best['label']} recovered the true coefficients best "
+            f"(coefficient error {best['coefficient_error']:.4g})"
+        )
+    if all(r["val_mae"] is not None for r in rows):
+        best = min(rows, key=lambda r: r["val_mae"])
+        return f"{best['label']} had the lowest validation MAE ({best['val_mae']:.4g})"
+    return "no validation set (data.val_fraction: 0): compare the objectives and gaps above"
+
+
+def _comparison_picture(parent: Path, data: Dataset, rows, config: Config) -> Any:
+    from huberfit import plots
+
+    X, y = original_units(data, data.X_train, data.y_train)
+    truth = None
+    if data.true_weights is not None:
+        truth = (data.true_weights[0], float(data.true_bias or 0.0))
+    if X.shape[1] == 1:
+        lines = [(r["label"], next(iter(r["coefficients"].values())), r["intercept"]) for r in rows]
+        fig = plots.comparison_figure(X[:, 0], y, data.outliers_train, lines, truth, None)
+    elif truth is not None or data.true_weights is not None:
+        bars = (
+            "coefficient error (L2 to truth)",
+            [(r["label"], r["coefficient_error"]) for r in rows],
+        )
+        fig = plots.comparison_figure(None, None, None, [], None, bars)
+    elif all(r["val_mae"] is not None for r in rows):
+        bars = ("validation MAE", [(r["label"], r["val_mae"]) for r in rows])
+        fig = plots.comparison_figure(None, None, None, [], None, bars)
+    else:
+        return None
+    fig.savefig(parent / "comparison.png")
+    if config.output.tensorboard:
+        from torch.utils.tensorboard import SummaryWriter
+
+        with SummaryWriter(log_dir=str(parent)) as writer:
+            writer.add_figure("comparison", fig, 0, close=False)
+    return fig

@@ -75,27 +75,28 @@ def comparison_figure(
     outliers: np.ndarray | None,
     lines: Sequence[tuple[str, float, float]],
     truth: tuple[float, float] | None,
-    errors: Sequence[tuple[str, float]] | None,
+    bars: tuple[str, Sequence[tuple[str, float]]] | None,
 ) -> Figure:
-    """1 feature: data, outliers, the true line and each loss's line. Otherwise: a bar chart
-    of coefficient error per loss (or nothing to draw if the truth is unknown)."""
+    """1 feature: data, outliers, the true line and each loss's line. Otherwise ``bars``:
+    ``(what, [(label, value)])``, e.g. the coefficient error per loss."""
     fig = Figure(figsize=(7.0, 4.6), dpi=100)
     ax = fig.add_subplot()
     if x is not None and y is not None:
         _scatter(ax, x, y, outliers)
         grid = np.linspace(float(x.min()), float(x.max()), 50)
+        variants = iter(["tab:blue", "tab:purple", "tab:cyan", "tab:olive", "tab:brown"])
         for label, w, b in lines:
-            color = COLORS.get(label.split("-")[0])
-            ls = "-" if label in COLORS else ":"
-            ax.plot(grid, w * grid + b, lw=2, ls=ls, color=color, label=label)
+            color = COLORS.get(label) or next(variants, None)
+            ax.plot(grid, w * grid + b, lw=2, color=color, label=label)
         if truth is not None:
             ax.plot(grid, truth[0] * grid + truth[1], "k--", lw=1.5, label="true")
         ax.set(xlabel="x", ylabel="y", title="losses compared on the same data")
         ax.legend(loc="best", fontsize=8)
-    elif errors:
-        labels = [e[0] for e in errors]
-        ax.bar(labels, [e[1] for e in errors], color=[COLORS.get(n.split("-")[0]) for n in labels])
-        ax.set(ylabel="coefficient error (L2 to truth)", title="coefficient error per loss")
+    elif bars:
+        what, values = bars
+        labels = [label for label, _ in values]
+        ax.bar(labels, [v for _, v in values], color=[COLORS.get(n.split("-")[0]) for n in labels])
+        ax.set(ylabel=what, title=f"{what} per loss")
     fig.tight_layout()
     return fig
 

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from rich import box
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
@@ -126,6 +127,57 @@ def render_summary(metrics: dict[str, Any], run_dir: str, console: Console) -> N
     lines.append(f"look at it: tensorboard --logdir {Path(run_dir).parent}")
     for line in lines:
         console.print(line, highlight=False)
+
+
+COMPARE_COLUMNS = [  # (header, row key, lower is better?)
+    ("objective", "train_objective", None),
+    ("gap", "optimality_gap", True),
+    ("val MSE", "val_mse", True),
+    ("val MAE", "val_mae", True),
+    ("coef err", "coefficient_error", True),
+]
+
+
+def render_comparison(
+    rows: list[dict[str, Any]], verdict: str, parent: str, console: Console
+) -> None:
+    """The comparison table, the best value of each column marked with *, and the verdict."""
+    table = Table(
+        title="losses compared on the same data (original units)",
+        title_justify="left",
+        box=box.SIMPLE_HEAD,
+    )
+    table.add_column("run", no_wrap=True)
+    for header, _, _ in COMPARE_COLUMNS:
+        table.add_column(header, justify="right", no_wrap=True)
+    table.add_column("coefficients, intercept", overflow="fold", min_width=16)
+    table.add_column("s", justify="right", no_wrap=True)
+    best = {}
+    for _, key, lower in COMPARE_COLUMNS:
+        values = [r[key] for r in rows if r[key] is not None]
+        if lower and values:
+            best[key] = min(values, key=abs) if key == "optimality_gap" else min(values)
+    for r in rows:
+        cells = [r["label"]]
+        for _, key, _lower in COMPARE_COLUMNS:
+            mark = "*" if key in best and r[key] == best[key] else ""
+            cells.append(_short(r[key]) + mark)
+        coefs = " ".join(f"{v:.4g}" for v in [*r["coefficients"].values(), r["intercept"]])
+        cells += [coefs, f"{r['seconds']:.1f}"]
+        table.add_row(*cells)
+    console.print(table)
+    epochs = sorted({r["epochs"] for r in rows})
+    console.print(
+        "* best in its column. gap: the training objective minus the exact optimum of the "
+        f"same loss on the training rows (see README). epochs: {', '.join(map(str, epochs))}",
+        highlight=False,
+    )
+    console.print(f"verdict: {verdict}", highlight=False)
+    console.print(f"runs: {parent}\nlook at it: tensorboard --logdir {parent}", highlight=False)
+
+
+def _short(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) and math.isfinite(value) else _fmt(value)
 
 
 def _fmt(value: Any) -> str:
