@@ -236,6 +236,68 @@ def _run_comparison(cfg, names, deltas, runs_dir, quiet: bool, json_out: bool) -
         render_comparison(result.rows, result.verdict, str(result.parent), out)
 
 
+# ----------------------------------------------------------------------------- use a run
+
+RUN_OPT = typer.Option(..., "--run", help="A run folder (holds checkpoint.pt).")
+INPUT_OPT = typer.Option(..., "--input", "-i", help="A .csv or .parquet file.")
+
+
+@app.command()
+@user_errors
+def predict(
+    run: Path = RUN_OPT,
+    input: str = INPUT_OPT,
+    output: str | None = typer.Option(
+        None, "--output", "-o", help=".csv or .parquet; default: CSV on stdout."
+    ),
+) -> None:
+    """Add a 'prediction' column to the rows of a file, using a trained run."""
+    from huberfit.predict import load_run, predict_file
+
+    trained = load_run(run)
+    rows = predict_file(trained, input, output)
+    if output is not None:
+        err.print(f"wrote {rows} rows with predictions to {output}")
+
+
+@app.command("eval")
+@user_errors
+def evaluate(
+    run: Path = RUN_OPT,
+    input: str = INPUT_OPT,
+    target: str | None = typer.Option(None, "--target", help="Target column (default: the run's)."),
+    json_out: bool = typer.Option(False, "--json", help="Print the scores as JSON."),
+) -> None:
+    """Score a trained run on a labelled file: MSE, MAE, R^2 and its training objective."""
+    from huberfit.predict import evaluate_file, load_run
+    from huberfit.sinks import render_scores
+
+    scores = evaluate_file(load_run(run), input, target)
+    if json_out:
+        out.print(json.dumps(scores, indent=2), markup=False)
+    else:
+        render_scores(scores, out)
+
+
+@app.command()
+@user_errors
+def runs(
+    runs_dir: Path = typer.Option(Path("runs"), "--runs-dir", help="Folder holding run folders."),
+    json_out: bool = typer.Option(False, "--json", help="Print the rows as JSON."),
+) -> None:
+    """List runs, newest first (comparisons with their runs under them)."""
+    from huberfit.runs import list_runs
+    from huberfit.sinks import render_runs
+
+    rows = list_runs(runs_dir)
+    if json_out:
+        out.print(json.dumps(rows, indent=2), markup=False)
+    elif not rows:
+        out.print(f"no runs in {runs_dir} (train one with: huberfit train)")
+    else:
+        render_runs(rows, str(runs_dir), out)
+
+
 def main() -> None:
     """Console-script entry point."""
     try:

@@ -246,6 +246,72 @@ def read_table(
     return X, y, list(features), dropped
 
 
+def source_of(path: str | Path) -> str:
+    """``parquet`` for ``.parquet``/``.pq`` files, else ``csv``."""
+    return "parquet" if Path(path).suffix.lower() in (".parquet", ".pq") else "csv"
+
+
+def iter_chunks(
+    path: str | Path,
+    features: list[str],
+    target: str | None,
+    chunk_rows: int = 100_000,
+    require_target: bool = False,
+):
+    """Yield ``(frame, X, y or None)`` per chunk of a CSV/Parquet file, in bounded memory.
+
+    ``frame`` holds the chunk's columns as read (for writing them back out); ``X`` the
+    ``features`` in that order as float64; bad cells raise the same located ``DataError``
+    as training data, with line/row numbers counted from the top of the file.
+    """
+    file = _check_file(str(path))
+    source = source_of(file)
+    columns = _read_header(file, source)
+    dupes = sorted({c for c in columns if columns.count(c) > 1})
+    if dupes:
+        raise DataError(f"{file}: duplicate column names: {', '.join(dupes)}")
+    for name in features:
+        if name not in columns:
+            raise DataError(f"{file}: feature column {name!r} not found{_suggest(name, columns)}")
+    has_target = target is not None and target in columns
+    if require_target and not has_target:
+        raise DataError(f"{file}: target column {target!r} not found{_suggest(target, columns)}")
+    wanted = features + ([target] if has_target else [])
+    offset = 0
+    for frame in _frames(file, source, chunk_rows):
+        frame.columns = [str(c).strip() for c in frame.columns]
+        values, _ = _to_numeric(
+            frame[wanted].copy(), wanted, file, source, "error", np.float64, offset
+        )
+        X = values[:, : len(features)]
+        y = values[:, len(features)] if has_target else None
+        offset += len(frame)
+        yield frame, X, y
+    if offset == 0:
+        raise DataError(f"{file}: has a header but no data rows")
+
+
+def _frames(file: Path, source: str, chunk_rows: int):
+    if source == "parquet":
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        try:
+            for batch in pq.ParquetFile(file).iter_batches(batch_size=chunk_rows):
+                yield batch.to_pandas()
+        except (pa.ArrowInvalid, OSError) as exc:
+            raise DataError(f"{file}: not a readable Parquet file ({exc})") from None
+        return
+    import pandas as pd
+
+    try:
+        yield from pd.read_csv(
+            file, chunksize=chunk_rows, encoding="utf-8-sig", skipinitialspace=True, engine="c"
+        )
+    except pd.errors.ParserError as exc:
+        raise DataError(f"{file}: malformed CSV: {exc}") from None
+
+
 def _check_file(path: str) -> Path:
     file = Path(path)
     if not file.exists():
@@ -303,10 +369,13 @@ def _read_frame(file: Path, source: str, wanted: list[str], dtype: type):  # -> 
     return frame
 
 
-def _to_numeric(frame, wanted: list[str], file: Path, source: str, missing: str, dtype: type):
+def _to_numeric(
+    frame, wanted: list[str], file: Path, source: str, missing: str, dtype: type, offset: int = 0
+):
     import pandas as pd
 
-    def where(row: int) -> str:  # row: 0-based data row
+    def where(row: int) -> str:  # row: 0-based data row of this frame
+        row += offset
         return f"line {row + 2}" if source == "csv" else f"row {row + 1}"
 
     for name in wanted:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import signal
 import threading
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -69,6 +70,7 @@ def train_run(
     resume: dict[str, Any] | None = None,
 ) -> Outcome:
     """Train one config into a new run folder (or ``run_dir``), returning its metrics."""
+    started = time.strftime("%Y-%m-%d %H:%M:%S")
     # 1. device and data: every user error surfaces here, before anything is written
     prepared = prepared or prepare(config)
     device, data = prepared.device, prepared.data
@@ -138,6 +140,7 @@ def train_run(
         # 6. final metrics in original units, checkpoint, pictures
         metrics = final_metrics(config, data, device, model, result, scorer, X, y, X_val, y_val)
         metrics["run_dir"] = str(run_dir)
+        metrics["started"] = started
         metrics["initial_weights"] = [*initial[0], initial[1]]
         metrics["batch_order_digest"] = order_digest(batches)
         payload = checkpoint_payload(config, data, model, optimizer, scheduler, result.state)

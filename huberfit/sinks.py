@@ -300,3 +300,41 @@ def hparam_metrics(metrics: dict[str, Any]) -> dict[str, float]:
 def plain_console(width: int = 100) -> Console:
     """A colourless console writing into a string buffer (tests, captured output)."""
     return Console(width=width, file=io.StringIO(), color_system=None)
+
+
+def render_runs(rows: list[dict[str, Any]], runs_dir: str, console: Console) -> None:
+    """The ``huberfit runs`` table; a comparison's runs are indented under it. The run
+    folder (relative to ``runs_dir``) starts with the run's name."""
+    table = Table(box=box.SIMPLE_HEAD, title=f"runs in {runs_dir}", title_justify="left")
+    columns = [("started", "started"), ("status", "status"), ("loss", "loss"),
+               ("delta", "delta"), ("optim", "optimizer"), ("epochs", "epochs"),
+               ("val loss", "val_loss"), ("val MAE", "val_mae"), ("coef err", "coefficient_error")]  # fmt: skip
+    table.add_column("run folder", overflow="fold", min_width=20)
+    for header, _ in columns:
+        table.add_column(header, no_wrap=True)
+    notes = []
+    for row in rows:
+        folder = Path(row["folder"])
+        first = f"└ {folder.name}" if row.get("parent") else folder.name
+        cells = [first] + [_short(row.get(key)) for _, key in columns]
+        cells[1] = str(row.get("started") or "-")[:16]
+        table.add_row(*cells)
+        if row.get("kind") == "comparison" and row.get("verdict"):
+            notes.append(f"{folder.name}: {row['verdict']}")
+        if row.get("detail"):
+            notes.append(f"{folder.name}: {row['detail']}")
+    console.print(table)
+    for line in notes:
+        console.print(line, highlight=False)
+
+
+def render_scores(scores: dict[str, Any], console: Console) -> None:
+    """``huberfit eval``: the metrics on the given file, original units."""
+    table = Table(box=box.SIMPLE_HEAD, title="scores (original units)", title_justify="left")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    loss = scores["loss"] + (f" (delta {scores['delta']:g})" if scores.get("delta") else "")
+    for name, value in (("rows", scores["rows"]), (f"objective: {loss}", scores["objective"]),
+                        ("MSE", scores["mse"]), ("MAE", scores["mae"]), ("R^2", scores["r2"])):  # fmt: skip
+        table.add_row(name, _fmt(value))
+    console.print(table)

@@ -1,0 +1,175 @@
+"""Use a trained run: predictions for new rows, and scores on new labelled rows.
+
+The run's ``checkpoint.pt`` is loaded with ``weights_only=True`` (never unpickled as code);
+its stored standardization and feature order are applied to the input, which is read and
+written in chunks so memory stays bounded whatever the file size. Everything is float64
+numpy; torch is needed only to read the checkpoint.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TextIO
+
+import numpy as np
+
+from huberfit.artifacts import load_checkpoint
+from huberfit.data import iter_chunks
+from huberfit.errors import DataError, RunError
+from huberfit.reference import objective
+
+CHUNK_ROWS = 100_000
+
+
+@dataclass
+class TrainedRun:
+    """What prediction needs from a run: the fitted model in its training units, the
+    standardization to reach them, and the names of the columns it reads."""
+
+    run_dir: Path
+    features: list[str]
+    target: str
+    weight: np.ndarray  # (n_features,), standardized units
+    bias: float
+    x_mean: np.ndarray
+    x_scale: np.ndarray
+    y_mean: float
+    y_scale: float
+    loss: str
+    delta: float
+
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        """Predictions in original units for ``X (n, n_features)`` in original units."""
+        Xs = (X - self.x_mean) / self.x_scale
+        return (Xs @ self.weight + self.bias) * self.y_scale + self.y_mean
+
+
+def load_run(run_dir: str | Path) -> TrainedRun:
+    """Read a run folder's checkpoint into a ``TrainedRun`` (or a RunError saying why not)."""
+    ckpt = load_checkpoint(run_dir)
+    try:
+        model, scaling = ckpt["model"], ckpt["scaling"]
+        weight = model["weight"].double().reshape(-1).numpy()
+        bias = float(model["bias"].double()) if "bias" in model else 0.0
+        features = list(ckpt["feature_names"])
+        run = TrainedRun(
+            run_dir=Path(run_dir),
+            features=features,
+            target=ckpt.get("target") or "y",
+            weight=weight,
+            bias=bias,
+            x_mean=np.asarray(scaling["x_mean"], dtype=np.float64),
+            x_scale=np.asarray(scaling["x_scale"], dtype=np.float64),
+            y_mean=float(scaling["y_mean"]),
+            y_scale=float(scaling["y_scale"]),
+            loss=ckpt["loss"]["name"],
+            delta=float(ckpt["loss"]["delta"]),
+        )
+    except (KeyError, TypeError, AttributeError, ValueError) as exc:
+        raise RunError(f"{run_dir}: checkpoint is missing or has a bad entry ({exc})") from None
+    if len(run.weight) != len(features):
+        raise RunError(
+            f"{run_dir}: checkpoint has {len(run.weight)} weights for {len(features)} features"
+        )
+    return run
+
+
+def predict_file(
+    run: TrainedRun, input_path: str, output: str | None, stdout: TextIO | None = None
+) -> int:
+    """Write the input rows with a ``prediction`` column (CSV or Parquet by the output's
+    extension; stdout as CSV without one). Returns the number of rows written."""
+    kind = None
+    if output is not None:
+        kind = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}.get(
+            Path(output).suffix.lower()
+        )
+        if kind is None:
+            raise DataError(f"--output {output}: use a .csv or .parquet file name")
+    chunks = iter_chunks(input_path, run.features, None, CHUNK_ROWS)
+    if output is None:
+        return _write_csv(chunks, run, stdout or sys.stdout)
+    out = Path(output)
+    fd, tmp = tempfile.mkstemp(dir=out.parent if str(out.parent) else ".", prefix=f".{out.name}.")
+    os.close(fd)
+    try:
+        if kind == "csv":
+            with open(tmp, "w", encoding="utf-8", newline="") as fh:
+                rows = _write_csv(chunks, run, fh)
+        else:
+            rows = _write_parquet(chunks, run, tmp)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, out)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return rows
+
+
+def _with_prediction(frame, X: np.ndarray, run: TrainedRun):
+    if "prediction" in frame.columns:
+        raise DataError("the input already has a 'prediction' column; rename it first")
+    return frame.assign(prediction=run.predict(X))
+
+
+def _write_csv(chunks, run: TrainedRun, fh: TextIO) -> int:
+    rows = 0
+    for frame, X, _ in chunks:
+        _with_prediction(frame, X, run).to_csv(fh, index=False, header=rows == 0)
+        rows += len(frame)
+    return rows
+
+
+def _write_parquet(chunks, run: TrainedRun, path: str) -> int:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    writer, rows = None, 0
+    try:
+        for frame, X, _ in chunks:
+            table = pa.Table.from_pandas(_with_prediction(frame, X, run), preserve_index=False)
+            if writer is None:
+                writer = pq.ParquetWriter(path, table.schema)
+            writer.write_table(table.cast(writer.schema))
+            rows += len(frame)
+    finally:
+        if writer is not None:
+            writer.close()
+    return rows
+
+
+def evaluate_file(run: TrainedRun, input_path: str, target: str | None = None) -> dict[str, Any]:
+    """MSE, MAE, R^2 and the run's own training objective on a labelled file, original units.
+
+    Streams the file; the target's variance (for R^2) is merged chunk by chunk with Chan's
+    parallel algorithm, which stays accurate where sum-of-squares formulas cancel.
+    """
+    target = target or run.target
+    n, sq, ab, obj = 0, 0.0, 0.0, 0.0
+    mean, m2 = 0.0, 0.0
+    for _, X, y in iter_chunks(input_path, run.features, target, CHUNK_ROWS, require_target=True):
+        r = y - run.predict(X)
+        k = len(y)
+        sq += float(r @ r)
+        ab += float(np.abs(r).sum())
+        obj += objective(run.loss, r, run.delta) * k
+        cmean = float(y.mean())
+        cm2 = float(((y - cmean) ** 2).sum())
+        d = cmean - mean
+        mean += d * k / (n + k)
+        m2 += cm2 + d * d * n * k / (n + k)
+        n += k
+    return {
+        "rows": n,
+        "loss": run.loss,
+        "delta": run.delta if run.loss == "huber" else None,
+        "objective": obj / n,
+        "mse": sq / n,
+        "mae": ab / n,
+        "r2": 1.0 - sq / m2 if m2 > 0 else math.nan,
+    }
