@@ -298,6 +298,37 @@ def runs(
         render_runs(rows, str(runs_dir), out)
 
 
+@app.command()
+@user_errors
+def bench(
+    rows: int = typer.Option(1_000_000, "--rows", min=1000, help="Synthetic rows."),
+    features: int = typer.Option(16, "--features", min=1, help="Features."),
+    batch_size: int = typer.Option(4096, "--batch-size", min=1, help="Mini-batch size."),
+    epochs: int = typer.Option(3, "--epochs", min=1, help="Timed epochs (median)."),
+    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda[:N] | mps."),
+    json_out: bool = typer.Option(False, "--json", help="Print the results as JSON."),
+) -> None:
+    """Time huberfit's engine against the tutorial DataLoader loop, side by side."""
+    from rich.table import Table
+
+    from huberfit.bench import as_table_rows, host_description, run_bench, to_json
+    from huberfit.device import resolve_device
+
+    dev = resolve_device(device)
+    res = run_bench(rows, features, batch_size, epochs, dev, lambda s: err.print(f"[dim]{s}[/dim]"))
+    if json_out:
+        out.print(json.dumps({**to_json(res), "host": host_description()}, indent=2), markup=False)
+        return
+    table = Table(title=f"huberfit bench: {rows:,} x {features}, batch {batch_size}, float32, "
+                        f"Huber (delta 1), SGD, {dev}", title_justify="left")  # fmt: skip
+    for col in ("what", "seconds", "samples/s", "ratio"):
+        table.add_column(col, justify="left" if col == "what" else "right")
+    for row in as_table_rows(res):
+        table.add_row(*row)
+    out.print(table)
+    out.print(f"{host_description()}; {res.threads} threads; median of {epochs} epochs")
+
+
 def main() -> None:
     """Console-script entry point."""
     try:

@@ -146,41 +146,40 @@ class HuberLoss(nn.Module):
     def extra_repr(self) -> str:
         return f"delta={self.delta}, reduction={self.reduction!r}"
 
-    def value_and_grad(
+    def sum_and_grad(
         self, y_pred: torch.Tensor, y_true: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Mean loss and its gradient w.r.t. ``y_pred`` (same shapes), without autograd.
+        """Summed loss and its gradient w.r.t. ``y_pred``, without autograd, for 1-D inputs.
 
-        The training loop's fused path for ``nn.Linear``; tested against autograd.
+        The training loop's fused path for ``nn.Linear`` (tested against autograd); it
+        overwrites ``y_pred``. Same identity as forward: ``d * c - c**2 / 2``.
         """
-        d = y_pred - y_true
+        d = y_pred.sub_(y_true)
         c = d.clamp(-self.delta, self.delta)
-        n = d.numel()
-        value = (torch.dot(d.reshape(-1), c.reshape(-1)) - 0.5 * c.square().sum()) / n
-        return value, c.div_(n)
+        return torch.dot(d.sub_(c, alpha=0.5), c), c
 
 
 class MSELoss(nn.MSELoss):
     """``nn.MSELoss`` (mean of ``r**2``) with the fused path's closed-form gradient."""
 
-    def value_and_grad(
+    def sum_and_grad(
         self, y_pred: torch.Tensor, y_true: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        d = y_pred - y_true
-        n = d.numel()
-        return torch.dot(d.reshape(-1), d.reshape(-1)) / n, d.mul_(2.0 / n)
+        """Sum of ``r**2`` and its gradient ``2 r`` (1-D inputs; overwrites ``y_pred``)."""
+        d = y_pred.sub_(y_true)
+        return torch.dot(d, d), d.mul_(2.0)
 
 
 class L1Loss(nn.L1Loss):
-    """``nn.L1Loss`` (mean of ``|r|``) with the fused path's gradient ``sign(r) / n``
+    """``nn.L1Loss`` (mean of ``|r|``) with the fused path's gradient ``sign(r)``
     (0 at ``r == 0``, as torch's)."""
 
-    def value_and_grad(
+    def sum_and_grad(
         self, y_pred: torch.Tensor, y_true: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        d = y_pred - y_true
-        n = d.numel()
-        return d.abs().sum() / n, d.sign_().div_(n)
+        """Sum of ``|r|`` and its gradient ``sign(r)`` (1-D inputs; overwrites ``y_pred``)."""
+        d = y_pred.sub_(y_true)
+        return d.abs().sum(), d.sign_()
 
 
 # ----------------------------------------------------------------------------- registry

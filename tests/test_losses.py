@@ -75,14 +75,15 @@ def test_second_backward_with_retain_graph():
     torch.testing.assert_close(g1, g2)
 
 
-def test_value_and_grad_equals_autograd():
+def test_sum_and_grad_equals_autograd():
     for name in LOSSES:
         loss_fn = build_loss(name, 0.7)
         pred, true = _inputs(torch.float64, 0.7)
         p = pred.clone().requires_grad_()
-        expected = loss_fn(p, true)
+        expected = loss_fn(p, true) * len(p)
         expected.backward()
-        value, grad = loss_fn.value_and_grad(pred.clone(), true)
+        value, grad = loss_fn.sum_and_grad(pred.clone().reshape(-1), true.reshape(-1))
+        grad = grad.reshape(-1, 1)
         torch.testing.assert_close(value, expected.detach(), rtol=1e-13, atol=1e-15)
         torch.testing.assert_close(grad, p.grad, rtol=1e-13, atol=1e-15)
 

@@ -1,0 +1,304 @@
+"""``huberfit bench``: huberfit's engine against the tutorial loop, side by side, one process.
+
+All timings share the data, loss (Huber, delta 1), optimizer (SGD), dtype (float32) and
+thread settings; each is warmed up first and reported as the median of repeats. Nothing
+here is asserted: timings are for people, on their machine.
+
+(a) the tutorial loop: ``TensorDataset`` + ``DataLoader(shuffle=True)`` + the readable
+    ``torch.where`` Huber module + ``zero_grad / backward / step`` with ``torch.optim.SGD``;
+(b) huberfit's engine (``train.fit`` with its batch source, loss and optimizer);
+(c) ``HuberLoss`` against ``F.huber_loss``, forward + backward on 1M elements;
+(d) huberfit's engine with TensorBoard logging on (default intervals) against off;
+(e) full-batch L-BFGS to a relative objective gap of 1e-6 on the same Huber problem.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from huberfit.losses import HuberLoss, huber_reference
+from huberfit.model import build_model
+from huberfit.optim import SGD
+from huberfit.train import FitSettings, InMemoryBatches, fit
+
+
+@dataclass
+class BenchResult:
+    rows: int
+    features: int
+    batch_size: int
+    epochs: int
+    device: str
+    threads: int
+    torch_version: str
+    timings: dict[str, dict[str, float]] = field(default_factory=dict)
+    ratios: dict[str, float] = field(default_factory=dict)
+
+
+class _TutorialHuber(nn.Module):
+    """The loss as users first write it: the readable torch.where definition."""
+
+    def forward(self, y_pred: torch.Tensor, y_true: torch.Tensor) -> torch.Tensor:
+        return huber_reference(y_pred, y_true, 1.0)
+
+
+def make_data(rows: int, features: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    X = torch.randn(rows, features, generator=g)
+    w = torch.randn(features, 1, generator=g)
+    y = X @ w + 0.5 * torch.randn(rows, 1, generator=g)
+    outliers = torch.rand(rows, generator=g) < 0.05
+    y[outliers] += 20 * torch.randn(int(outliers.sum()), 1, generator=g)
+    return X, y
+
+
+def tutorial_epoch(X, y, batch_size: int, device: torch.device) -> Callable[[], None]:
+    """One epoch of the tutorial loop (a)."""
+    from torch.utils.data import DataLoader, TensorDataset
+
+    loader = DataLoader(TensorDataset(X, y), batch_size=batch_size, shuffle=True)
+    model = nn.Linear(X.shape[1], 1).to(device)
+    loss_fn = _TutorialHuber()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+
+    def epoch() -> None:
+        for xb, yb in loader:
+            xb, yb = xb.to(device), yb.to(device)
+            opt.zero_grad()
+            loss = loss_fn(model(xb), yb)
+            loss.backward()
+            opt.step()
+        _sync(device)
+
+    return epoch
+
+
+class _NullSink:
+    def step(self, step: int, loss: float) -> None: ...
+    def epoch(self, report: Any) -> None: ...
+
+
+def engine_epoch(
+    X, y, batch_size: int, device: torch.device, sinks: Any = None, validate: bool = False
+):
+    """One epoch of huberfit's engine (b), doing what the tutorial loop does; with
+    ``validate`` it also scores a validation slice each epoch and ``sinks`` (e.g.
+    TensorBoard) receive everything a run logs (d)."""
+    Xd, yd = X.to(device), y.to(device)
+    model = build_model(X.shape[1], True, 0, X.dtype).to(device)
+    opt = SGD(list(model.parameters()), lr=0.01)
+    batches = InMemoryBatches(Xd, yd, batch_size, 0)
+    X_val, y_val = Xd[: len(Xd) // 5], yd[: len(yd) // 5]
+    loss_fn = HuberLoss(1.0)
+
+    @torch.no_grad()
+    def evaluate(m: nn.Module):
+        if not validate:
+            return None, {}, None
+        pred = m(X_val)
+        r = (y_val - pred).reshape(-1)
+        val = {"loss": float(loss_fn(pred, y_val)), "mse": float((r * r).mean()),
+               "mae": float(r.abs().mean()), "r2": math.nan}  # fmt: skip
+        w = m.weight.detach().reshape(-1).tolist()
+        params = {f"x{i}": v for i, v in enumerate(w)} | {"intercept": float(m.bias)}
+        return val, params, r.cpu().numpy()
+
+    def epoch() -> None:
+        fit(model, loss_fn, batches, opt, sinks or _NullSink(), FitSettings(epochs=1), evaluate)
+        _sync(device)
+
+    return epoch
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()
+
+
+def time_median(fn: Callable[[], Any], repeats: int, warmup: int = 1) -> dict[str, float]:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return {"median": statistics.median(times), "min": min(times), "max": max(times)}
+
+
+def loss_pair(n: int, device: torch.device, repeats: int = 50):
+    """Forward+backward of HuberLoss and F.huber_loss on n elements, alternating (c)."""
+    g = torch.Generator().manual_seed(1)
+    pred = (torch.randn(n, 1, generator=g) * 2).to(device).requires_grad_()
+    true = torch.randn(n, 1, generator=g).to(device)
+    ours = HuberLoss(1.0)
+
+    def run(loss_fn) -> Callable[[], None]:
+        def once() -> None:
+            pred.grad = None
+            loss_fn(pred, true).backward()
+            _sync(device)
+
+        return once
+
+    a, b = run(ours), run(lambda p, t: F.huber_loss(p, t, delta=1.0))
+    for _ in range(5):
+        a(), b()
+    ta, tb = [], []
+    for _ in range(repeats):  # interleaved so both see the same machine state
+        t0 = time.perf_counter()
+        a()
+        t1 = time.perf_counter()
+        b()
+        ta.append(t1 - t0)
+        tb.append(time.perf_counter() - t1)
+    return statistics.median(ta), statistics.median(tb)
+
+
+def lbfgs_time_to_gap(X, y, device: torch.device, target: float = 1e-6) -> dict[str, float]:
+    """Seconds of full-batch L-BFGS (huberfit's settings) until the relative objective gap
+    to a float64 reference optimum is below ``target`` (e)."""
+    from huberfit.reference import objective, solve
+
+    Xn, yn = X.double().numpy(), y.double().numpy().reshape(-1)
+    w, b = solve("huber", Xn, yn, 1.0)
+    f_star = objective("huber", yn - Xn @ w - b, 1.0)
+    Xd, yd = X.to(device), y.to(device)
+    model = build_model(X.shape[1], True, 0, X.dtype).to(device)
+    opt = torch.optim.LBFGS(model.parameters(), lr=1.0, max_iter=1, max_eval=25, history_size=20,
+                            tolerance_grad=0.0, tolerance_change=0.0,
+                            line_search_fn="strong_wolfe")  # fmt: skip
+    loss_fn = HuberLoss(1.0)
+
+    def closure() -> torch.Tensor:
+        opt.zero_grad(set_to_none=True)
+        loss = loss_fn(model(Xd), yd) * 1e8
+        loss.backward()
+        return loss
+
+    elapsed, gap, iters = 0.0, math.inf, 0
+    while gap > target and iters < 200:
+        t0 = time.perf_counter()
+        opt.step(closure)  # one iteration per call, so the clock can stop at the target
+        _sync(device)
+        elapsed += time.perf_counter() - t0
+        iters += 1
+        with torch.no_grad():
+            r = (yd - model(Xd)).double().reshape(-1).cpu().numpy()
+        gap = (objective("huber", r, 1.0) - f_star) / f_star
+    return {"seconds": elapsed, "iterations": iters, "relative_gap": gap}
+
+
+def run_bench(rows: int, features: int, batch_size: int, epochs: int, device: torch.device,
+              progress: Callable[[str], None] = lambda s: None) -> BenchResult:  # fmt: skip
+    """All measurements (a)-(e) in this process; see the module docstring."""
+    X, y = make_data(rows, features)
+    res = BenchResult(rows, features, batch_size, epochs, str(device), torch.get_num_threads(),
+                      torch.__version__)  # fmt: skip
+    repeats = max(epochs, 1)
+    progress("tutorial loop")
+    res.timings["tutorial"] = time_median(tutorial_epoch(X, y, batch_size, device), repeats)
+    progress("huberfit engine")
+    res.timings["engine"] = time_median(engine_epoch(X, y, batch_size, device), repeats)
+    progress("TensorBoard on vs off")
+    res.timings["engine_tb"], res.timings["engine_no_tb"] = _tb_pair(
+        X, y, batch_size, device, repeats
+    )
+    progress("loss forward+backward")
+    ours, theirs = loss_pair(1_000_000, device)
+    res.timings["huber_loss_custom"] = {"median": ours}
+    res.timings["huber_loss_torch"] = {"median": theirs}
+    progress("L-BFGS to 1e-6")
+    res.timings["lbfgs"] = lbfgs_time_to_gap(X, y, device)
+    tut, eng = res.timings["tutorial"]["median"], res.timings["engine"]["median"]
+    res.ratios = {
+        "engine_speedup_vs_tutorial": tut / eng,
+        "custom_loss_vs_F_huber_loss": ours / theirs,
+        "tensorboard_overhead": res.timings["engine_tb"]["median"]
+        / res.timings["engine_no_tb"]["median"]
+        - 1,
+    }
+    return res
+
+
+def _tb_pair(X, y, batch_size, device, repeats):
+    """Engine epochs with a real TensorBoard sink and without, alternating."""
+    from huberfit.sinks import TensorBoardSink
+
+    with tempfile.TemporaryDirectory() as folder:
+        tb = TensorBoardSink(folder, flush_secs=5)
+        try:
+            with_tb = engine_epoch(X, y, batch_size, device, sinks=tb, validate=True)
+            without = engine_epoch(X, y, batch_size, device, validate=True)
+            with_tb(), without()
+            ta, tb_ = [], []
+            for _ in range(max(repeats, 3)):
+                t0 = time.perf_counter()
+                with_tb()
+                t1 = time.perf_counter()
+                without()
+                ta.append(t1 - t0)
+                tb_.append(time.perf_counter() - t1)
+        finally:
+            tb.close()
+    return {"median": statistics.median(ta)}, {"median": statistics.median(tb_)}
+
+
+def as_table_rows(res: BenchResult) -> list[tuple[str, str, str, str]]:
+    """(what, seconds, samples/s, ratio) rows for the Rich table."""
+    n = res.rows
+    t = res.timings
+
+    def per_epoch(key: str) -> tuple[str, str]:
+        s = t[key]["median"]
+        return f"{s:.4f}", f"{n / s:,.0f}"
+
+    tut = t["tutorial"]["median"]
+    return [
+        ("(a) tutorial loop, per epoch", *per_epoch("tutorial"), "1.0x"),
+        ("(b) huberfit engine, per epoch", *per_epoch("engine"), f"{tut / t['engine']['median']:.1f}x faster"),
+        ("(c) HuberLoss fwd+bwd, 1M", f"{t['huber_loss_custom']['median']:.5f}", "-",
+         f"{res.ratios['custom_loss_vs_F_huber_loss']:.2f}x F.huber_loss"),
+        ("(c) F.huber_loss fwd+bwd, 1M", f"{t['huber_loss_torch']['median']:.5f}", "-", "1.0x"),
+        ("(d) engine + TensorBoard, per epoch", *per_epoch("engine_tb"),
+         f"{100 * res.ratios['tensorboard_overhead']:+.1f}% vs off"),
+        ("(d) engine, TensorBoard off", *per_epoch("engine_no_tb"), "-"),
+        ("(e) L-BFGS to 1e-6 rel. gap", f"{t['lbfgs']['seconds']:.3f}", "-",
+         f"{int(t['lbfgs']['iterations'])} iterations"),
+    ]  # fmt: skip
+
+
+def to_json(res: BenchResult) -> dict[str, Any]:
+    out = dict(res.__dict__)
+    out["table"] = [dict(zip(("what", "seconds", "samples_per_second", "ratio"), r, strict=True))
+                    for r in as_table_rows(res)]  # fmt: skip
+    return out
+
+
+def host_description() -> str:
+    import os
+    import platform
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return f"{cpu}, {os.cpu_count()} CPUs, torch {torch.__version__}, numpy {np.__version__}"
