@@ -148,8 +148,8 @@ def train_run(
         write_json(run_dir / "metrics.json", metrics)
         if config.output.images and result.status != "diverged":
             pictures = figures()
-            for name, fig in pictures:
-                fig.savefig(run_dir / f"{name}.png")
+            for name, png in pictures:
+                (run_dir / f"{name}.png").write_bytes(png)
             if tb is not None:
                 tb.images(pictures)
         if tb is not None:
@@ -313,7 +313,8 @@ def hparams_of(config: Config, data: Dataset) -> dict[str, Any]:
 
 
 class FigureMaker:
-    """Draws the run's pictures from the current model (end of run, or every N epochs)."""
+    """Draws the run's pictures from the current model (end of run, or every N epochs),
+    as ``[(name, PNG bytes)]``."""
 
     def __init__(self, config: Config, data: Dataset, model: nn.Linear, scorer: Scorer):
         self.config, self.data, self.model, self.scorer = config, data, model, scorer
@@ -344,7 +345,7 @@ class FigureMaker:
         if X.shape[1] != 1:
             figs.append(("fit", plots.predicted_figure(yo, pred, f"{title}: predicted vs actual")))
         figs.append(("residuals", plots.residual_figure(yo - pred, delta, f"{title}: residuals")))
-        return figs
+        return [(name, plots.to_png(fig)) for name, fig in figs]
 
 
 def original_units(
@@ -551,10 +552,12 @@ def _comparison_picture(parent: Path, data: Dataset, rows, config: Config) -> An
         fig = plots.comparison_figure(None, None, None, [], None, bars)
     else:
         return None
-    fig.savefig(parent / "comparison.png")
+    png = plots.to_png(fig)
+    (parent / "comparison.png").write_bytes(png)
     if config.output.tensorboard:
-        from torch.utils.tensorboard import SummaryWriter
-
-        with SummaryWriter(log_dir=str(parent)) as writer:
-            writer.add_figure("comparison", fig, 0, close=False)
+        sink = TensorBoardSink(parent, config.output.flush_secs)
+        try:
+            sink.images([("comparison", png)])
+        finally:
+            sink.close()
     return fig

@@ -7,7 +7,6 @@ only.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
 from matplotlib.figure import Figure
@@ -101,5 +100,10 @@ def comparison_figure(
     return fig
 
 
-def save_png(fig: Figure, path: str | Path) -> None:
-    fig.savefig(path, format="png")
+def to_png(fig: Figure) -> bytes:
+    """Render once to PNG bytes: the same bytes go to the file and to TensorBoard."""
+    import io
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    return buf.getvalue()

@@ -22,7 +22,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
 HISTOGRAM_ROWS = 10_000
-FigureMaker = Callable[[], list[tuple[str, Any]]]  # -> [(name, matplotlib Figure)]
+FigureMaker = Callable[[], list[tuple[str, bytes]]]  # -> [(name, PNG bytes)]
 
 
 class Sinks:
@@ -339,12 +339,14 @@ class TensorBoardSink:
         if self.images_every and self.figures and report.epoch % self.images_every == 0:
             self.images(self.figures())
 
-    def images(self, figures: list[tuple[str, Any]]) -> None:
-        from torch.utils.tensorboard._utils import figure_to_image
-
-        for name, fig in figures:
-            image = figure_to_image(fig, close=False)
-            summary = self.summary.image(f"images/{name}", image, dataformats="CHW")
+    def images(self, pictures: list[tuple[str, bytes]]) -> None:
+        """Log PNG pictures as TensorBoard images (the PNG bytes as they are)."""
+        for name, png in pictures:
+            width, height = struct.unpack(">II", png[16:24])  # the PNG's IHDR chunk
+            image = self._Summary.Image(
+                height=height, width=width, colorspace=4, encoded_image_string=png
+            )
+            summary = self._Summary(value=[self._Summary.Value(tag=f"images/{name}", image=image)])
             self.events.add([summary], self.last_step)
 
     def finish(self, metrics: dict[str, Any], hparams: dict[str, Any], config_yaml: str) -> None:
