@@ -32,7 +32,7 @@ def fit_figure(
         ax.plot(grid, truth[0] * grid + truth[1], "k--", lw=1.5, label="true")
     ax.set(xlabel="x", ylabel="y", title=title)
     ax.legend(loc="best", fontsize=8)
-    fig.tight_layout()
+    fig.subplots_adjust(left=0.12, right=0.97, top=0.92, bottom=0.12)
     return fig
 
 
@@ -51,7 +51,7 @@ def predicted_figure(y_true: np.ndarray, y_pred: np.ndarray, title: str) -> Figu
     lo, hi = float(min(y_true.min(), y_pred.min())), float(max(y_true.max(), y_pred.max()))
     ax.plot([lo, hi], [lo, hi], "k--", lw=1)
     ax.set(xlabel="actual", ylabel="predicted", title=title)
-    fig.tight_layout()
+    fig.subplots_adjust(left=0.12, right=0.97, top=0.92, bottom=0.12)
     return fig
 
 
@@ -64,7 +64,7 @@ def residual_figure(residuals: np.ndarray, delta: float | None, title: str) -> F
         for d in (-delta, delta):
             ax.axvline(d, color="tab:orange", ls="--", lw=1)
     ax.set(xlabel="residual (actual - predicted)", ylabel="rows", title=title)
-    fig.tight_layout()
+    fig.subplots_adjust(left=0.12, right=0.97, top=0.92, bottom=0.12)
     return fig
 
 
@@ -96,7 +96,7 @@ def comparison_figure(
         labels = [label for label, _ in values]
         ax.bar(labels, [v for _, v in values], color=[COLORS.get(n.split("-")[0]) for n in labels])
         ax.set(ylabel=what, title=f"{what} per loss")
-    fig.tight_layout()
+    fig.subplots_adjust(left=0.12, right=0.97, top=0.92, bottom=0.12)
     return fig
 
 
