@@ -356,3 +356,17 @@ def test_cuda_training_matches_cpu(tmp_path):
     b = run(tmp_path, *lbfgs("device=cuda")).metrics
     np.testing.assert_allclose(coef(a), coef(b), rtol=1e-6)
     assert math.isfinite(b["val"]["loss"])
+
+
+def test_shipped_data_configs_train(tmp_path):
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1] / "configs"
+    cfg = load_config(root / "longley.yaml", ["output.tensorboard=false", "output.images=false"])
+    out = train_run(cfg, quiet(), runs_dir=str(tmp_path))
+    np.testing.assert_allclose(coef(out.metrics), LONGLEY_CERTIFIED, rtol=1e-6)
+    cfg = load_config(root / "anscombe.yaml", ["output.tensorboard=false", "output.images=false",
+                                                "loss.name=l1"])  # fmt: skip
+    out = train_run(cfg, quiet(), runs_dir=str(tmp_path))
+    # L1 ignores the outlier: the line through the other ten points
+    assert out.metrics["coefficients"]["x"] == pytest.approx(0.3454, abs=1e-3)
