@@ -47,13 +47,19 @@ class _Optimizer:
         return {"state": self.state, "param_groups": [group], "steps": self.steps}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Load a ``state_dict()`` (copied, as torch does: the two never share buffers)."""
         self.group.update(state["param_groups"][0])
         self.steps = state.get("steps", 0)
         self.state = {
-            int(i): {k: v.to(self.params[int(i)].device) if torch.is_tensor(v) else v
-                     for k, v in s.items()}
+            int(i): {k: self._copy(v, self.params[int(i)]) for k, v in s.items()}
             for i, s in state["state"].items()
-        }  # fmt: skip
+        }
+
+    @staticmethod
+    def _copy(value: Any, param: torch.Tensor) -> Any:
+        if torch.is_tensor(value):
+            return value.detach().to(device=param.device, copy=True)
+        return value
 
 
 class SGD(_Optimizer):
