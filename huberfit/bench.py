@@ -20,6 +20,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -279,6 +280,34 @@ def _tb_pair(X, y, batch_size, device, repeats):
         {"median": statistics.median(ta), "min": min(ta), "in_sink": inside},
         {"median": statistics.median(tb_), "min": min(tb_)},
     )
+
+
+def csv_load_pair(rows: int = 1_000_000, columns: int = 17, repeats: int = 3) -> dict[str, Any]:
+    """Loading a ``rows x columns`` float CSV: ``pandas.read_csv`` + ``.to_numpy(float32)``
+    against huberfit's reader (with all its checks), alternating, on the same file."""
+    import pandas as pd
+    import pyarrow as pa
+    import pyarrow.csv as pcsv
+
+    from huberfit.data import read_table
+
+    rng = np.random.default_rng(0)
+    names = [f"x{i}" for i in range(columns - 1)] + ["y"]
+    with tempfile.TemporaryDirectory() as folder:
+        path = f"{folder}/load.csv"
+        table = pa.table({n: rng.standard_normal(rows).astype(np.float32) for n in names})
+        pcsv.write_csv(table, path)
+        size = Path(path).stat().st_size
+        ours, theirs = [], []
+        for i in range(2 * repeats):
+            t0 = time.perf_counter()
+            if i % 2:
+                read_table(path, "csv", "y", None, dtype=np.float32)
+                ours.append(time.perf_counter() - t0)
+            else:
+                pd.read_csv(path).to_numpy(np.float32)
+                theirs.append(time.perf_counter() - t0)
+    return {"bytes": size, "huberfit": statistics.median(ours), "pandas": statistics.median(theirs)}
 
 
 def as_table_rows(res: BenchResult) -> list[tuple[str, str, str, str]]:

@@ -306,13 +306,28 @@ def bench(
     batch_size: int = typer.Option(4096, "--batch-size", min=1, help="Mini-batch size."),
     epochs: int = typer.Option(3, "--epochs", min=1, help="Timed epochs (median)."),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda[:N] | mps."),
+    csv: bool = typer.Option(
+        False, "--csv", help="Only time CSV loading (--rows x 17) against pandas."
+    ),
     json_out: bool = typer.Option(False, "--json", help="Print the results as JSON."),
 ) -> None:
     """Time huberfit's engine against the tutorial DataLoader loop, side by side."""
     from rich.table import Table
 
-    from huberfit.bench import as_table_rows, host_description, run_bench, to_json
+    from huberfit.bench import as_table_rows, csv_load_pair, host_description, run_bench, to_json
     from huberfit.device import resolve_device
+
+    if csv:
+        r = csv_load_pair(rows)
+        if json_out:
+            out.print(json.dumps({**r, "host": host_description()}, indent=2), markup=False)
+        else:
+            out.print(
+                f"CSV {rows:,} x 17 ({r['bytes'] / 1e6:.0f} MB): huberfit {r['huberfit']:.3f} s, "
+                f"pandas.read_csv + to_numpy(float32) {r['pandas']:.3f} s "
+                f"(ratio {r['huberfit'] / r['pandas']:.2f}); {host_description()}"
+            )
+        return
 
     dev = resolve_device(device)
     res = run_bench(rows, features, batch_size, epochs, dev, lambda s: err.print(f"[dim]{s}[/dim]"))

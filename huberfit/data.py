@@ -12,6 +12,7 @@ import csv
 import difflib
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -93,9 +94,13 @@ def load_dataset(cfg: DataConfig, seed: int, dtype: str = "float32", bias: bool 
         names = [f"x{i}" for i in range(X.shape[1])]
         source = f"synthetic ({cfg.n_samples} rows, {cfg.n_features} features)"
     else:
+        # parsed straight into the training dtype (float32 parses ~10% faster); the
+        # statistics below are computed in float64 either way
+        parse_dtype = np.float32 if dtype == "float32" else np.float64
         X, y, names, dropped = read_table(
-            cfg.path or "", cfg.source, cfg.target, cfg.features, cfg.missing, np.float64
+            cfg.path or "", cfg.source, cfg.target, cfg.features, cfg.missing, parse_dtype
         )
+        X, y = X.astype(np.float64, copy=False), y.astype(np.float64, copy=False)
         if dropped:
             notes.append(f"dropped {dropped} rows with missing or non-finite cells")
         source = f"{cfg.path} ({X.shape[0]} rows)"
@@ -236,13 +241,13 @@ def read_table(
         if name not in columns:
             raise DataError(f"{file}: feature column {name!r} not found{_suggest(name, columns)}")
     wanted = features + ([target] if has_target else [])
-    frame = _read_frame(file, source, wanted, dtype)
+    frame = _read_frame(file, source, columns, wanted, dtype)
     values, dropped = _to_numeric(frame, wanted, file, source, missing, dtype)
     if values.shape[0] == 0:
         kind = "has a header but no data rows" if not dropped else "has no complete rows left"
         raise DataError(f"{file}: {kind}")
-    X = np.ascontiguousarray(values[:, : len(features)])
-    y = values[:, len(features)].copy() if has_target else None
+    X = values[:, : len(features)]  # views: the split's row selection copies anyway
+    y = values[:, len(features)] if has_target else None
     return X, y, list(features), dropped
 
 
@@ -342,7 +347,7 @@ def _read_header(file: Path, source: str) -> list[str]:
     return [c.strip() for c in row]
 
 
-def _read_frame(file: Path, source: str, wanted: list[str], dtype: type):  # -> pandas.DataFrame
+def _read_frame(file: Path, source: str, columns: list[str], wanted: list[str], dtype: type):
     if source == "parquet":
         import pyarrow as pa
         import pyarrow.parquet as pq
@@ -353,20 +358,17 @@ def _read_frame(file: Path, source: str, wanted: list[str], dtype: type):  # -> 
             raise DataError(f"{file}: not a readable Parquet file ({exc})") from None
     import pandas as pd
 
-    options = dict(
-        encoding="utf-8-sig",
-        skipinitialspace=True,
-        engine="c",
-        usecols=lambda c: c.strip() in wanted,
-    )
+    # The header as the csv module read it (quotes, spaces, BOM handled) replaces pandas'
+    # own reading of it; data cells parse as numbers with or without spaces around them.
+    options: dict[str, Any] = dict(encoding="utf-8-sig", engine="c", header=0, names=columns)
+    if len(wanted) < len(columns):
+        options["usecols"] = wanted
     try:  # fast path: parse straight to floats; a bad cell falls back to the slow diagnosis
-        frame = pd.read_csv(file, dtype=dtype, **options)
+        return pd.read_csv(file, dtype=dtype, **options)
     except ValueError:
-        frame = pd.read_csv(file, dtype=str, keep_default_na=True, **options)
+        return pd.read_csv(file, dtype=str, skipinitialspace=True, **options)
     except pd.errors.ParserError as exc:
         raise DataError(f"{file}: malformed CSV: {exc}") from None
-    frame.columns = [c.strip() for c in frame.columns]
-    return frame
 
 
 def _to_numeric(

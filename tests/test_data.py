@@ -175,3 +175,21 @@ def test_cli_bad_file_is_one_line_and_no_run_folder(runner, tmp_path):
     assert r.output.strip().startswith("error: ") and "line 3" in r.output
     assert "Traceback" not in r.output
     assert not runs.exists() or not any(runs.iterdir())
+
+
+def test_csv_round_trip_trains_like_memory(tmp_path):
+    from huberfit.config import load_config
+    from huberfit.experiment import train_run
+    from huberfit.sinks import ConsoleSink
+
+    common = ["dtype=float64", "train.epochs=3", "output.tensorboard=false", "output.images=false"]
+    cfg = load_config(None, common)
+    X, y, *_ = make_synthetic(cfg.data, cfg.seed)
+    frame = pd.DataFrame(X, columns=[f"x{i}" for i in range(X.shape[1])]).assign(y=y)
+    frame.to_csv(tmp_path / "synthetic.csv", index=False, float_format="%.17g")
+    a = train_run(cfg, ConsoleSink(1, quiet=True), runs_dir=str(tmp_path)).metrics
+    cfg_csv = load_config(None, common + ["data.source=csv", f"data.path={tmp_path / 'synthetic.csv'}",
+                                          "data.target=y"])  # fmt: skip
+    b = train_run(cfg_csv, ConsoleSink(1, quiet=True), runs_dir=str(tmp_path)).metrics
+    assert a["coefficients"] == b["coefficients"] and a["intercept"] == b["intercept"]
+    assert a["val"] == b["val"]
