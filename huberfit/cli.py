@@ -60,7 +60,8 @@ def user_errors(fn: F) -> F:
         except HuberfitError as exc:
             if _debug["on"]:
                 raise
-            err.print(f"error: {exc}", markup=False)
+            if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 speaks
+                err.print(f"error: {exc}", markup=False)
             raise typer.Exit(exc.exit_code) from None
 
     return wrapper  # type: ignore[return-value]
@@ -168,25 +169,56 @@ def train(
 
 
 def _run_training(cfg, ckpt, resume, runs_dir, quiet: bool, json_out: bool) -> None:
-    from huberfit.errors import DivergedError
+    from huberfit import distributed
+
+    with distributed.session(cfg.device) as dist:
+        main = dist is None or dist.is_main
+        try:
+            metrics, run_dir = _train(cfg, ckpt, resume, runs_dir, quiet or not main, dist)
+        except distributed.PeerError as exc:
+            if dist is None or _debug["on"]:
+                raise
+            # under torchrun: another rank died, failed or timed out
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise HuberfitError(f"training stopped: another process failed ({first})") from None
+    if main:
+        _report(metrics, run_dir, quiet, json_out)
+    _exit_for(metrics, run_dir, main)
+
+
+def _train(cfg, ckpt, resume, runs_dir, quiet: bool, dist):
     from huberfit.experiment import prepare, train_run
-    from huberfit.sinks import ConsoleSink, render_summary
+    from huberfit.sinks import ConsoleSink
 
     console = ConsoleSink(cfg.train.epochs, quiet=quiet, err=err)
-    prepared = prepare(cfg)
-    how = " (auto)" if cfg.device == "auto" else ""
-    console.note(f"device: {prepared.device}{how}   data: {prepared.data.source}")
-    outcome = train_run(cfg, console, runs_dir, prepared, run_dir=resume, resume=ckpt)
-    metrics, run_dir = outcome.metrics, outcome.run_dir
+    prepared = prepare(cfg, dist)
+    how = " (auto)" if cfg.device == "auto" and dist is None else ""
+    ranks = f"   processes: {dist.world} ({dist.device.type})" if dist is not None else ""
+    console.note(f"device: {prepared.device}{how}   data: {prepared.data.source}{ranks}")
+    outcome = train_run(cfg, console, runs_dir, prepared, run_dir=resume, resume=ckpt, dist=dist)
+    return outcome.metrics, outcome.run_dir
+
+
+def _report(metrics, run_dir, quiet: bool, json_out: bool) -> None:
+    from huberfit.sinks import render_summary
+
     if json_out:
         out.print(json.dumps(metrics, indent=2, default=str), markup=False)
     elif not quiet:
         render_summary(metrics, str(run_dir), out)
+
+
+def _exit_for(metrics, run_dir, main: bool) -> None:
+    from huberfit.errors import DivergedError
+
     status = metrics["status"]
     if status == "diverged":
         raise DivergedError(f"{metrics['message']} (run folder kept: {run_dir})")
     if status == "interrupted":
-        err.print(f"interrupted: saved {run_dir}; continue with: huberfit train --resume {run_dir}")
+        if main:
+            err.print(
+                f"interrupted: saved {run_dir}; continue with: huberfit train --resume {run_dir}"
+            )
         raise typer.Exit(130)
 
 
@@ -205,6 +237,10 @@ def compare_losses(
     from huberfit.config import load_config
     from huberfit.errors import ConfigError
 
+    from huberfit.distributed import launched_by_torchrun
+
+    if launched_by_torchrun():
+        raise ConfigError("compare-losses runs in one process; under torchrun use huberfit train")
     names = [x.strip() for x in losses.split(",") if x.strip()]
     try:
         delta_list = [float(x) for x in deltas.split(",") if x.strip()]

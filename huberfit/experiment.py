@@ -35,7 +35,14 @@ from huberfit.errors import ConfigError
 from huberfit.losses import LOSSES, build_loss
 from huberfit.model import build_model, read_coefficients
 from huberfit.sinks import ConsoleSink, Sinks, TensorBoardSink
-from huberfit.train import FitResult, FitSettings, InMemoryBatches, TrainState, fit
+from huberfit.train import (
+    FitResult,
+    FitSettings,
+    InMemoryBatches,
+    ShardedBatches,
+    TrainState,
+    fit,
+)
 
 
 @dataclass
@@ -54,9 +61,10 @@ class Outcome:
     model: nn.Linear = field(repr=False)
 
 
-def prepare(config: Config) -> Prepared:
-    """Resolve the device and load the data (the steps that can fail on user input)."""
-    device = resolve_device(config.device, config.dtype)
+def prepare(config: Config, dist: Any = None) -> Prepared:
+    """Resolve the device and load the data (the steps that can fail on user input).
+    Under torchrun every rank loads the same data and trains on its own device."""
+    device = dist.device if dist is not None else resolve_device(config.device, config.dtype)
     data = load_dataset(config.data, config.seed, config.dtype, bias=config.model.bias)
     return Prepared(device, data)
 
@@ -68,11 +76,17 @@ def train_run(
     prepared: Prepared | None = None,
     run_dir: Path | None = None,
     resume: dict[str, Any] | None = None,
+    dist: Any = None,
 ) -> Outcome:
-    """Train one config into a new run folder (or ``run_dir``), returning its metrics."""
+    """Train one config into a new run folder (or ``run_dir``), returning its metrics.
+
+    With ``dist`` (under torchrun) every rank trains its share of each global batch and
+    only rank 0 writes: the run folder, events, checkpoint and metrics.
+    """
+    main = dist is None or dist.is_main
     started = time.strftime("%Y-%m-%d %H:%M:%S")
     # 1. device and data: every user error surfaces here, before anything is written
-    prepared = prepared or prepare(config)
+    prepared = prepared or prepare(config, dist)
     device, data = prepared.device, prepared.data
     for note in data.notes:
         console.note(f"warning: {note}")
@@ -89,7 +103,10 @@ def train_run(
     # 3. the batch source: tensors moved to the device once
     X, y = data.X_train.to(device), data.y_train.to(device)
     batch_size = None if config.optimizer.name == "lbfgs" else config.train.batch_size
-    batches = InMemoryBatches(X, y, batch_size, config.seed)
+    if dist is None:
+        batches = InMemoryBatches(X, y, batch_size, config.seed)
+    else:
+        batches = ShardedBatches(X, y, batch_size, config.seed, dist.rank, dist.world)
     X_val = data.X_val.to(device) if data.X_val is not None else None
     y_val = data.y_val.to(device) if data.y_val is not None else None
     steps_per_epoch = batches.steps_per_epoch(config.train.grad_accum_steps)
@@ -99,14 +116,18 @@ def train_run(
             f"train.log_every_steps={config.train.log_every_steps} is more than the "
             f"{steps_per_epoch} steps per epoch; logging every {log_every} steps"
         )
-    # 4. the run folder and its sinks
-    run_dir = run_dir or make_run_dir(runs_dir or config.output.runs_dir, config.name)
+    # 4. the run folder (named once, by rank 0) and its sinks
+    if main:
+        run_dir = run_dir or make_run_dir(runs_dir or config.output.runs_dir, config.name)
+    if dist is not None:
+        run_dir = Path(dist.broadcast_text(str(run_dir) if main else None))
     config_yaml = dump_config(config)
-    write_text_atomic(run_dir / "config.yaml", config_yaml)
-    scorer = Scorer(loss_fn, data, spec.power)
+    if main:
+        write_text_atomic(run_dir / "config.yaml", config_yaml)
+    scorer = Scorer(loss_fn, data, spec.power, dist)
     figures = FigureMaker(config, data, model, scorer)
     tb = None
-    if config.output.tensorboard:
+    if config.output.tensorboard and main:
         truth = true_params(data)
         images_every = config.output.images_every_epochs if config.output.images else None
         tb = TensorBoardSink(run_dir, config.output.flush_secs, truth, figures, images_every)
@@ -133,7 +154,7 @@ def train_run(
             with stop_on_signals(stop):
                 result = fit(
                     model, loss_fn, batches, optimizer, sinks, settings, evaluate,
-                    scheduler=scheduler, state=state, stop=stop,
+                    scheduler=scheduler, state=state, stop=stop, reducer=dist,
                 )  # fmt: skip
         finally:
             console.close()
@@ -143,7 +164,11 @@ def train_run(
         metrics["started"] = started
         metrics["initial_weights"] = [*initial[0], initial[1]]
         metrics["batch_order_digest"] = order_digest(batches)
+        metrics["world_size"] = 1 if dist is None else dist.world
+        if not main:
+            return Outcome(run_dir, metrics, result, model)
         payload = checkpoint_payload(config, data, model, optimizer, scheduler, result.state)
+        payload["world_size"] = metrics["world_size"]
         save_checkpoint(run_dir / "checkpoint.pt", payload)
         write_json(run_dir / "metrics.json", metrics)
         if config.output.images and result.status != "diverged":
@@ -210,27 +235,46 @@ def build_scheduler(config: Config, optimizer: Any) -> Any:
 
 
 class Scorer:
-    """Metrics in original units: the training objective, MSE, MAE and R^2."""
+    """Metrics in original units: the training objective, MSE, MAE and R^2.
 
-    def __init__(self, loss_fn: nn.Module, data: Dataset, power: int) -> None:
-        self.loss_fn, self.data = loss_fn, data
+    Computed from sums (rows, loss, squared and absolute residuals, target and its square,
+    in standardized units where the target's mean is ~0, so nothing cancels), so that with
+    several processes each scores its share of the rows and one all-reduce combines them.
+    """
+
+    def __init__(self, loss_fn: nn.Module, data: Dataset, power: int, dist: Any = None) -> None:
+        self.loss_fn, self.data, self.dist = loss_fn, data, dist
         self.loss_scale = data.scaling.y_scale**power
 
     @torch.no_grad()
     def score(
         self, model: nn.Module, X: torch.Tensor, y: torch.Tensor
     ) -> tuple[dict[str, float], np.ndarray]:
-        s = self.data.scaling
+        """Metrics of ``model`` on rows ``X (n, f)``, ``y (n, 1)``; and this process's
+        residuals (original units)."""
+        if self.dist is not None:
+            X, y = X[self.dist.rank :: self.dist.world], y[self.dist.rank :: self.dist.world]
         pred = model(X)
-        loss = float(self.loss_fn(pred, y)) * self.loss_scale
-        # original units, float64 for the sums
-        yo = y.double().reshape(-1) * s.y_scale + s.y_mean
-        po = pred.double().reshape(-1) * s.y_scale + s.y_mean
-        r = yo - po
-        mse, mae = float((r * r).mean()), float(r.abs().mean())
-        var = float(((yo - yo.mean()) ** 2).mean())
-        r2 = 1.0 - mse / var if var > 0 else math.nan
-        return {"loss": loss, "mse": mse, "mae": mae, "r2": r2}, r.cpu().numpy()
+        n = X.shape[0]
+        loss_sum = float(self.loss_fn(pred, y)) * n if n else 0.0
+        ys, r = y.double().reshape(-1), (y - pred).double().reshape(-1)
+        stats = torch.tensor(
+            [n, loss_sum, float(r @ r), float(r.abs().sum()), float(ys.sum()), float(ys @ ys)],
+            dtype=torch.float64,
+            device=X.device if self.dist is not None else "cpu",
+        )
+        if self.dist is not None:
+            self.dist.sum_(stats)
+        n, loss_sum, sq, ab, y1, y2 = stats.tolist()
+        s = self.data.scaling.y_scale
+        sst = y2 - y1 * y1 / n
+        metrics = {
+            "loss": loss_sum / n * self.loss_scale,
+            "mse": sq / n * s * s,
+            "mae": ab / n * s,
+            "r2": 1.0 - sq / sst if sst > 0 else math.nan,
+        }
+        return metrics, (r * s).cpu().numpy()
 
     def params(self, model: nn.Linear) -> dict[str, float]:
         w, b = self.data.scaling.to_original(*read_coefficients(model))
@@ -401,13 +445,14 @@ def load_resume(run_dir: str, overrides: list[str]) -> tuple[Config, dict[str, A
 @contextmanager
 def stop_on_signals(stop: threading.Event):
     """Ctrl-C / SIGTERM set ``stop`` (training finishes its step and saves); a second Ctrl-C
-    interrupts at once."""
+    interrupts at once. A SIGTERM after a Ctrl-C does not: torchrun sends one to its
+    workers when the terminal's Ctrl-C reaches it too."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
 
     def handler(signum, frame):
-        if stop.is_set():
+        if stop.is_set() and signum == signal.SIGINT:
             raise KeyboardInterrupt
         stop.set()
 

@@ -50,12 +50,17 @@ class InMemoryBatches:
         gen = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
         return torch.randperm(self.n, generator=gen)
 
-    def epoch(self, epoch: int) -> list[torch.Tensor]:
-        """The index tensors of the batches of ``epoch``, on the data's device."""
+    def epoch(self, epoch: int) -> list[tuple[torch.Tensor, int]]:
+        """``(row indices, rows in the whole batch)`` per batch of ``epoch``, on the data's
+        device. In one process the two sizes agree; a sharded source takes a part."""
         if self.batch_size >= self.n:
-            return [torch.arange(self.n, device=self.XY.device)]
+            return [(torch.arange(self.n, device=self.XY.device), self.n)]
         perm = self.order(epoch).to(self.XY.device)
-        return list(torch.split(perm, self.batch_size))
+        return [(idx, idx.shape[0]) for idx in torch.split(perm, self.batch_size)]
+
+    def shard(self) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """This process's rows for a full-batch step, and the total row count."""
+        return self.X, self.y, self.n
 
     def take(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(X (b, f), y (b, 1))`` for the rows ``idx`` (views into one gathered block)."""
@@ -67,6 +72,22 @@ class InMemoryBatches:
 
     def full(self) -> tuple[torch.Tensor, torch.Tensor]:
         return self.X, self.y
+
+
+class ShardedBatches(InMemoryBatches):
+    """One rank's share of the same global batches: every rank draws the same seeded
+    permutation, cuts the same batches of ``batch_size`` rows (the global batch) and takes
+    every ``world``-th row of each, so the shares are disjoint and cover the batch."""
+
+    def __init__(self, X, y, batch_size: int | None, seed: int, rank: int, world: int):
+        super().__init__(X, y, batch_size, seed)
+        self.rank, self.world = rank, world
+
+    def epoch(self, epoch: int) -> list[tuple[torch.Tensor, int]]:
+        return [(idx[self.rank :: self.world], n) for idx, n in super().epoch(epoch)]
+
+    def shard(self) -> tuple[torch.Tensor, torch.Tensor, int]:
+        return self.X[self.rank :: self.world], self.y[self.rank :: self.world], self.n
 
 
 # ----------------------------------------------------------------------------- results
@@ -140,6 +161,13 @@ class Sink(Protocol):
 Evaluate = Callable[[nn.Module], tuple[dict[str, float] | None, dict[str, float], Any]]
 
 
+class Reducer(Protocol):
+    """Sums over processes (see ``huberfit.distributed.Dist``)."""
+
+    def sum_(self, tensor: torch.Tensor) -> None: ...
+    def any(self, flag: bool) -> bool: ...
+
+
 class Diverged(Exception):
     pass
 
@@ -158,17 +186,21 @@ def fit(
     scheduler: Any = None,
     state: TrainState | None = None,
     stop: threading.Event | None = None,
+    reducer: Reducer | None = None,
 ) -> FitResult:
     """Train until ``settings.epochs``, early stopping, divergence or ``stop`` is set.
 
     ``evaluate(model)`` returns ``(val_metrics or None, params, residuals)`` in original units; val
     metrics hold at least ``loss``. On divergence the result's status is ``diverged`` and its
     message says where; on ``stop`` the current step is finished and the status is
-    ``interrupted``.
+    ``interrupted``. With a ``reducer`` (several processes, each with a sharded batch
+    source), gradients and losses are summed over processes every step, and the processes
+    agree on stopping, so they all take the same steps.
     """
     state = state or TrainState()
     stop = stop or threading.Event()
     run = _Run(model, loss_fn, batches, optimizer, sinks, settings, evaluate, scheduler, state)
+    run.reducer = reducer
     status, message = "completed", ""
     start = time.perf_counter()
     try:
@@ -182,7 +214,7 @@ def fit(
                 break
             if run.converged():
                 break
-            if stop.is_set():
+            if run.stop_agreed(stop):
                 status = "interrupted"
                 break
     except Diverged as exc:
@@ -211,6 +243,7 @@ class _Run:
         self.last: EpochReport | None = None
         self.history: list[EpochReport] = []
         self.prev_lbfgs: float | None = None
+        self.reducer: Reducer | None = None
 
     # -- mini-batch optimizers --------------------------------------------------------
 
@@ -229,9 +262,12 @@ class _Run:
         grad_norm = math.nan
         for start in range(st.batch, len(order), k):
             window = order[start : start + k]
-            n_win = window[0].shape[0] if k == 1 else sum(idx.shape[0] for idx in window)
+            n_win = window[0][1] if k == 1 else sum(n for _, n in window)  # rows, all ranks
             win_loss = self._accumulate(window, n_win)  # float on the CPU, else a tensor
+            if self.reducer is not None:
+                win_loss = self._sum_over_ranks(win_loss)
             last_window = start + k >= len(order)
+            at_log = (st.step + 1) % s.log_every_steps == 0 or last_window
             if last_window:
                 grad_norm = _grad_norm(self.params)
             self.opt.step()
@@ -248,12 +284,12 @@ class _Run:
                 log_sum_t = win_loss if log_sum_t is None else log_sum_t + win_loss
                 log_n += 1
             st.epoch_count += n_win
-            if st.step % s.log_every_steps == 0 or last_window:
+            if at_log:
                 mean = (log_sum if self.on_cpu else float(log_sum_t)) / log_n
                 self._check_finite(mean)
                 self.sinks.step(st.step, mean * s.loss_scale)
                 log_sum, log_n, log_sum_t = 0.0, 0, None
-            if stop.is_set() and not last_window:
+            if not last_window and self._stop_now(stop, at_log):
                 self._flush_device_sum(device_sum)
                 self.samples += seen
                 return None
@@ -261,12 +297,37 @@ class _Run:
         self.samples += seen
         return self._end_epoch(seen, time.perf_counter() - t0, grad_norm)
 
+    def _stop_now(self, stop: threading.Event, at_log: bool) -> bool:
+        """One process: Ctrl-C is seen after any step. Several: they agree at log steps,
+        so that all of them stop after the same step."""
+        if self.reducer is None:
+            return stop.is_set()
+        return at_log and self.reducer.any(stop.is_set())
+
+    def stop_agreed(self, stop: threading.Event) -> bool:
+        return stop.is_set() if self.reducer is None else self.reducer.any(stop.is_set())
+
+    def _sum_over_ranks(self, win_loss: Any) -> Any:
+        """One all-reduce per step: every gradient and this rank's part of the window's mean
+        loss, packed in one flat tensor, summed over ranks, unpacked into ``.grad``."""
+        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.params]
+        loss = torch.as_tensor(win_loss, dtype=grads[0].dtype, device=grads[0].device)
+        flat = torch.cat([g.reshape(-1) for g in grads] + [loss.reshape(1)])
+        self.reducer.sum_(flat)
+        offset = 0
+        for p in self.params:
+            p.grad = flat[offset : offset + p.numel()].view_as(p)
+            offset += p.numel()
+        return float(flat[-1]) if self.on_cpu else flat[-1]
+
     def _accumulate(self, window: list[torch.Tensor], n_win: int) -> Any:
         """Backward through each micro-batch, weighted by its share of the window's samples,
         so the summed gradient is the gradient of the mean loss over the whole window.
         Returns the window's mean loss: a float on the CPU, a device tensor elsewhere."""
         total: Any = 0.0 if self.on_cpu else None
-        for idx in window:
+        for idx, _ in window:
+            if idx.shape[0] == 0:  # a rank's share of a batch smaller than the world
+                continue
             xb, yb = self.batches.take(idx)
             weight = idx.shape[0] / n_win
             if self.fused:
@@ -279,6 +340,8 @@ class _Run:
                 total += loss.item() * scale
             else:
                 total = loss * scale if total is None else total + loss * scale
+        if total is None:
+            total = torch.zeros((), device=self.batches.XY.device)
         return total
 
     def _fused_backward(
@@ -323,14 +386,19 @@ class _Run:
         """One ``LBFGS.step``: up to ``max_iter`` iterations with strong-Wolfe line search."""
         t0 = time.perf_counter()
         X, y = self.batches.full()
+        Xs, ys, n_total = self.batches.shard()
+        share = Xs.shape[0] / n_total
 
         def closure() -> torch.Tensor:
             self.opt.zero_grad(set_to_none=True)
             # torch's LBFGS skips curvature pairs with s.y <= 1e-10 (absolute), which freezes
             # it near the optimum of an O(1) objective; scaling the objective (L-BFGS is
             # otherwise invariant to it) moves that threshold out of the way.
-            loss = self.loss_fn(self.model(X), y) * LBFGS_OBJECTIVE_SCALE
+            loss = self.loss_fn(self.model(Xs), ys) * (share * LBFGS_OBJECTIVE_SCALE)
             loss.backward()
+            if self.reducer is not None:  # every rank then takes the same L-BFGS step
+                summed = self._sum_over_ranks(loss.detach())
+                loss = torch.as_tensor(summed, dtype=loss.dtype)  # not torch's default dtype
             return loss
 
         self.opt.step(closure)
