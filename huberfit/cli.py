@@ -235,9 +235,8 @@ def compare_losses(
 ) -> None:
     """Train the same experiment with each loss (same data, split, init, batch order)."""
     from huberfit.config import load_config
-    from huberfit.errors import ConfigError
-
     from huberfit.distributed import launched_by_torchrun
+    from huberfit.errors import ConfigError
 
     if launched_by_torchrun():
         raise ConfigError("compare-losses runs in one process; under torchrun use huberfit train")
