@@ -189,6 +189,9 @@ def parse_yaml(text: str, source: str) -> Any:
         mark = getattr(exc, "problem_mark", None)
         where = f"{source}:{mark.line + 1}:{mark.column + 1}" if mark else source
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        context, cmark = getattr(exc, "context", None), getattr(exc, "context_mark", None)
+        if context and cmark and (mark is None or cmark.line != mark.line):
+            problem += f" ({context} started at line {cmark.line + 1}, column {cmark.column + 1})"
         raise ConfigError(f"{where}: invalid YAML: {problem}") from None
 
 
