@@ -46,11 +46,20 @@ class DataConfig(_Section):
     features: list[str] | None = Field(None, description="null: every column but the target")
     missing: Literal["error", "drop"] = Field("error", description="rows with empty/NaN cells")
     val_fraction: float = Field(0.2, ge=0, lt=1, description="0: no validation set")
+    streaming: bool | Literal["auto"] = Field(
+        "auto", description="csv/parquet: stream from disk; auto: when over the budget"
+    )
+    memory_budget_mb: int | None = Field(
+        None, ge=16, description="auto streaming threshold; null: a quarter of the RAM"
+    )
+    shuffle_buffer: int = Field(100_000, ge=1, description="streaming: rows mixed at a time")
     standardize: bool = Field(True, description="train standardized; report original units")
 
     @model_validator(mode="after")
     def _check_source(self) -> DataConfig:
         if self.source == "synthetic":
+            if self.streaming is True:
+                raise ValueError("data.streaming: true needs data.source csv or parquet")
             if self.true_weights is not None and len(self.true_weights) != self.n_features:
                 raise ValueError(
                     f"data.true_weights must have n_features={self.n_features} values; "
@@ -59,6 +68,8 @@ class DataConfig(_Section):
         else:
             if not self.path:
                 raise ValueError(f"data.path is required when data.source is {self.source}")
+            if self.streaming is True and self.missing == "drop":
+                raise ValueError("data.missing: drop is not available when streaming")
             if not self.target:
                 raise ValueError(f"data.target is required when data.source is {self.source}")
         return self

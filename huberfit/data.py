@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import difflib
+import glob
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ from huberfit.config import DataConfig
 from huberfit.errors import DataError
 
 TORCH_DTYPES = {"float32": torch.float32, "float64": torch.float64}
+DATA_SUFFIXES = {"csv": (".csv",), "parquet": (".parquet", ".pq")}
 
 
 @dataclass
@@ -75,6 +77,7 @@ class Dataset:
     outliers_train: np.ndarray | None = None  # bool per training row (synthetic only)
     outliers_val: np.ndarray | None = None
     notes: list[str] = field(default_factory=list)  # warnings for the console
+    stream: Any = None  # a stream.StreamInfo when the rows are streamed (X_*: samples)
 
 
 # ----------------------------------------------------------------------------- public
@@ -97,10 +100,10 @@ def load_dataset(cfg: DataConfig, seed: int, dtype: str = "float32", bias: bool 
         # parsed straight into the training dtype (float32 parses ~10% faster); the
         # statistics below are computed in float64 either way
         parse_dtype = np.float32 if dtype == "float32" else np.float64
-        X, y, names, dropped = read_table(
-            cfg.path or "", cfg.source, cfg.target, cfg.features, cfg.missing, parse_dtype
-        )
-        X, y = X.astype(np.float64, copy=False), y.astype(np.float64, copy=False)
+        X, y, names, dropped = read_tables(
+            resolve_files(cfg.path or "", cfg.source), cfg.source, cfg.target, cfg.features,
+            cfg.missing, parse_dtype,
+        )  # fmt: skip
         if dropped:
             notes.append(f"dropped {dropped} rows with missing or non-finite cells")
         source = f"{cfg.path} ({X.shape[0]} rows)"
@@ -164,22 +167,41 @@ def make_synthetic(
     return X, y, [float(v) for v in w], float(cfg.true_bias), mask
 
 
+def in_validation(rows: np.ndarray, seed: int, val_fraction: float) -> np.ndarray:
+    """Whether each global row index is a validation row: a seeded hash of the index
+    (splitmix64) below ``val_fraction``. The same rows in every epoch and every run, in
+    memory or streamed, whatever order the rows are read in."""
+    if val_fraction <= 0:
+        return np.zeros(len(rows), dtype=bool)
+    return row_hash(rows, seed) < val_fraction
+
+
+def row_hash(rows: np.ndarray, seed: int) -> np.ndarray:
+    """A uniform number in [0, 1) per row index, from ``seed``."""
+    with np.errstate(over="ignore"):
+        z = rows.astype(np.uint64) + np.uint64(0x9E3779B97F4A7C15) * np.uint64(seed + 1)
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        z = z ^ (z >> np.uint64(31))
+    return (z >> np.uint64(11)).astype(np.float64) * (1.0 / (1 << 53))
+
+
 def split_indices(
     n: int, val_fraction: float, seed: int, where: str = "data"
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Seeded train/validation row indices (validation may be empty)."""
-    n_val = int(round(val_fraction * n))
-    if val_fraction > 0:
-        n_val = max(n_val, 1)
-    n_train = n - n_val
-    needed = 2 + (1 if val_fraction > 0 else 0)
-    if n_train < 2:
+    """Train/validation row indices by ``in_validation`` (about ``val_fraction`` of the
+    rows; at least one when it is > 0: then the row with the smallest hash)."""
+    rows = np.arange(n)
+    val = in_validation(rows, seed, val_fraction)
+    if val_fraction > 0 and not val.any() and n:
+        val[np.argmin(row_hash(rows, seed))] = True
+    if n - int(val.sum()) < 2:
+        needed = 2 + (1 if val_fraction > 0 else 0)
         raise DataError(
             f"{where}: {n} rows are too few for data.val_fraction={val_fraction}; "
             f"need at least {needed} rows (2 to train on)"
         )
-    perm = np.random.default_rng([seed, 1]).permutation(n)
-    return np.sort(perm[n_val:]), np.sort(perm[:n_val])
+    return np.flatnonzero(~val), np.flatnonzero(val)
 
 
 def fit_scaling(
@@ -212,6 +234,25 @@ def fit_scaling(
 
 
 # ----------------------------------------------------------------------------- files
+
+
+def read_tables(
+    files: list[str],
+    source: str,
+    target: str | None,
+    features: list[str] | None,
+    missing: str,
+    dtype: type,
+) -> tuple[np.ndarray, np.ndarray, list[str], int]:
+    """``read_table`` over several files with the same columns, rows concatenated (float64)."""
+    parts = [read_table(f, source, target, features, missing, dtype) for f in files]
+    names = parts[0][2]
+    for f, part in zip(files, parts, strict=True):
+        if part[2] != names:
+            raise DataError(f"{f}: its columns {part[2]} differ from {files[0]}'s {names}")
+    X = np.concatenate([p[0] for p in parts]).astype(np.float64, copy=False)
+    y = np.concatenate([p[1] for p in parts]).astype(np.float64, copy=False)
+    return X, y, names, sum(p[3] for p in parts)
 
 
 def read_table(
@@ -249,6 +290,27 @@ def read_table(
     X = values[:, : len(features)]  # views: the split's row selection copies anyway
     y = values[:, len(features)] if has_target else None
     return X, y, list(features), dropped
+
+
+def resolve_files(path: str, source: str) -> list[str]:
+    """The files ``data.path`` names: a file, a folder (its .csv or .parquet files,
+    recursively), a glob, or a URI (left to pyarrow)."""
+    if "://" in path:
+        return [path]
+    if any(ch in path for ch in "*?["):
+        files = sorted(f for f in glob.glob(path, recursive=True) if Path(f).is_file())
+        if not files:
+            raise DataError(f"data.path {path!r}: the pattern matches no files")
+        return files
+    p = Path(path)
+    if p.is_dir():
+        files = sorted(str(f) for f in p.rglob("*") if f.suffix.lower() in DATA_SUFFIXES[source])
+        if not files:
+            raise DataError(f"data.path {path}: the folder holds no {source} files")
+        return files
+    if not p.exists():
+        raise DataError(f"data file not found: {path}")
+    return [str(p)]
 
 
 def source_of(path: str | Path) -> str:

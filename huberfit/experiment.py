@@ -65,8 +65,23 @@ def prepare(config: Config, dist: Any = None) -> Prepared:
     """Resolve the device and load the data (the steps that can fail on user input).
     Under torchrun every rank loads the same data and trains on its own device."""
     device = dist.device if dist is not None else resolve_device(config.device, config.dtype)
-    data = load_dataset(config.data, config.seed, config.dtype, bias=config.model.bias)
+    d = config.data
+    if d.source != "synthetic" and _streams(d):
+        from huberfit.stream import load_streaming
+
+        if dist is not None:
+            raise ConfigError("streaming under torchrun is not supported yet; set "
+                              "data.streaming: false (each rank then loads the data)")  # fmt: skip
+        data = load_streaming(d, config.seed, config.dtype, bias=config.model.bias)
+    else:
+        data = load_dataset(d, config.seed, config.dtype, bias=config.model.bias)
     return Prepared(device, data)
+
+
+def _streams(d: Any) -> bool:
+    from huberfit.stream import should_stream
+
+    return should_stream(d.streaming, d.path or "", d.source, d.memory_budget_mb)
 
 
 def train_run(
@@ -100,15 +115,8 @@ def train_run(
     scheduler = build_scheduler(config, optimizer)
     initial = read_coefficients(model)  # before any restore: a function of the seed alone
     state = restore(resume, model, optimizer, scheduler) if resume else TrainState()
-    # 3. the batch source: tensors moved to the device once
-    X, y = data.X_train.to(device), data.y_train.to(device)
-    batch_size = None if config.optimizer.name == "lbfgs" else config.train.batch_size
-    if dist is None:
-        batches = InMemoryBatches(X, y, batch_size, config.seed)
-    else:
-        batches = ShardedBatches(X, y, batch_size, config.seed, dist.rank, dist.world)
-    X_val = data.X_val.to(device) if data.X_val is not None else None
-    y_val = data.y_val.to(device) if data.y_val is not None else None
+    # 3. the batch source: tensors moved to the device once (or streamed from the files)
+    batches, train_rows, val_rows = build_sources(config, data, device, dist)
     steps_per_epoch = batches.steps_per_epoch(config.train.grad_accum_steps)
     log_every = min(config.train.log_every_steps, steps_per_epoch)
     if log_every < config.train.log_every_steps:
@@ -143,7 +151,7 @@ def train_run(
     )
 
     def evaluate(m: nn.Module) -> tuple[dict[str, float] | None, dict[str, float], Any]:
-        val, residuals = scorer.score(m, X_val, y_val) if X_val is not None else (None, None)
+        val, residuals = scorer.score(m, val_rows()) if val_rows is not None else (None, None)
         return val, scorer.params(m), residuals
 
     # 5. train; whatever happens, the folder gets what was logged and the writer is closed
@@ -159,7 +167,7 @@ def train_run(
         finally:
             console.close()
         # 6. final metrics in original units, checkpoint, pictures
-        metrics = final_metrics(config, data, device, model, result, scorer, X, y, X_val, y_val)
+        metrics = final_metrics(config, data, device, model, result, scorer, train_rows, val_rows)
         metrics["run_dir"] = str(run_dir)
         metrics["started"] = started
         metrics["initial_weights"] = [*initial[0], initial[1]]
@@ -185,10 +193,40 @@ def train_run(
     return Outcome(run_dir, metrics, result, model)
 
 
+def build_sources(config: Config, data: Dataset, device: torch.device, dist: Any):
+    """The training batch source, and callables giving the training and validation rows as
+    ``(X, y)`` chunks (validation: None without a validation set)."""
+    batch_size = None if config.optimizer.name == "lbfgs" else config.train.batch_size
+    if data.stream is not None:
+        from huberfit.stream import StreamBatches
+
+        def source(split: str, size: int | None) -> StreamBatches:
+            return StreamBatches(data.stream, split, size, device, config.dtype,
+                                 config.data.shuffle_buffer)  # fmt: skip
+
+        batches = source("train", batch_size)
+        val = source("val", None) if data.stream.n_val else None
+        return batches, batches.full_chunks, (val.full_chunks if val else None)
+    X, y = data.X_train.to(device), data.y_train.to(device)
+    if dist is None:
+        batches = InMemoryBatches(X, y, batch_size, config.seed)
+    else:
+        batches = ShardedBatches(X, y, batch_size, config.seed, dist.rank, dist.world)
+    if data.X_val is None:
+        return batches, lambda: [(X, y)], None
+    X_val, y_val = data.X_val.to(device), data.y_val.to(device)
+    return batches, lambda: [(X, y)], lambda: [(X_val, y_val)]
+
+
 def order_digest(batches: InMemoryBatches) -> str:
     """A short fingerprint of the first epoch's sample order (same order, same digest)."""
     import hashlib
 
+    if not hasattr(batches, "order"):  # streamed: the first epoch's order of file pieces
+        order = np.random.default_rng([batches.info.seed, 0, 17]).permutation(
+            len(batches.info.pieces)
+        )
+        return hashlib.sha1(order.tobytes()).hexdigest()[:16]
     order = batches.order(0) if batches.batch_size < batches.n else torch.arange(batches.n)
     return hashlib.sha1(order.numpy().tobytes()).hexdigest()[:16]
 
@@ -234,6 +272,9 @@ def build_scheduler(config: Config, optimizer: Any) -> Any:
 # ----------------------------------------------------------------------------- scoring
 
 
+RESIDUAL_ROWS = 100_000  # residuals kept for histograms, per scoring
+
+
 class Scorer:
     """Metrics in original units: the training objective, MSE, MAE and R^2.
 
@@ -245,27 +286,36 @@ class Scorer:
     def __init__(self, loss_fn: nn.Module, data: Dataset, power: int, dist: Any = None) -> None:
         self.loss_fn, self.data, self.dist = loss_fn, data, dist
         self.loss_scale = data.scaling.y_scale**power
+        self.last_rows = {"train": 0.0, "val": 0.0}
 
     @torch.no_grad()
     def score(
-        self, model: nn.Module, X: torch.Tensor, y: torch.Tensor
+        self, model: nn.Module, rows: Any, split: str = "val"
     ) -> tuple[dict[str, float], np.ndarray]:
-        """Metrics of ``model`` on rows ``X (n, f)``, ``y (n, 1)``; and this process's
-        residuals (original units)."""
+        """Metrics of ``model`` on ``rows``, an iterable of ``(X (n, f), y (n, 1))`` chunks;
+        and (some of) this process's residuals, original units."""
+        sums = torch.zeros(6, dtype=torch.float64)
+        residuals: list[np.ndarray] = []
+        kept = 0
+        for X, y in rows:
+            if self.dist is not None:
+                X, y = X[self.dist.rank :: self.dist.world], y[self.dist.rank :: self.dist.world]
+            n = X.shape[0]
+            if n == 0:
+                continue
+            pred = model(X)
+            ys, r = y.double().reshape(-1), (y - pred).double().reshape(-1)
+            sums += torch.tensor([n, float(self.loss_fn(pred, y)) * n, float(r @ r),
+                                  float(r.abs().sum()), float(ys.sum()), float(ys @ ys)],
+                                 dtype=torch.float64)  # fmt: skip
+            if kept < RESIDUAL_ROWS:
+                residuals.append(r[: RESIDUAL_ROWS - kept].cpu().numpy())
+                kept += len(residuals[-1])
         if self.dist is not None:
-            X, y = X[self.dist.rank :: self.dist.world], y[self.dist.rank :: self.dist.world]
-        pred = model(X)
-        n = X.shape[0]
-        loss_sum = float(self.loss_fn(pred, y)) * n if n else 0.0
-        ys, r = y.double().reshape(-1), (y - pred).double().reshape(-1)
-        stats = torch.tensor(
-            [n, loss_sum, float(r @ r), float(r.abs().sum()), float(ys.sum()), float(ys @ ys)],
-            dtype=torch.float64,
-            device=X.device if self.dist is not None else "cpu",
-        )
-        if self.dist is not None:
-            self.dist.sum_(stats)
-        n, loss_sum, sq, ab, y1, y2 = stats.tolist()
+            sums = sums.to(self.dist.device)
+            self.dist.sum_(sums)
+        n, loss_sum, sq, ab, y1, y2 = sums.tolist()
+        self.last_rows[split] = n
         s = self.data.scaling.y_scale
         sst = y2 - y1 * y1 / n
         metrics = {
@@ -274,7 +324,8 @@ class Scorer:
             "mae": ab / n * s,
             "r2": 1.0 - sq / sst if sst > 0 else math.nan,
         }
-        return metrics, (r * s).cpu().numpy()
+        r_all = np.concatenate(residuals) if residuals else np.empty(0)
+        return metrics, r_all * s
 
     def params(self, model: nn.Linear) -> dict[str, float]:
         w, b = self.data.scaling.to_original(*read_coefficients(model))
@@ -291,12 +342,12 @@ def true_params(data: Dataset) -> dict[str, float] | None:
     return truth
 
 
-def final_metrics(config, data, device, model, result, scorer, X, y, X_val, y_val) -> dict:
+def final_metrics(config, data, device, model, result, scorer, train_rows, val_rows) -> dict:
     """``metrics.json``: the contract other tools read (see the README)."""
     params = scorer.params(model)
     intercept = params.pop("intercept")
-    train, _ = scorer.score(model, X, y)
-    val = scorer.score(model, X_val, y_val)[0] if X_val is not None else None
+    train, _ = scorer.score(model, train_rows(), "train")
+    val = scorer.score(model, val_rows())[0] if val_rows is not None else None
     truth = true_params(data)
     metrics: dict[str, Any] = {
         "name": config.name,
@@ -315,8 +366,9 @@ def final_metrics(config, data, device, model, result, scorer, X, y, X_val, y_va
         "seconds": result.seconds,
         "samples_per_second": result.samples / result.seconds if result.seconds > 0 else None,
         "data": data.source,
-        "n_train": int(X.shape[0]),
-        "n_val": 0 if X_val is None else int(X_val.shape[0]),
+        "n_train": int(scorer.last_rows["train"]),
+        "n_val": int(scorer.last_rows["val"]) if val is not None else 0,
+        "streamed": data.stream is not None,
         "coefficients": params,
         "intercept": intercept,
         "true_coefficients": None,

@@ -10,6 +10,7 @@ in original units. Must not import data, losses, model or sinks.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import math
 import threading
 import time
@@ -58,9 +59,9 @@ class InMemoryBatches:
         perm = self.order(epoch).to(self.XY.device)
         return [(idx, idx.shape[0]) for idx in torch.split(perm, self.batch_size)]
 
-    def shard(self) -> tuple[torch.Tensor, torch.Tensor, int]:
-        """This process's rows for a full-batch step, and the total row count."""
-        return self.X, self.y, self.n
+    def full_chunks(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """This process's rows for a full-batch step, in chunks (here: one)."""
+        return [(self.X, self.y)]
 
     def take(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(X (b, f), y (b, 1))`` for the rows ``idx`` (views into one gathered block)."""
@@ -69,9 +70,6 @@ class InMemoryBatches:
         # index_select is ~2x faster than X[idx] for row gathers on the CPU
         xy = self.XY.index_select(0, idx)
         return xy[:, : self.f], xy[:, self.f :]
-
-    def full(self) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.X, self.y
 
 
 class ShardedBatches(InMemoryBatches):
@@ -86,8 +84,8 @@ class ShardedBatches(InMemoryBatches):
     def epoch(self, epoch: int) -> list[tuple[torch.Tensor, int]]:
         return [(idx[self.rank :: self.world], n) for idx, n in super().epoch(epoch)]
 
-    def shard(self) -> tuple[torch.Tensor, torch.Tensor, int]:
-        return self.X[self.rank :: self.world], self.y[self.rank :: self.world], self.n
+    def full_chunks(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        return [(self.X[self.rank :: self.world], self.y[self.rank :: self.world])]
 
 
 # ----------------------------------------------------------------------------- results
@@ -232,7 +230,7 @@ class _Run:
         self.evaluate, self.scheduler, self.state = evaluate, sched, state
         self.is_lbfgs = isinstance(optimizer, torch.optim.LBFGS)
         self.params = [p for p in model.parameters() if p.requires_grad]
-        self.on_cpu = batches.X.device.type == "cpu"
+        self.on_cpu = batches.XY.device.type == "cpu"
         self.fused = (
             settings.fused
             and type(model) is nn.Linear
@@ -260,20 +258,18 @@ class _Run:
         device_sum = None if self.on_cpu else torch.zeros((), device=self.batches.XY.device)
         log_sum, log_n, log_sum_t = 0.0, 0, None
         grad_norm = math.nan
-        for start in range(st.batch, len(order), k):
-            window = order[start : start + k]
+        for start, window, last_window in _windows(order, k, st.batch):
             n_win = window[0][1] if k == 1 else sum(n for _, n in window)  # rows, all ranks
             win_loss = self._accumulate(window, n_win)  # float on the CPU, else a tensor
             if self.reducer is not None:
                 win_loss = self._sum_over_ranks(win_loss)
-            last_window = start + k >= len(order)
             at_log = (st.step + 1) % s.log_every_steps == 0 or last_window
             if last_window:
                 grad_norm = _grad_norm(self.params)
             self.opt.step()
             self.opt.zero_grad(set_to_none=True)
             st.step += 1
-            st.batch = start + k
+            st.batch = start + len(window)
             seen += n_win
             if self.on_cpu:  # a host read is free here: check every step
                 self._check_finite(win_loss)
@@ -325,11 +321,11 @@ class _Run:
         so the summed gradient is the gradient of the mean loss over the whole window.
         Returns the window's mean loss: a float on the CPU, a device tensor elsewhere."""
         total: Any = 0.0 if self.on_cpu else None
-        for idx, _ in window:
-            if idx.shape[0] == 0:  # a rank's share of a batch smaller than the world
+        for item, _ in window:
+            xb, yb = self.batches.take(item)  # item: row indices, or the rows themselves
+            if xb.shape[0] == 0:  # a rank's share of a batch smaller than the world
                 continue
-            xb, yb = self.batches.take(idx)
-            weight = idx.shape[0] / n_win
+            weight = xb.shape[0] / n_win
             if self.fused:
                 loss, scale = self._fused_backward(xb, yb, weight)
             else:
@@ -385,38 +381,43 @@ class _Run:
     def lbfgs_epoch(self) -> EpochReport:
         """One ``LBFGS.step``: up to ``max_iter`` iterations with strong-Wolfe line search."""
         t0 = time.perf_counter()
-        X, y = self.batches.full()
-        Xs, ys, n_total = self.batches.shard()
-        share = Xs.shape[0] / n_total
+        n = self.batches.n
+
+        def objective(backward: bool) -> torch.Tensor:
+            """The mean loss over all rows (all processes), chunk by chunk."""
+            total = None
+            for Xc, yc in self.batches.full_chunks():
+                # torch's LBFGS skips curvature pairs with s.y <= 1e-10 (absolute), which
+                # freezes it near the optimum of an O(1) objective; scaling the objective
+                # (L-BFGS is otherwise invariant to it) moves that threshold out of the way.
+                loss = self.loss_fn(self.model(Xc), yc) * (Xc.shape[0] / n * LBFGS_OBJECTIVE_SCALE)
+                if backward:
+                    loss.backward()
+                total = loss.detach() if total is None else total + loss.detach()
+            if self.reducer is not None:  # every rank then takes the same L-BFGS step
+                total = torch.as_tensor(self._sum_over_ranks(total), dtype=total.dtype)
+            return total
 
         def closure() -> torch.Tensor:
             self.opt.zero_grad(set_to_none=True)
-            # torch's LBFGS skips curvature pairs with s.y <= 1e-10 (absolute), which freezes
-            # it near the optimum of an O(1) objective; scaling the objective (L-BFGS is
-            # otherwise invariant to it) moves that threshold out of the way.
-            loss = self.loss_fn(self.model(Xs), ys) * (share * LBFGS_OBJECTIVE_SCALE)
-            loss.backward()
-            if self.reducer is not None:  # every rank then takes the same L-BFGS step
-                summed = self._sum_over_ranks(loss.detach())
-                loss = torch.as_tensor(summed, dtype=loss.dtype)  # not torch's default dtype
-            return loss
+            return objective(backward=True)
 
         self.opt.step(closure)
         st = self.state
         st.step += 1
         with torch.no_grad():
-            value = float(self.loss_fn(self.model(X), y))
+            value = float(objective(backward=False)) / LBFGS_OBJECTIVE_SCALE
         self._check_finite(value)
         for p in self.params:
             if not torch.isfinite(p).all():
                 self._check_finite(math.nan)
-        st.epoch_loss_sum, st.epoch_count = value * self.batches.n, self.batches.n
+        st.epoch_loss_sum, st.epoch_count = value * n, n
         self.sinks.step(st.step, value * self.settings.loss_scale)
-        self.samples += self.batches.n
+        self.samples += n
         closure()
         grad_norm = _grad_norm(self.params) / LBFGS_OBJECTIVE_SCALE
         self.opt.zero_grad(set_to_none=True)
-        return self._end_epoch(self.batches.n, time.perf_counter() - t0, grad_norm)
+        return self._end_epoch(n, time.perf_counter() - t0, grad_norm)
 
     def converged(self) -> bool:
         """L-BFGS only: stop once two epochs in a row no longer lower the objective at all.
@@ -479,6 +480,19 @@ class _Run:
         if st.best_weights is not None:
             self.model.load_state_dict(st.best_weights)
         return True
+
+
+def _windows(items, k: int, skip: int):
+    """``(index of its first micro-batch, window of k, is it the last)`` over ``items`` (a
+    list or a stream), starting after ``skip`` micro-batches (a resumed epoch)."""
+    it = iter(items)
+    for _ in itertools.islice(it, skip):
+        pass
+    index, window = skip, list(itertools.islice(it, k))
+    while window:
+        following = list(itertools.islice(it, k))
+        yield index, window, not following
+        index, window = index + len(window), following
 
 
 def _add_grad(p: torch.Tensor, grad: torch.Tensor) -> None:
