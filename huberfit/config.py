@@ -50,7 +50,7 @@ class DataConfig(_Section):
         "auto", description="csv/parquet: stream from disk; auto: when over the budget"
     )
     memory_budget_mb: int | None = Field(
-        None, ge=16, description="auto streaming threshold; null: a quarter of the RAM"
+        None, ge=1, description="auto streaming threshold; null: a quarter of the RAM"
     )
     shuffle_buffer: int = Field(100_000, ge=1, description="streaming: rows mixed at a time")
     standardize: bool = Field(True, description="train standardized; report original units")

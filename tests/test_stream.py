@@ -1,0 +1,145 @@
+"""Streaming: same answers as in-memory training, bad cells located deep in files,
+statistics against numpy, every training row once per epoch, automatic choice."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from huberfit.cli import app
+from huberfit.config import load_config
+from huberfit.errors import DataError
+from huberfit.experiment import train_run
+from huberfit.sinks import ConsoleSink
+from huberfit.stream import Moments, StreamBatches, scan
+
+
+@pytest.fixture
+def parts(tmp_path):
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "pq"
+    folder.mkdir()
+    frames = []
+    for i in range(3):
+        X = rng.normal(size=(1500, 3)) * [1.0, 5.0, 0.2] + [0.0, 3.0, -1.0]
+        y = X @ [1.0, -0.5, 4.0] + 2.0 + rng.normal(scale=0.3, size=1500)
+        y[rng.random(1500) < 0.1] += 15.0
+        frame = pd.DataFrame(X, columns=["a", "b", "c"]).assign(t=y)
+        frame.to_parquet(folder / f"part{i}.parquet", row_group_size=400)
+        frame.to_csv(tmp_path / f"part{i}.csv", index=False, float_format="%.17g")
+        frames.append(frame)
+    return tmp_path, pd.concat(frames, ignore_index=True)
+
+
+def _train(tmp_path, *overrides):
+    cfg = load_config(None, ["output.tensorboard=false", "output.images=false", *overrides])
+    return train_run(cfg, ConsoleSink(1, quiet=True), runs_dir=str(tmp_path / "runs")).metrics
+
+
+def _coef(m):
+    return np.array([*m["coefficients"].values(), m["intercept"]])
+
+
+@pytest.mark.parametrize("source", ["parquet", "csv"])
+def test_streamed_and_in_memory_lbfgs_agree(parts, source):
+    tmp_path, _ = parts
+    path = tmp_path / "pq" if source == "parquet" else tmp_path / "part*.csv"
+    common = [f"data.source={source}", f"data.path={path}", "data.target=t", "dtype=float64",
+              "optimizer.name=lbfgs", "optimizer.lr=1", "train.epochs=50"]  # fmt: skip
+    streamed = _train(tmp_path, *common, "data.streaming=true")
+    memory = _train(tmp_path, *common, "data.streaming=false")
+    assert streamed["streamed"] and not memory["streamed"]
+    assert streamed["n_train"] == memory["n_train"] and streamed["n_val"] == memory["n_val"]
+    np.testing.assert_allclose(_coef(streamed), _coef(memory), rtol=1e-10, atol=1e-12)
+    assert streamed["val"]["mae"] == pytest.approx(memory["val"]["mae"], rel=1e-10)
+
+
+def test_moments_merge_matches_numpy():
+    rng = np.random.default_rng(1)
+    batches = [rng.normal(1e6, 3.0, size=(n, 2)) for n in (1, 7, 500, 3, 1000)]
+    m = Moments()
+    for b in batches:
+        m.add(b)
+    whole = np.concatenate(batches)
+    np.testing.assert_allclose(m.mean, whole.mean(axis=0), rtol=1e-13)
+    np.testing.assert_allclose(m.m2 / m.n, whole.var(axis=0), rtol=1e-9)
+
+
+def test_each_training_row_once_per_epoch_in_a_seeded_order(parts):
+    tmp_path, frame = parts
+    info = scan(str(tmp_path / "pq"), "parquet", "t", None, 0, 0.2, standardize=False, center=True)
+    source = StreamBatches(info, "train", 64, torch.device("cpu"), "float64", shuffle_buffer=500)
+
+    def rows(epoch):
+        return torch.cat([torch.cat(item, 1) for item, _ in source.epoch(epoch)]).numpy()
+
+    e0, e0_again, e1 = rows(0), rows(0), rows(1)
+    assert len(e0) == info.n_train
+    assert np.array_equal(e0, e0_again)  # the seed decides the order
+    assert not np.array_equal(e0, e1)  # and it changes per epoch
+    key = lambda a: np.sort(a[:, 0])  # noqa: E731
+    assert np.array_equal(key(e0), key(e1))  # the same rows each epoch
+    from huberfit.data import in_validation
+
+    val = in_validation(np.arange(len(frame)), 0, 0.2)
+    assert np.array_equal(key(e0), np.sort(frame.to_numpy()[~val][:, 0]))
+
+
+def test_bad_cells_deep_in_files_are_located(tmp_path):
+    rng = np.random.default_rng(2)
+    frame = pd.DataFrame(rng.normal(size=(200_000, 2)), columns=["x", "y"])
+    text = frame.to_csv(index=False).splitlines()
+    text[150_001] = "1.0,broken"
+    (tmp_path / "big.csv").write_text("\n".join(text) + "\n")
+    with pytest.raises(
+        DataError, match=r"big.csv: non-numeric value 'broken' in column 'y' at line 150002"
+    ):
+        scan(str(tmp_path / "big.csv"), "csv", "y", None, 0, 0.2, True, True)
+    frame.loc[123_456, "x"] = np.nan
+    frame.to_parquet(tmp_path / "big.parquet", row_group_size=50_000)
+    with pytest.raises(
+        DataError, match=r"big.parquet: missing or non-finite cell in column 'x' at row 123457"
+    ):
+        scan(str(tmp_path / "big.parquet"), "parquet", "y", None, 0, 0.2, True, True)
+
+
+def test_auto_streams_over_the_budget_only(parts):
+    tmp_path, _ = parts
+    common = [
+        "data.source=parquet",
+        f"data.path={tmp_path / 'pq'}",
+        "data.target=t",
+        "train.epochs=1",
+    ]
+    assert not _train(tmp_path, *common)["streamed"]
+    size_mb = sum(f.stat().st_size for f in (tmp_path / "pq").iterdir()) / 2**20
+    assert 4 * size_mb > 1  # so a 1 MB budget is too small for these files in memory
+    assert _train(tmp_path, *common, "data.memory_budget_mb=1")["streamed"]
+
+
+def test_empty_glob_and_folder_errors(tmp_path, runner):
+    r = runner.invoke(app, ["train", "data.source=csv", f"data.path={tmp_path}/nothing*.csv",
+                            "data.target=y"])  # fmt: skip
+    assert r.exit_code == 1 and "the pattern matches no files" in r.output
+    r = runner.invoke(
+        app, ["train", "data.source=parquet", f"data.path={tmp_path}", "data.target=y"]
+    )
+    assert r.exit_code == 1 and "holds no parquet files" in r.output
+
+
+def test_cli_streaming_run_and_predict_on_a_folder(parts, runner):
+    tmp_path, frame = parts
+    r = runner.invoke(app, ["train", "--json", "--quiet", "--runs-dir", str(tmp_path / "runs"),
+                            "data.source=parquet", f"data.path={tmp_path / 'pq'}", "data.target=t",
+                            "data.streaming=true", "train.epochs=2"])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    m = json.loads(r.stdout)
+    assert m["streamed"] and m["n_train"] + m["n_val"] == len(frame)
+    run_dir = m["run_dir"]
+    assert (tmp_path / "runs").exists() and (
+        json.loads(open(f"{run_dir}/metrics.json").read())["status"] == "completed"
+    )
