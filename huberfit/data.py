@@ -325,13 +325,38 @@ def iter_chunks(
     chunk_rows: int = 100_000,
     require_target: bool = False,
 ):
-    """Yield ``(frame, X, y or None)`` per chunk of a CSV/Parquet file, in bounded memory.
+    """Yield ``(frame, X, y or None)`` per chunk of CSV/Parquet input, in bounded memory.
 
-    ``frame`` holds the chunk's columns as read (for writing them back out); ``X`` the
-    ``features`` in that order as float64; bad cells raise the same located ``DataError``
-    as training data, with line/row numbers counted from the top of the file.
+    ``path`` is a file, a folder (its .csv/.parquet files) or a glob. ``frame`` holds the
+    chunk's columns as read (for writing them back out); ``X`` the ``features`` in that
+    order as float64; bad cells raise the same located ``DataError`` as training data,
+    with line/row numbers counted from the top of their file.
     """
-    file = _check_file(str(path))
+    files = input_files(str(path))
+    for file in files:
+        yield from _file_chunks(Path(file), features, target, chunk_rows, require_target)
+
+
+def input_files(path: str) -> list[str]:
+    """A file as it is; a folder or glob as its CSV and Parquet files, sorted."""
+    if any(ch in path for ch in "*?[") or Path(path).is_dir():
+        found = [f for src in DATA_SUFFIXES for f in _glob_source(path, src)]
+        if not found:
+            raise DataError(f"{path}: no .csv or .parquet files there")
+        return sorted(found)
+    return [path]
+
+
+def _glob_source(path: str, source: str) -> list[str]:
+    try:
+        files = resolve_files(path, source)
+    except DataError:
+        return []
+    return [f for f in files if source_of(f) == source]
+
+
+def _file_chunks(file: Path, features, target, chunk_rows: int, require_target: bool):
+    file = _check_file(str(file))
     source = source_of(file)
     columns = _read_header(file, source)
     dupes = sorted({c for c in columns if columns.count(c) > 1})

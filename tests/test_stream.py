@@ -143,3 +143,24 @@ def test_cli_streaming_run_and_predict_on_a_folder(parts, runner):
     assert (tmp_path / "runs").exists() and (
         json.loads(open(f"{run_dir}/metrics.json").read())["status"] == "completed"
     )
+
+
+def test_predict_and_eval_read_folders_and_globs(parts, runner):
+    tmp_path, frame = parts
+    frame.to_csv(tmp_path / "all.csv", index=False, float_format="%.17g")
+    r = runner.invoke(app, ["train", "--quiet", "--runs-dir", str(tmp_path / "runs"), "data.source=csv",
+                            f"data.path={tmp_path / 'all.csv'}", "data.target=t", "train.epochs=2"])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    scores = []
+    for source in (tmp_path / "all.csv", tmp_path / "part*.csv", tmp_path / "pq"):
+        r = runner.invoke(app, ["eval", "--run", str(run_dir), "--input", str(source), "--json"])
+        assert r.exit_code == 0, r.output
+        scores.append(json.loads(r.stdout))
+    for s in scores[1:]:
+        assert s["rows"] == len(frame)
+        for key in ("mse", "mae", "r2", "objective"):
+            assert s[key] == pytest.approx(scores[0][key], rel=1e-12)
+    r = runner.invoke(app, ["predict", "--run", str(run_dir), "--input", str(tmp_path / "pq"),
+                            "--output", str(tmp_path / "p.parquet")])  # fmt: skip
+    assert r.exit_code == 0 and len(pd.read_parquet(tmp_path / "p.parquet")) == len(frame)
