@@ -310,6 +310,98 @@ def csv_load_pair(rows: int = 1_000_000, columns: int = 17, repeats: int = 3) ->
     return {"bytes": size, "huberfit": statistics.median(ours), "pandas": statistics.median(theirs)}
 
 
+def write_parquet_dataset(folder: Path, gigabytes: float, features: int = 16,
+                          file_rows: int = 2_000_000, seed: int = 0) -> int:  # fmt: skip
+    """Write ~``gigabytes`` of float64 regression rows as Parquet files (row groups of 256k
+    rows) into ``folder``, a million rows at a time; returns the row count."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    w = rng.uniform(-3, 3, size=features)
+    total = int(gigabytes * 1e9 / (8 * (features + 1)))
+    names = [f"x{i}" for i in range(features)] + ["y"]
+    written, part = 0, 0
+    while written < total:
+        rows_in_file = min(file_rows, total - written)
+        with pq.ParquetWriter(folder / f"part-{part:04d}.parquet", _schema(names)) as writer:
+            done = 0
+            while done < rows_in_file:
+                n = min(1_000_000, rows_in_file - done)
+                X = rng.standard_normal((n, features))
+                y = X @ w + 1.0 + 0.5 * rng.standard_normal(n)
+                y[rng.random(n) < 0.05] += 20.0
+                cols = [pa.array(X[:, i]) for i in range(features)] + [pa.array(y)]
+                writer.write_table(pa.table(cols, names=names), row_group_size=262_144)
+                done += n
+        written += rows_in_file
+        part += 1
+    return written
+
+
+def _schema(names: list[str]):
+    import pyarrow as pa
+
+    return pa.schema([(n, pa.float64()) for n in names])
+
+
+_HWM_WRAPPER = """
+import atexit, sys
+def report():
+    with open('/proc/self/status') as fh:
+        for line in fh:
+            if line.startswith('VmHWM'):
+                sys.stderr.write('VMHWM ' + line.split()[1] + chr(10))
+atexit.register(report)
+sys.argv = ['huberfit'] + sys.argv[1:]
+from huberfit.cli import main
+main()
+"""
+
+
+def streaming_peak_rss(folder: Path, budget_mb: int, epochs: int = 1) -> dict[str, Any]:
+    """Train on ``folder`` in a child process with ``data.memory_budget_mb=budget_mb`` and
+    measure the child's peak RSS; and the same for a tiny in-memory run (the fixed cost of
+    Python, torch, pyarrow and pandas)."""
+    import json
+    import subprocess
+    import sys
+
+    def child(args: list[str]) -> tuple[dict[str, Any], float, float]:
+        """Run one training; it reports its own peak RSS (VmHWM, Linux) as it exits.
+        (rusage's maxrss would count the pages of this process it was forked from.)"""
+        t0 = time.perf_counter()
+        cmd = [sys.executable, "-c", _HWM_WRAPPER, "train", "--json", "--quiet", *args,
+               "output.tensorboard=false", "output.images=false"]  # fmt: skip
+        with tempfile.TemporaryDirectory() as runs:
+            p = subprocess.run([*cmd, "--runs-dir", runs], capture_output=True, text=True)
+        if p.returncode != 0:
+            raise RuntimeError(f"training for the benchmark failed: {p.stderr[-500:]}")
+        hwm = [line.split()[1] for line in p.stderr.splitlines() if line.startswith("VMHWM ")]
+        return json.loads(p.stdout), float(hwm[-1]) / 1024, time.perf_counter() - t0
+
+    _, base_mb, _ = child(["train.epochs=1", "data.n_samples=1000"])
+    size = sum(f.stat().st_size for f in folder.glob("*.parquet"))
+    metrics, peak_mb, wall = child([
+        "data.source=parquet", f"data.path={folder}", "data.target=y",
+        f"data.memory_budget_mb={budget_mb}", f"train.epochs={epochs}", "train.batch_size=4096",
+    ])  # fmt: skip
+    rows = metrics["n_train"] + metrics["n_val"]
+    return {
+        "bytes": size,
+        "rows": rows,
+        "streamed": metrics["streamed"],
+        "budget_mb": budget_mb,
+        "peak_rss_mb": peak_mb,
+        "baseline_rss_mb": base_mb,
+        "train_seconds": metrics["seconds"],
+        "train_rows_per_second": metrics["samples_per_second"],
+        "wall_seconds": wall,
+        "coefficient_error": metrics["coefficient_error"],
+    }
+
+
 def as_table_rows(res: BenchResult) -> list[tuple[str, str, str, str]]:
     """(what, seconds, samples/s, ratio) rows for the Rich table."""
     n = res.rows

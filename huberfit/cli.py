@@ -344,6 +344,13 @@ def bench(
     csv: bool = typer.Option(
         False, "--csv", help="Only time CSV loading (--rows x 17) against pandas."
     ),
+    stream_gb: float = typer.Option(
+        0.0, "--stream-gb", help="Only measure streaming: generate this many GB of Parquet..."
+    ),
+    budget_mb: int = typer.Option(512, "--budget-mb", help="...and train on it with this budget."),
+    folder: Path | None = typer.Option(
+        None, "--folder", help="Where the Parquet files go (default: a temporary folder)."
+    ),
     json_out: bool = typer.Option(False, "--json", help="Print the results as JSON."),
 ) -> None:
     """Time huberfit's engine against the tutorial DataLoader loop, side by side."""
@@ -352,6 +359,9 @@ def bench(
     from huberfit.bench import as_table_rows, csv_load_pair, host_description, run_bench, to_json
     from huberfit.device import resolve_device
 
+    if stream_gb > 0:
+        _bench_streaming(stream_gb, budget_mb, folder, json_out)
+        return
     if csv:
         r = csv_load_pair(rows)
         if json_out:
@@ -377,6 +387,29 @@ def bench(
         table.add_row(*row)
     out.print(table)
     out.print(f"{host_description()}; {res.threads} threads; median of {epochs} epochs")
+
+
+def _bench_streaming(gigabytes: float, budget_mb: int, folder: Path | None, json_out: bool) -> None:
+    import tempfile
+
+    from huberfit.bench import host_description, streaming_peak_rss, write_parquet_dataset
+
+    with tempfile.TemporaryDirectory() as tmp:
+        where = folder or Path(tmp) / "data"
+        if not list(where.glob("*.parquet")):
+            err.print(f"[dim]writing {gigabytes:g} GB of Parquet into {where}[/dim]")
+            write_parquet_dataset(where, gigabytes)
+        err.print(f"[dim]training on it with data.memory_budget_mb={budget_mb}[/dim]")
+        r = streaming_peak_rss(where, budget_mb)
+    if json_out:
+        out.print(json.dumps({**r, "host": host_description()}, indent=2), markup=False)
+        return
+    out.print(
+        f"{r['bytes'] / 1e9:.2f} GB, {r['rows']:,} rows, streamed: {r['streamed']}; "
+        f"peak RSS {r['peak_rss_mb']:.0f} MB (budget {budget_mb} MB; a 1,000-row run: "
+        f"{r['baseline_rss_mb']:.0f} MB); training {r['train_rows_per_second']:,.0f} rows/s, "
+        f"{r['wall_seconds']:.0f} s end to end; {host_description()}"
+    )
 
 
 def main() -> None:

@@ -110,7 +110,11 @@ def read_piece(piece: Piece, columns: list[str], names: list[str]) -> Iterator[n
     import pyarrow as pa
 
     try:
-        for batch in piece.fragment.to_batches(columns=columns, batch_size=READ_ROWS):
+        # little read-ahead: arrow's defaults (16 batches, 4 files) hold hundreds of MB
+        batches = piece.fragment.to_batches(
+            columns=columns, batch_size=READ_ROWS, batch_readahead=1, fragment_readahead=1
+        )
+        for batch in batches:
             if batch.num_rows:
                 yield np.column_stack(
                     [batch.column(i).to_numpy(zero_copy_only=False) for i in range(len(columns))]
