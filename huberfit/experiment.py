@@ -69,9 +69,6 @@ def prepare(config: Config, dist: Any = None) -> Prepared:
     if d.source != "synthetic" and _streams(d):
         from huberfit.stream import load_streaming
 
-        if dist is not None:
-            raise ConfigError("streaming under torchrun is not supported yet; set "
-                              "data.streaming: false (each rank then loads the data)")  # fmt: skip
         data = load_streaming(d, config.seed, config.dtype, bias=config.model.bias)
     else:
         data = load_dataset(d, config.seed, config.dtype, bias=config.model.bias)
@@ -200,9 +197,11 @@ def build_sources(config: Config, data: Dataset, device: torch.device, dist: Any
     if data.stream is not None:
         from huberfit.stream import StreamBatches
 
+        rank, world = (0, 1) if dist is None else (dist.rank, dist.world)
+
         def source(split: str, size: int | None) -> StreamBatches:
             return StreamBatches(data.stream, split, size, device, config.dtype,
-                                 config.data.shuffle_buffer)  # fmt: skip
+                                 config.data.shuffle_buffer, rank=rank, world=world)  # fmt: skip
 
         batches = source("train", batch_size)
         val = source("val", None) if data.stream.n_val else None
@@ -298,7 +297,7 @@ class Scorer:
         residuals: list[np.ndarray] = []
         kept = 0
         for X, y in rows:
-            if self.dist is not None:
+            if self.dist is not None and self.data.stream is None:  # in memory: all rows here
                 X, y = X[self.dist.rank :: self.dist.world], y[self.dist.rank :: self.dist.world]
             n = X.shape[0]
             if n == 0:

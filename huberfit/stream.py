@@ -49,6 +49,7 @@ class Piece:
     fragment: Any
     first_row: int = 0  # global index of its first row
     rows: int = 0
+    train_rows: int = 0
 
 
 def open_pieces(
@@ -208,6 +209,7 @@ def scan(path: str, source: str, target: str | None, features: list[str] | None,
     for piece in pieces:
         line_in_file = 0 if piece.path != last_path else line_in_file
         last_path, piece.first_row = piece.path, row
+        train_rows = 0
         for a in read_piece(piece, columns, names):
             _check_finite(a, piece, line_in_file, source, columns)
             rows = np.arange(row, row + len(a))
@@ -216,14 +218,18 @@ def scan(path: str, source: str, target: str | None, features: list[str] | None,
             if h.min() < smallest[0]:
                 smallest = (float(h.min()), int(rows[np.argmin(h)]))
             train = a[~val]
+            train_rows += len(train)
             (stats.add if center else stats.add_squares)(train)
             _keep_sample(samples, train, a[val])
             n_val += int(val.sum())
             row, line_in_file = row + len(a), line_in_file + len(a)
-        piece.rows = row - piece.first_row
+        piece.rows, piece.train_rows = row - piece.first_row, train_rows
     forced = -1
     if val_fraction > 0 and n_val == 0 and row:  # as split_indices does in memory
         forced, n_val = smallest[1], 1
+        for piece in pieces:
+            if piece.first_row <= forced < piece.first_row + piece.rows:
+                piece.train_rows -= 1
         stats = _rescan_without(pieces, columns, names, forced, center)
     n_train = row - n_val
     if n_train < 2:
@@ -310,11 +316,17 @@ class StreamBatches:
     """
 
     def __init__(self, info: StreamInfo, split: str, batch_size: int | None, device: torch.device,
-                 dtype: str, shuffle_buffer: int, prefetch: int = 4) -> None:  # fmt: skip
+                 dtype: str, shuffle_buffer: int, prefetch: int = 4, rank: int = 0,
+                 world: int = 1) -> None:  # fmt: skip
         self.info, self.split, self.device = info, split, device
+        self.rank, self.world = rank, world
         self.dtype = TORCH_DTYPES[dtype]
         self.n = info.n_train if split == "train" else info.n_val
         self.batch_size = min(batch_size or self.n, max(self.n, 1))
+        if self.batch_size < world:
+            raise DataError(
+                f"train.batch_size={self.batch_size} is less than the {world} processes"
+            )
         self.shuffle_buffer = max(shuffle_buffer, self.batch_size)
         self.prefetch = prefetch
         s = info.scaling
@@ -322,8 +334,23 @@ class StreamBatches:
         self._scale = np.array([*s.x_scale, s.y_scale])
         self.XY = torch.empty(0, device=device)  # for device queries by the loop
 
+    def _split_rows(self, piece: Piece) -> int:
+        return piece.train_rows if self.split == "train" else piece.rows - piece.train_rows
+
     def steps_per_epoch(self, accum: int = 1) -> int:
+        if self.world > 1:
+            return math.ceil(self._plan(self.info.pieces)[2] / accum)
         return math.ceil(math.ceil(self.n / self.batch_size) / accum)
+
+    def _plan(self, order: list[Piece]) -> tuple[list[int], list[int], int]:
+        """Under torchrun each rank streams its own pieces (``order[rank::world]``) in
+        batches of its share of the global batch; every rank computes every rank's row
+        total, so all agree on the number of steps and on each step's global row count."""
+        W, B = self.world, self.batch_size
+        totals = [sum(self._split_rows(p) for p in order[q::W]) for q in range(W)]
+        sizes = [B // W + (1 if q < B % W else 0) for q in range(W)]
+        steps = max(math.ceil(t / b) for t, b in zip(totals, sizes, strict=True))
+        return totals, sizes, steps
 
     def take(self, item: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         return item
@@ -347,9 +374,21 @@ class StreamBatches:
     def epoch(self, epoch: int) -> Iterator[tuple[tuple[torch.Tensor, torch.Tensor], int]]:
         rng = np.random.default_rng([self.info.seed, epoch, 17])
         order = [self.info.pieces[i] for i in rng.permutation(len(self.info.pieces))]
-        return _prefetch(self._shuffled(order, rng), self.prefetch)
+        if self.world == 1:
+            return _prefetch(self._shuffled(order, rng, self.batch_size), self.prefetch)
+        local = np.random.default_rng([self.info.seed, epoch, 17, self.rank])
+        return _prefetch(self._sharded(order, local), self.prefetch)
 
-    def _shuffled(self, order: list[Piece], rng: np.random.Generator):
+    def _sharded(self, order: list[Piece], rng: np.random.Generator):
+        totals, sizes, steps = self._plan(order)
+        mine = self._shuffled(order[self.rank :: self.world], rng, sizes[self.rank])
+        empty = torch.empty((0, len(self._shift)), device=self.device, dtype=self.dtype)
+        for i in range(steps):
+            n_global = sum(min(b, max(0, t - i * b)) for t, b in zip(totals, sizes, strict=True))
+            item = next(mine, None)
+            yield (item[0] if item is not None else (empty[:, :-1], empty[:, -1:])), n_global
+
+    def _shuffled(self, order: list[Piece], rng: np.random.Generator, batch: int):
         buffer: list[np.ndarray] = []
         held = 0
         for a in self._rows(order):
@@ -358,20 +397,21 @@ class StreamBatches:
             if held >= self.shuffle_buffer:
                 rows = np.concatenate(buffer)
                 rows = rows[rng.permutation(len(rows))]
-                cut = len(rows) - len(rows) % self.batch_size
-                for i in range(0, cut, self.batch_size):
-                    yield self._tensors(rows[i : i + self.batch_size]), self.batch_size
+                cut = len(rows) - len(rows) % batch
+                for i in range(0, cut, batch):
+                    yield self._tensors(rows[i : i + batch]), batch
                 buffer, held = [rows[cut:]], len(rows) - cut
         if held:
             rows = np.concatenate(buffer)
             rows = rows[rng.permutation(len(rows))]
-            for i in range(0, len(rows), self.batch_size):
-                chunk = rows[i : i + self.batch_size]
+            for i in range(0, len(rows), batch):
+                chunk = rows[i : i + batch]
                 yield self._tensors(chunk), len(chunk)
 
     def full_chunks(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """The whole split in file order, one record batch at a time."""
-        for a in self._rows(self.info.pieces):
+        """This process's rows of the split (all of them in one process; under torchrun
+        its own pieces), in file order, one record batch at a time."""
+        for a in self._rows(self.info.pieces[self.rank :: self.world]):
             yield self._tensors(a)
 
 

@@ -135,3 +135,28 @@ def test_ctrl_c_under_torchrun_saves_once_and_stops_every_rank(tmp_path):
     assert metrics["status"] == "interrupted" and metrics["world_size"] == 2
     assert (run_dir / "checkpoint.pt").is_file()
     assert stderr.count("interrupted: saved") == 1  # rank 0 alone says so
+
+
+def test_streaming_under_torchrun_reads_disjoint_pieces_and_agrees(tmp_path):
+    import pandas as pd
+
+    rng = np.random.default_rng(3)
+    (tmp_path / "pq").mkdir()
+    for i in range(3):
+        X = rng.normal(size=(1200, 2))
+        y = X @ [2.0, -1.0] + 0.5 + rng.normal(scale=0.3, size=1200)
+        pd.DataFrame(X, columns=["a", "b"]).assign(t=y).to_parquet(
+            tmp_path / "pq" / f"p{i}.parquet", row_group_size=500
+        )
+    data = ["data.source=parquet", "data.path=pq", "data.target=t", "dtype=float64",
+            "optimizer.name=lbfgs", "optimizer.lr=1", "train.epochs=50", "output.images=false"]  # fmt: skip
+    one = single(tmp_path, "--json", "--runs-dir", "one", *data, "data.streaming=false")
+    two = torchrun(tmp_path, "--json", "--runs-dir", "two", *data, "data.streaming=true")
+    assert one.returncode == 0 and two.returncode == 0, two.stderr[-2000:]
+    a, b = json.loads(one.stdout), json.loads(two.stdout)
+    assert b["streamed"] and b["world_size"] == 2 and b["n_train"] == a["n_train"]
+    np.testing.assert_allclose(coefficients(b), coefficients(a), rtol=1e-10)
+    sgd = torchrun(tmp_path, "--json", "--runs-dir", "sgd", *data[:4], "data.streaming=true",
+                   "train.batch_size=63", "train.epochs=2", "output.images=false")  # fmt: skip
+    assert sgd.returncode == 0, sgd.stderr[-2000:]
+    assert json.loads(sgd.stdout)["status"] == "completed"
