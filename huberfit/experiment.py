@@ -197,6 +197,11 @@ def build_sources(config: Config, data: Dataset, device: torch.device, dist: Any
     if data.stream is not None:
         from huberfit.stream import StreamBatches
 
+        if batch_size is None and config.optimizer.name != "lbfgs":
+            raise ConfigError(
+                "train.batch_size: null (full batch) would hold every streamed row in memory; "
+                "set a batch size, or use optimizer.name: lbfgs (it streams the full batch)"
+            )
         rank, world = (0, 1) if dist is None else (dist.rank, dist.world)
 
         def source(split: str, size: int | None) -> StreamBatches:
