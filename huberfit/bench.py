@@ -349,16 +349,19 @@ def _schema(names: list[str]):
 
 
 _HWM_WRAPPER = """
-import atexit, sys
-def report():
-    with open('/proc/self/status') as fh:
-        for line in fh:
-            if line.startswith('VmHWM'):
-                sys.stderr.write('VMHWM ' + line.split()[1] + chr(10))
-atexit.register(report)
+import sys
 sys.argv = ['huberfit'] + sys.argv[1:]
-from huberfit.cli import main
-main()
+from huberfit.cli import app
+try:
+    app()
+    code = 0
+except SystemExit as exc:
+    code = exc.code
+with open('/proc/self/status') as fh:
+    for line in fh:
+        if line.startswith('VmHWM'):
+            sys.stderr.write('VMHWM ' + line.split()[1] + chr(10))
+sys.exit(code)
 """
 
 
