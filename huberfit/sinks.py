@@ -26,10 +26,16 @@ FigureMaker = Callable[[], list[tuple[str, bytes]]]  # -> [(name, PNG bytes)]
 
 
 class Sinks:
-    """Fan-out to several sinks; each method is forwarded to every sink that has it."""
+    """Fan-out to several sinks; each method is forwarded to every sink that has it.
+    ``step`` is called every log interval, so its targets are looked up once."""
 
     def __init__(self, *sinks: Any) -> None:
         self.sinks = [s for s in sinks if s is not None]
+        self._steps = [s.step for s in self.sinks if hasattr(s, "step")]
+
+    def step(self, step: int, train_loss: float) -> None:
+        for method in self._steps:
+            method(step, train_loss)
 
     def __getattr__(self, name: str) -> Callable[..., None]:
         def call(*args: Any, **kwargs: Any) -> None:
@@ -296,6 +302,8 @@ class TensorBoardSink:
         from torch.utils.tensorboard import summary
 
         self.summary, self._Summary = summary, Summary
+        self._loss_summary = Summary(value=[Summary.Value(tag="loss/train", simple_value=0.0)])
+        self._loss_value = self._loss_summary.value[0]
         self.events = EventFile(run_dir, flush_secs)
         self.truth = truth or {}
         self.figures = figures
@@ -312,7 +320,9 @@ class TensorBoardSink:
         self.events.add([self.summary.text(tag, markdown)], step)
 
     def step(self, step: int, train_loss: float) -> None:
-        self._scalars({"loss/train": train_loss}, step)
+        # the most frequent event: one reused proto, only its numbers change
+        self._loss_value.simple_value = train_loss
+        self.events.add([self._loss_summary], step)
         self.last_step = step
 
     def epoch(self, report: Any) -> None:
