@@ -140,7 +140,7 @@ def time_median(fn: Callable[[], Any], repeats: int, warmup: int = 1) -> dict[st
     return {"median": statistics.median(times), "min": min(times), "max": max(times)}
 
 
-def loss_pair(n: int, device: torch.device, repeats: int = 50):
+def loss_pair(n: int, device: torch.device, repeats: int = 200):
     """Forward+backward of HuberLoss and F.huber_loss on n elements, alternating (c)."""
     g = torch.Generator().manual_seed(1)
     pred = (torch.randn(n, 1, generator=g) * 2).to(device).requires_grad_()

@@ -73,7 +73,10 @@ class _HuberFunction(torch.autograd.Function):
             loss = torch.dot(d1, c1) - 0.5 * torch.dot(c1, c1)
             if reduction == "mean":
                 loss = loss / d.numel()
-        d.clamp_(-delta, delta)  # d now holds the gradient's shape: clamp(d)
+        # d now takes the gradient for an upstream gradient of 1: c, or c / n for the mean
+        # (one pass either way); backward then rescales only if the upstream one is not 1.
+        ctx.unit = 1.0 / d.numel() if reduction == "mean" else 1.0
+        torch.mul(c, ctx.unit, out=d)
         # The intermediate lives on ctx (not save_for_backward) because backward hands it
         # out as the gradient itself; a second backward recomputes it from the inputs.
         ctx.grad = d
@@ -86,11 +89,18 @@ class _HuberFunction(torch.autograd.Function):
         grad, ctx.grad = ctx.grad, None
         if grad is None:  # a second backward (retain_graph=True): the buffer was handed out
             y_pred, y_true = ctx.saved_tensors
-            grad = torch.sub(y_pred, y_true).clamp_(-ctx.delta, ctx.delta)
-        scale = grad_out / grad.numel() if ctx.reduction == "mean" else grad_out
-        grad_true = -(grad * scale) if ctx.needs_input_grad[1] else None
-        grad_pred = grad.mul_(scale) if ctx.needs_input_grad[0] else None
+            grad = torch.sub(y_pred, y_true).clamp_(-ctx.delta, ctx.delta).mul_(ctx.unit)
+        if not _is_one(grad_out):
+            grad = grad.mul_(grad_out)
+        grad_true = -grad if ctx.needs_input_grad[1] else None
+        grad_pred = grad if ctx.needs_input_grad[0] else None
         return grad_pred, grad_true, None, None
+
+
+def _is_one(t: torch.Tensor) -> bool:
+    """Whether an upstream gradient is the scalar 1 (the usual ``loss.backward()``), read
+    only where that costs no device synchronisation."""
+    return t.dim() == 0 and t.device.type == "cpu" and t.item() == 1.0
 
 
 class HuberLoss(nn.Module):
