@@ -268,6 +268,27 @@ def read_table(
     required), the feature names and the number of rows dropped for missing cells."""
     file = _check_file(path)
     columns = _read_header(file, source)
+    features, has_target = _check_columns(file, columns, target, features, require_target)
+    wanted = features + ([target] if has_target else [])
+    frame = _read_frame(file, source, columns, wanted, dtype)
+    values, dropped = _to_numeric(frame, wanted, file, source, missing, dtype)
+    if values.shape[0] == 0:
+        kind = "has a header but no data rows" if not dropped else "has no complete rows left"
+        raise DataError(f"{file}: {kind}")
+    X = values[:, : len(features)]  # views: the split's row selection copies anyway
+    y = values[:, len(features)] if has_target else None
+    return X, y, list(features), dropped
+
+
+def _check_columns(
+    file: Path,
+    columns: list[str],
+    target: str | None,
+    features: list[str] | None,
+    require_target: bool,
+) -> tuple[list[str], bool]:
+    """The feature columns to read (default: all but the target) and whether the target is
+    there; duplicate or absent columns are located errors with a did-you-mean."""
     dupes = sorted({c for c in columns if columns.count(c) > 1})
     if dupes:
         raise DataError(f"{file}: duplicate column names: {', '.join(dupes)}")
@@ -281,15 +302,7 @@ def read_table(
     for name in features:
         if name not in columns:
             raise DataError(f"{file}: feature column {name!r} not found{_suggest(name, columns)}")
-    wanted = features + ([target] if has_target else [])
-    frame = _read_frame(file, source, columns, wanted, dtype)
-    values, dropped = _to_numeric(frame, wanted, file, source, missing, dtype)
-    if values.shape[0] == 0:
-        kind = "has a header but no data rows" if not dropped else "has no complete rows left"
-        raise DataError(f"{file}: {kind}")
-    X = values[:, : len(features)]  # views: the split's row selection copies anyway
-    y = values[:, len(features)] if has_target else None
-    return X, y, list(features), dropped
+    return list(features), has_target
 
 
 def resolve_files(path: str, source: str) -> list[str]:
@@ -359,15 +372,7 @@ def _file_chunks(file: Path, features, target, chunk_rows: int, require_target: 
     file = _check_file(str(file))
     source = source_of(file)
     columns = _read_header(file, source)
-    dupes = sorted({c for c in columns if columns.count(c) > 1})
-    if dupes:
-        raise DataError(f"{file}: duplicate column names: {', '.join(dupes)}")
-    for name in features:
-        if name not in columns:
-            raise DataError(f"{file}: feature column {name!r} not found{_suggest(name, columns)}")
-    has_target = target is not None and target in columns
-    if require_target and not has_target:
-        raise DataError(f"{file}: target column {target!r} not found{_suggest(target, columns)}")
+    features, has_target = _check_columns(file, columns, target, features, require_target)
     wanted = features + ([target] if has_target else [])
     offset = 0
     for frame in _frames(file, source, chunk_rows):

@@ -31,7 +31,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from huberfit.data import TORCH_DTYPES, Scaling, _suggest, in_validation, resolve_files, row_hash
+from huberfit.data import (
+    TORCH_DTYPES,
+    Scaling,
+    _check_columns,
+    in_validation,
+    resolve_files,
+    row_hash,
+)
 from huberfit.errors import DataError
 
 READ_ROWS = 65_536  # rows per record batch read from a file
@@ -193,12 +200,7 @@ def scan(path: str, source: str, target: str | None, features: list[str] | None,
     """Pass 1: validate every batch, count, split, and compute the training statistics."""
     files = resolve_files(path, source)
     pieces, names = open_pieces(files, source, None)
-    if target not in names:
-        raise DataError(f"{files[0]}: target column {target!r} not found{_suggest(target, names)}")
-    features = features or [c for c in names if c != target]
-    for name in features:
-        if name not in names:
-            raise DataError(f"{files[0]}: feature column {name!r} not found{_suggest(name, names)}")
+    features, _ = _check_columns(Path(files[0]), names, target, features, require_target=True)
     columns = features + [target]
     if source == "csv":  # reopen with every used column typed as float64
         pieces, names = open_pieces(files, source, columns)
