@@ -61,6 +61,10 @@ class InMemoryBatches:
         perm = self.order(epoch).to(self.XY.device)
         return [(idx, idx.shape[0]) for idx in torch.split(perm, self.batch_size)]
 
+    def full_chunks(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """This process's rows for a full-batch step, in chunks (here: one)."""
+        return [(self.X, self.y)]
+
     def take(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(X (b, f), y (b, 1))`` for the rows ``idx`` (views into one gathered block)."""
         if idx.numel() == self.n:
