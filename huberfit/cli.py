@@ -195,6 +195,12 @@ def _train(cfg, ckpt, resume, runs_dir, quiet: bool, dist):
     how = " (auto)" if cfg.device == "auto" and dist is None else ""
     ranks = f"   processes: {dist.world} ({dist.device.type})" if dist is not None else ""
     console.note(f"device: {prepared.device}{how}   data: {prepared.data.source}{ranks}")
+    done = ckpt["state"]["epoch"] if ckpt else 0
+    if ckpt and done >= cfg.train.epochs:
+        console.note(
+            f"the run already has its {done} epochs; nothing to train "
+            f"(continue it with: huberfit train --resume {resume} train.epochs={done + 10})"
+        )
     outcome = train_run(cfg, console, runs_dir, prepared, run_dir=resume, resume=ckpt, dist=dist)
     return outcome.metrics, outcome.run_dir
 
