@@ -58,11 +58,6 @@ def launched_by_torchrun() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1")) > 1 and "RANK" in os.environ
 
 
-def rank() -> int:
-    """This process's rank under torchrun (0 otherwise), without touching torch.distributed."""
-    return int(os.environ.get("RANK", "0"))
-
-
 @contextmanager
 def session(device: str) -> Iterator[Dist | None]:
     """Initialise ``torch.distributed`` when launched by torchrun (else yield None) and

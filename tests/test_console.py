@@ -1,0 +1,66 @@
+"""What people read in the terminal: the run summary and the comparison table, rendered
+into a plain console and read back."""
+
+from __future__ import annotations
+
+import math
+
+from huberfit.sinks import plain_console, render_comparison, render_runs, render_summary
+
+METRICS = {
+    "status": "completed", "loss": "huber", "delta": 1.0, "optimizer": "sgd", "epochs": 3,
+    "steps": 75, "seconds": 0.5, "samples_per_second": 9600.0, "device": "cpu",
+    "coefficients": {"x0": 0.81, "x1": -1.39}, "intercept": 1.02,
+    "true_coefficients": {"x0": 0.8, "x1": -1.4}, "true_intercept": 1.0,
+    "coefficient_error": 0.02, "train": {"loss": 2.0, "mse": 41.0, "mae": 2.3, "r2": 0.2},
+    "val": {"loss": 2.4, "mse": 57.0, "mae": 2.7, "r2": math.nan},
+}  # fmt: skip
+
+
+def test_summary_shows_fitted_beside_true_and_where_to_look():
+    console = plain_console()
+    render_summary(METRICS, "runs/quickstart-1", console)
+    text = console.file.getvalue()
+    assert "x0" in text and "0.81" in text and "0.8 " in text and "-1.4" in text
+    assert "intercept" in text and "1.02" in text
+    assert "status: completed" in text and "9,600 samples/s" in text
+    assert "coefficient error vs truth (L2): 0.02" in text
+    assert "tensorboard --logdir runs" in text
+    assert "nan" in text  # an undefined R^2 is shown as such, not hidden
+
+
+def _row(label, gap, mae, err):
+    return {"label": label, "delta": 1.0, "train_objective": 1.0, "optimality_gap": gap,
+            "val_mse": 2.0, "val_mae": mae, "coefficient_error": err,
+            "coefficients": {"x0": 2.0}, "intercept": 1.0, "epochs": 5, "seconds": 0.1}  # fmt: skip
+
+
+def test_comparison_marks_the_best_of_each_column():
+    console = plain_console(width=140)
+    rows = [
+        _row("huber", 1e-6, 2.5, 0.04),
+        _row("mse", -2e-7, 2.4, 0.37),
+        _row("l1", 3e-3, 2.6, 0.08),
+    ]
+    render_comparison(rows, "huber recovered the true coefficients best", "runs/compare-x", console)
+    lines = console.file.getvalue().splitlines()
+    huber = next(line for line in lines if line.strip().startswith("huber"))
+    mse = next(line for line in lines if line.strip().startswith("mse"))
+    assert "0.04*" in huber and "-2e-07*" in mse  # smallest error; gap closest to zero
+    assert "2.4*" in mse
+    assert any(line.startswith("verdict: huber") for line in lines)
+
+
+def test_runs_table_lists_comparisons_with_their_runs():
+    console = plain_console(width=160)
+    rows = [
+        {"name": "c", "folder": "runs/compare-c-1", "kind": "comparison", "status": "comparison",
+         "started": "2026-11-27 10:00:00", "verdict": "l1 won"},
+        {"name": "l1", "folder": "runs/compare-c-1/l1", "kind": "run", "status": "completed",
+         "parent": "compare-c-1", "started": "2026-11-27 10:00:00", "loss": "l1"},
+        {"name": "junk", "folder": "runs/junk", "kind": "run", "status": "not a run",
+         "detail": "no metrics.json or config.yaml"},
+    ]  # fmt: skip
+    render_runs(rows, "runs", console)
+    text = console.file.getvalue()
+    assert "└ l1" in text and "compare-c-1: l1 won" in text and "junk: no metrics.json" in text
