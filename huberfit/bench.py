@@ -140,6 +140,23 @@ def time_median(fn: Callable[[], Any], repeats: int, warmup: int = 1) -> dict[st
     return {"median": statistics.median(times), "min": min(times), "max": max(times)}
 
 
+def _interleaved(slow: Callable[[], None], fast: Callable[[], None], repeats: int):
+    """Time ``repeats`` epochs of ``slow`` with three of ``fast`` after each, so both see the
+    same machine (a shared one drifts between busy and quiet over seconds); medians."""
+    slow(), fast()  # warm-up
+    ts, tf = [], []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        slow()
+        ts.append(time.perf_counter() - t0)
+        for _ in range(3):
+            t0 = time.perf_counter()
+            fast()
+            tf.append(time.perf_counter() - t0)
+    summary = lambda t: {"median": statistics.median(t), "min": min(t), "max": max(t)}  # noqa: E731
+    return summary(ts), summary(tf)
+
+
 def loss_pair(n: int, device: torch.device, repeats: int = 200):
     """Forward+backward of HuberLoss and F.huber_loss on n elements, alternating (c)."""
     g = torch.Generator().manual_seed(1)
@@ -210,11 +227,10 @@ def run_bench(rows: int, features: int, batch_size: int, epochs: int, device: to
     res = BenchResult(rows, features, batch_size, epochs, str(device), torch.get_num_threads(),
                       torch.__version__)  # fmt: skip
     repeats = max(epochs, 1)
-    progress("tutorial loop")
-    res.timings["tutorial"] = time_median(tutorial_epoch(X, y, batch_size, device), repeats)
-    progress("huberfit engine")
-    # the engine's epochs are short, so a burst from a neighbour weighs more: more repeats
-    res.timings["engine"] = time_median(engine_epoch(X, y, batch_size, device), max(repeats, 15))
+    progress("tutorial loop and huberfit engine, interleaved")
+    res.timings["tutorial"], res.timings["engine"] = _interleaved(
+        tutorial_epoch(X, y, batch_size, device), engine_epoch(X, y, batch_size, device), repeats
+    )
     progress("TensorBoard on vs off")
     res.timings["engine_tb"], res.timings["engine_no_tb"] = _tb_pair(
         X, y, batch_size, device, repeats
