@@ -1,7 +1,9 @@
 """``huberfit bench``: huberfit's engine against the tutorial loop, side by side, one process.
 
 All timings share the data, loss (Huber, delta 1), optimizer (SGD), dtype (float32) and
-thread settings; each is warmed up first and reported as the median of repeats. Nothing
+thread settings; each is warmed up first and reported as the median of repeats. (a) and
+(b) are interleaved (three engine epochs after each tutorial epoch) so that both see the
+same state of a shared machine. Nothing
 here is asserted: timings are for people, on their machine.
 
 (a) the tutorial loop: ``TensorDataset`` + ``DataLoader(shuffle=True)`` + the readable
