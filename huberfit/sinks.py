@@ -403,7 +403,7 @@ def render_runs(rows: list[dict[str, Any]], runs_dir: str, console: Console) -> 
     columns = [("started", "started"), ("status", "status"), ("loss", "loss"),
                ("delta", "delta"), ("optim", "optimizer"), ("epochs", "epochs"),
                ("val loss", "val_loss"), ("val MAE", "val_mae"), ("coef err", "coefficient_error")]  # fmt: skip
-    table.add_column("run folder", overflow="fold", min_width=20)
+    table.add_column("run folder", overflow="fold", min_width=31)
     for header, _ in columns:
         table.add_column(header, no_wrap=True)
     notes = []
