@@ -236,6 +236,11 @@ def compare_losses(
     losses: str = typer.Option("huber,mse,l1", "--losses", help="Comma-separated losses."),
     deltas: str = typer.Option("", "--deltas", help="Huber deltas, e.g. 0.5,1,2: one run each."),
     runs_dir: str | None = typer.Option(None, "--runs-dir", help="Parent folder of run folders."),
+    name: str | None = typer.Option(
+        None,
+        "--name",
+        help="Comparison name (overrides name:); the folder is compare-<name>-<time>.",
+    ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print nothing but errors."),
     json_out: bool = typer.Option(False, "--json", help="Print comparison.json to stdout only."),
 ) -> None:
@@ -253,12 +258,13 @@ def compare_losses(
         raise ConfigError(f"--deltas must be comma-separated numbers; got {deltas!r}") from None
     if any(not d > 0 or d == float("inf") for d in delta_list):
         raise ConfigError(f"--deltas must all be finite and > 0; got {deltas!r}")
+    overrides = list(overrides or []) + [f"name={name}"] * bool(name)
     if config is None:
         from huberfit.experiment import COMPARE_DEFAULTS
 
-        cfg = load_config(None, COMPARE_DEFAULTS + list(overrides or []))
+        cfg = load_config(None, overrides, defaults=COMPARE_DEFAULTS)
     else:
-        cfg = load_config(config, list(overrides or []))
+        cfg = load_config(config, overrides)
     _run_comparison(cfg, names, delta_list, runs_dir, quiet, json_out)
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import difflib
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -21,6 +21,10 @@ NAME_PATTERN = r"^[A-Za-z0-9_.-]+$"
 DEVICE_PATTERN = r"^(auto|cpu|mps|cuda(:[0-9]+)?)$"
 
 PositiveFloat = Annotated[float, Field(gt=0)]
+# The learning rate an optimizer gets when optimizer.lr is not given. SGD and Adam: steps
+# that train the built-in experiment (standardized data) in its 50 epochs; L-BFGS: 1, the
+# unit quasi-Newton step its line search starts from (smaller values stop it early).
+DEFAULT_LR = {"sgd": 0.05, "adam": 0.01, "adamw": 0.01, "lbfgs": 1.0}
 
 
 class _Section(BaseModel):
@@ -96,7 +100,10 @@ class OptimizerConfig(_Section):
     name: Literal["sgd", "adam", "adamw", "lbfgs"] = Field(
         "sgd", description="sgd | adam | adamw | lbfgs"
     )
-    lr: PositiveFloat = Field(0.05, description="learning rate (lbfgs: use 1.0)")
+    lr: PositiveFloat | None = Field(
+        None,
+        description="learning rate; null: the optimizer's default (sgd 0.05, adam 0.01, adamw 0.01, lbfgs 1)",
+    )
     momentum: float = Field(0.0, ge=0, lt=1, description="sgd only")
     nesterov: bool = Field(False, description="sgd only; needs momentum > 0")
     weight_decay: float = Field(0.0, ge=0, description="L2 penalty (not with lbfgs)")
@@ -105,6 +112,8 @@ class OptimizerConfig(_Section):
 
     @model_validator(mode="after")
     def _check_nesterov(self) -> OptimizerConfig:
+        if self.lr is None:  # each optimizer's own natural step (lbfgs: the unit quasi-Newton step)
+            self.lr = DEFAULT_LR[self.name]
         if self.nesterov and self.momentum == 0:
             raise ValueError("optimizer.nesterov needs optimizer.momentum > 0")
         if self.name == "lbfgs" and self.weight_decay:
@@ -227,7 +236,10 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
 
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Apply ``dotted.key=value`` overrides (values parsed as YAML) to a raw mapping."""
+    """Apply ``dotted.key=value`` overrides to a raw mapping. Values are YAML (``[1,2]``,
+    ``null``, ``1e-3``), except for keys whose schema type is a string (or a list of
+    strings): there a value is the text as typed, so ``data.target=YES`` is the column
+    ``YES``, not ``true``. An empty value (``key=``) is null."""
     for item in overrides:
         key, sep, value = item.partition("=")
         key = key.strip()
@@ -241,26 +253,85 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
                 where = ".".join(parts[: i + 1])
                 raise ConfigError(f"override {item!r}: {where} is a value, not a section")
             node = child
-        node[parts[-1]] = parse_yaml(value, f"override {key}") if value.strip() else None
+        node[parts[-1]] = parse_override_value(parts, value, f"override {key}")
     return raw
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
-    """Load and validate a config: the file (or the built-in quickstart), then overrides.
+def parse_override_value(parts: list[str], value: str, source: str) -> Any:
+    """One override's value, typed by the schema of the key ``parts`` names."""
+    text = value.strip()
+    if not text:
+        return None
+    kind = _schema_kind(parts)
+    if kind == "str":
+        return text
+    if kind == "list[str]" and text not in ("null", "~"):
+        try:  # BaseLoader: every scalar stays a string
+            return yaml.load(text, Loader=yaml.BaseLoader)  # noqa: S506 - BaseLoader builds no objects
+        except yaml.YAMLError:
+            pass  # parse_yaml below reports it with its line and column
+    return parse_yaml(text, source)
+
+
+def _schema_kind(parts: list[str]) -> str:
+    """``str``, ``list[str]`` or ``other``: how an override for this key is read."""
+    model: Any = Config
+    for part in parts[:-1]:
+        field = model.model_fields.get(part) if isinstance(model, type) else None
+        model = field.annotation if field else None
+        if not (isinstance(model, type) and issubclass(model, BaseModel)):
+            return "other"
+    field = model.model_fields.get(parts[-1])
+    if field is None:
+        return "other"
+    options = [
+        a for a in (get_args(field.annotation) or (field.annotation,)) if a is not type(None)
+    ]
+    if get_origin(field.annotation) is Literal:
+        options = [field.annotation]
+    if all(_is_str_type(a) for a in options):
+        return "str"
+    if len(options) == 1 and get_origin(options[0]) is list and get_args(options[0]) == (str,):
+        return "list[str]"
+    return "other"
+
+
+def _is_str_type(annotation: Any) -> bool:
+    if annotation is str:
+        return True
+    return get_origin(annotation) is Literal and all(
+        isinstance(a, str) for a in get_args(annotation)
+    )
+
+
+def load_config(
+    path: str | Path | None = None,
+    overrides: list[str] | None = None,
+    defaults: list[str] | None = None,
+) -> Config:
+    """Load and validate a config: the file (or the built-in quickstart, changed by a
+    command's own ``defaults`` overrides), then the user's overrides.
 
     A relative ``data.path`` in a file is taken relative to that file's folder; one given as
-    an override is taken relative to the current directory.
+    an override is taken relative to the current directory. A problem is reported against
+    where its value came from: the file, or ``override`` for a value given on the command
+    line (the built-in config has no problems of its own, so it is never named).
     """
     raw: dict[str, Any] = {}
-    source = "built-in quickstart"
+    source = ""
     if path is not None:
         raw = read_config_file(path)
         source = str(path)
         data = raw.get("data")
         if isinstance(data, dict) and isinstance(data.get("path"), str):
             data["path"] = _resolve_from(Path(path).parent, data["path"])
+    raw = apply_overrides(raw, defaults or [])
     raw = apply_overrides(raw, overrides or [])
-    return validate_config(raw, source)
+    return validate_config(raw, source, overridden=_override_keys(overrides or []))
+
+
+def _override_keys(overrides: list[str]) -> set[str]:
+    return {item.partition("=")[0].strip() for item in overrides}
 
 
 def _resolve_from(folder: Path, file: str) -> str:
@@ -268,13 +339,25 @@ def _resolve_from(folder: Path, file: str) -> str:
     return str(p if p.is_absolute() or "://" in file else (folder / p).resolve())
 
 
-def validate_config(raw: dict[str, Any], source: str = "config") -> Config:
-    """Validate a raw mapping; all problems are reported at once in one ConfigError."""
+def validate_config(
+    raw: dict[str, Any], source: str = "config", overridden: set[str] | None = None
+) -> Config:
+    """Validate a raw mapping; all problems are reported at once in one ConfigError: those
+    of keys in ``overridden`` after ``override:``, the others after ``source:`` (nothing when
+    ``source`` is empty)."""
     try:
         return Config.model_validate(raw)
     except ValidationError as exc:
-        problems = [describe_problem(err) for err in exc.errors()]
-        raise ConfigError(f"{source}: " + "; ".join(problems)) from None
+        overridden = overridden or set()
+        mine: list[str] = []
+        theirs: list[str] = []
+        for err in exc.errors():
+            key = ".".join(str(p) for p in err["loc"] if not str(p).startswith("function-after"))
+            from_override = source and any(key == k or key.startswith(k + ".") for k in overridden)
+            (theirs if from_override else mine).append(describe_problem(err))
+        parts = [f"{source}: " * bool(source) + "; ".join(mine)] * bool(mine)
+        parts += ["override: " + "; ".join(theirs)] * bool(theirs)
+        raise ConfigError("; ".join(parts)) from None
 
 
 def describe_problem(err: dict[str, Any]) -> str:
@@ -294,7 +377,10 @@ def describe_problem(err: dict[str, Any]) -> str:
         constraint = constraint.format(**{k: _show_ctx(v) for k, v in ctx.items()})
     if kind == "missing":
         return f"{key} is required"
-    return f"{key or 'config'} {constraint}; got {_show(value)}"
+    hint = ""
+    if kind in ("string_type", "literal_error") and isinstance(value, (bool, int, float)):
+        hint = " (YAML reads an unquoted yes/no/on/off/number as that; quote it to keep the text)"
+    return f"{key or 'config'} {constraint}; got {_show(value)}{hint}"
 
 
 _CONSTRAINTS = {

@@ -116,7 +116,10 @@ def train_run(
     batches, train_rows, val_rows = build_sources(config, data, device, dist)
     steps_per_epoch = batches.steps_per_epoch(config.train.grad_accum_steps)
     log_every = min(config.train.log_every_steps, steps_per_epoch)
-    if log_every < config.train.log_every_steps:
+    if (
+        log_every < config.train.log_every_steps
+        and "log_every_steps" in config.train.model_fields_set
+    ):
         console.note(
             f"train.log_every_steps={config.train.log_every_steps} is more than the "
             f"{steps_per_epoch} steps per epoch; logging every {log_every} steps"
@@ -154,7 +157,7 @@ def train_run(
     # 5. train; whatever happens, the folder gets what was logged and the writer is closed
     stop = threading.Event()
     try:
-        console.start(state.epoch)
+        console.start(state.epoch, steps_per_epoch)
         try:
             with stop_on_signals(stop):
                 result = fit(
@@ -427,7 +430,7 @@ class FigureMaker:
         intercept = params.pop("intercept")
         X, y = original_units(data, data.X_train, data.y_train)
         figs = []
-        title = f"{cfg.name}: {cfg.loss.name}"
+        title = run_title(cfg)
         if X.shape[1] == 1:
             truth = None
             if data.true_weights is not None:
@@ -441,11 +444,25 @@ class FigureMaker:
         )
         Xo, yo = original_units(data, Xe, ye)
         pred = Xo @ np.array(list(params.values())) + intercept
-        delta = cfg.loss.delta if cfg.loss.name == "huber" else None
+        delta = cfg.loss.delta if LOSSES[cfg.loss.name].uses_delta else None
         if X.shape[1] != 1:
             figs.append(("fit", plots.predicted_figure(yo, pred, f"{title}: predicted vs actual")))
         figs.append(("residuals", plots.residual_figure(yo - pred, delta, f"{title}: residuals")))
         return [(name, plots.to_png(fig)) for name, fig in figs]
+
+
+def run_title(config: Config) -> str:
+    """A picture's title: the loss (with its delta), after the run's name unless the name is
+    the loss's own label (as in a comparison: ``huber``, ``huber-d0.5``)."""
+    loss = config.loss.name
+    if LOSSES[loss].uses_delta:
+        loss += f" (delta {config.loss.delta:g})"
+    label = config.loss.name + (
+        f"-d{config.loss.delta:g}" if LOSSES[config.loss.name].uses_delta else ""
+    )
+    if config.name in (config.loss.name, label):
+        return loss
+    return f"{config.name}: {loss}"
 
 
 def original_units(
@@ -492,7 +509,9 @@ def load_resume(run_dir: str, overrides: list[str]) -> tuple[Config, dict[str, A
 
     ckpt = load_checkpoint(run_dir)
     raw = apply_overrides(dict(ckpt["config"]), overrides)
-    return validate_config(raw, f"{run_dir}/checkpoint.pt config"), ckpt
+    source = f"{run_dir}/checkpoint.pt config"
+    keys = {item.partition("=")[0].strip() for item in overrides}
+    return validate_config(raw, source, overridden=keys), ckpt
 
 
 # ----------------------------------------------------------------------------- signals
@@ -529,7 +548,6 @@ COMPARE_DEFAULTS = [
     "data.true_weights=[2.0]",
     "data.outlier_fraction=0.15",
     "data.outlier_scale=15.0",
-    "train.epochs=40",
 ]
 
 
@@ -554,7 +572,8 @@ def compare_losses(
 
     labels = comparison_labels(losses, deltas, config.loss.delta)
     prepared = prepare(config)  # one dataset for every run
-    parent = make_run_dir(runs_dir or config.output.runs_dir, config.name, prefix="compare-")
+    prefix = "" if config.name.startswith("compare") else "compare-"  # not compare-compare-
+    parent = make_run_dir(runs_dir or config.output.runs_dir, config.name, prefix=prefix)
     X, y = original_units(prepared.data, prepared.data.X_train, prepared.data.y_train)
     rows = []
     for label, name, delta in labels:

@@ -20,6 +20,7 @@ from rich import box
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
+from rich.text import Text
 
 HISTOGRAM_ROWS = 10_000
 FigureMaker = Callable[[], list[tuple[str, bytes]]]  # -> [(name, PNG bytes)]
@@ -51,7 +52,11 @@ class Sinks:
 
 
 class ConsoleSink:
-    """Progress on stderr (a Rich bar on a terminal, one plain line per epoch otherwise)."""
+    """Progress on stderr: on a terminal a Rich bar that moves at every log interval and
+    stays on screen at the end; otherwise one plain line per epoch. Notes are printed once
+    each (a comparison trains several runs that would repeat them)."""
+
+    REFRESH_SECONDS = 0.1  # the bar is redrawn at most this often from ``step``
 
     def __init__(self, epochs: int, quiet: bool = False, err: Console | None = None) -> None:
         self.err = err or Console(stderr=True)
@@ -60,42 +65,61 @@ class ConsoleSink:
         self.progress: Progress | None = None
         self.task = None
         self.last_loss = math.nan
+        self.steps_per_epoch = 0
+        self.first_step = 0
+        self.epoch_info = ""
+        self._shown: set[str] = set()
+        self._next_refresh = 0.0
 
     def note(self, message: str) -> None:
-        if not self.quiet:
-            self.err.print(f"[dim]{message}[/dim]", highlight=False)
+        if self.quiet or message in self._shown:
+            return
+        self._shown.add(message)
+        self.err.print(Text(message, style="dim"))
 
-    def start(self, first_epoch: int = 0) -> None:
+    def start(self, first_epoch: int = 0, steps_per_epoch: int = 0) -> None:
+        self.steps_per_epoch = steps_per_epoch
+        self.first_step = first_epoch * steps_per_epoch
+        self.epoch_info = ""
         if self.quiet or not self.err.is_terminal:
             return
         self.progress = Progress(
-            TextColumn("epoch {task.completed}/{task.total}"),
+            TextColumn("epoch {task.fields[epoch]}/{task.total:.0f}"),
             BarColumn(),
             TextColumn("{task.fields[info]}"),
             TimeRemainingColumn(),
             console=self.err,
-            transient=True,
+            transient=False,  # the last state stays on screen above the summary
         )
         self.task = self.progress.add_task(
-            "train", total=self.epochs, completed=first_epoch, info=""
+            "train", total=self.epochs, completed=first_epoch, info="", epoch=first_epoch
         )
         self.progress.start()
 
     def step(self, step: int, train_loss: float) -> None:
         self.last_loss = train_loss
+        if self.progress is None or self.steps_per_epoch <= 0:
+            return
+        now = time.monotonic()
+        if now < self._next_refresh:
+            return
+        self._next_refresh = now + self.REFRESH_SECONDS
+        done = min(step / self.steps_per_epoch, float(self.epochs))
+        info = f"loss {train_loss:.5g}" + (f"  {self.epoch_info}" if self.epoch_info else "")
+        self.progress.update(self.task, completed=done, info=info, epoch=int(done))
 
     def epoch(self, report: Any) -> None:
         if self.quiet:
             return
-        val = report.val["loss"] if report.val else math.nan
-        info = (
-            f"loss {report.train_loss:.5g}  val {val:.5g}  "
-            f"{report.samples_per_second:,.0f} samples/s"
-        )
+        info = f"loss {report.train_loss:.5g}"
+        if report.val:
+            info += f"  val {report.val['loss']:.5g}"
+        info += f"  {report.samples_per_second:,.0f} samples/s"
         if self.progress is not None:
-            self.progress.update(self.task, completed=report.epoch, info=info)
+            self.epoch_info = info.split("  ", 1)[1] if "  " in info else ""
+            self.progress.update(self.task, completed=report.epoch, info=info, epoch=report.epoch)
         else:
-            self.err.print(f"epoch {report.epoch}/{self.epochs}  {info}", highlight=False)
+            self.err.print(Text(f"epoch {report.epoch}/{self.epochs}  {info}"))
 
     def close(self) -> None:
         if self.progress is not None:
@@ -104,38 +128,62 @@ class ConsoleSink:
 
 
 def render_summary(metrics: dict[str, Any], run_dir: str, console: Console) -> None:
-    """The end-of-run summary: coefficients beside the truth, metrics, status, where to look."""
-    coef = Table(title="coefficients (original units)", title_justify="left")
-    coef.add_column("parameter")
-    coef.add_column("fitted", justify="right")
-    truth = metrics.get("true_coefficients")
-    if truth is not None:
-        coef.add_column("true", justify="right")
-    rows = list(metrics["coefficients"].items()) + [("intercept", metrics["intercept"])]
-    true_rows = list((truth or {}).values()) + [metrics.get("true_intercept")]
-    for (name, value), true in zip(rows, true_rows, strict=True):
-        cells = [name, f"{value:.6g}"] + ([_fmt(true)] if truth is not None else [])
-        coef.add_row(*cells)
-    console.print(coef)
+    """The end-of-run summary: coefficients (beside the truth when known), metrics, status,
+    the run folder and the command that shows this run in TensorBoard."""
+    console.print(coefficient_table(metrics))
     table = Table(title="metrics (original units)", title_justify="left")
-    for col in ("split", f"loss ({metrics['loss']})", "MSE", "MAE", "R^2"):
+    for col in ("split", f"loss ({loss_label(metrics)})", "MSE", "MAE", "R^2"):
         table.add_column(col, justify="right" if col != "split" else "left")
     for split in ("train", "val"):
         m = metrics.get(split)
         if m:
             table.add_row(split, *(_fmt(m[k]) for k in ("loss", "mse", "mae", "r2")))
     console.print(table)
+    if not metrics.get("val"):
+        console.print(Text("no validation rows (data.val_fraction: 0): metrics on training rows"))
+    sps = metrics.get("samples_per_second")
     lines = [
         f"status: {metrics['status']}   epochs: {metrics['epochs']}   steps: {metrics['steps']}"
-        f"   time: {metrics['seconds']:.2f} s   {metrics['samples_per_second']:,.0f} samples/s"
-        f"   device: {metrics['device']}",
+        f"   time: {metrics['seconds']:.2f} s"
+        + (f"   {sps:,.0f} samples/s" if sps else "")
+        + f"   device: {metrics['device']}",
     ]
+    if metrics.get("message") and metrics["status"] != "diverged":  # diverged: the error says
+        lines.append(str(metrics["message"]))
     if metrics.get("coefficient_error") is not None:
         lines.append(f"coefficient error vs truth (L2): {metrics['coefficient_error']:.4g}")
     lines.append(f"run folder: {run_dir}")
-    lines.append(f"look at it: tensorboard --logdir {Path(run_dir).parent}")
+    lines.append(f"look at it: tensorboard --logdir {run_dir}")
     for line in lines:
-        console.print(line, highlight=False)
+        console.print(Text(line))
+
+
+def coefficient_table(metrics: dict[str, Any]) -> Table:
+    """Fitted coefficients and intercept in original units, with the true values (synthetic
+    data) and their differences beside them."""
+    table = Table(title="coefficients (original units)", title_justify="left")
+    table.add_column("parameter")
+    table.add_column("fitted", justify="right")
+    truth = metrics.get("true_coefficients")
+    fitted = {**metrics["coefficients"], "intercept": metrics["intercept"]}
+    if truth is not None:
+        truth = {**truth, "intercept": metrics.get("true_intercept")}
+        table.add_column("true", justify="right")
+        table.add_column("fitted - true", justify="right")
+    for name, value in fitted.items():
+        cells = [name, f"{value:.6g}"]
+        if truth is not None:
+            true = truth.get(name)
+            diff = None if true is None else value - true
+            cells += [_fmt(true), "-" if diff is None else f"{diff:+.3g}"]
+        table.add_row(*cells)
+    return table
+
+
+def loss_label(metrics: dict[str, Any]) -> str:
+    """``huber, delta 1`` / ``mse`` / ``l1``: the loss as a person names it."""
+    delta = metrics.get("delta")
+    return f"{metrics['loss']}, delta {delta:g}" if delta is not None else str(metrics["loss"])
 
 
 COMPARE_COLUMNS = [  # (header, row key, lower is better?)
@@ -181,8 +229,8 @@ def render_comparison(
         f"same loss on the training rows (see README). epochs: {', '.join(map(str, epochs))}",
         highlight=False,
     )
-    console.print(f"verdict: {verdict}", highlight=False)
-    console.print(f"runs: {parent}\nlook at it: tensorboard --logdir {parent}", highlight=False)
+    console.print(Text(f"verdict: {verdict}"))
+    console.print(Text(f"runs: {parent}\nlook at it: tensorboard --logdir {parent}"))
 
 
 def _short(value: Any) -> str:
@@ -396,30 +444,54 @@ def plain_console(width: int = 100) -> Console:
     return Console(width=width, file=io.StringIO(), color_system=None)
 
 
+RUN_COLUMNS = [  # (header, cell of a row), most important first: narrow screens drop the last
+    ("status", lambda r: str(r.get("status") or "-")),
+    ("loss", lambda r: _loss_cell(r)),
+    ("val loss", lambda r: _short(r.get("val_loss"))),
+    ("val MAE", lambda r: _short(r.get("val_mae"))),
+    ("coef err", lambda r: _short(r.get("coefficient_error"))),
+    ("optim", lambda r: _fmt(r.get("optimizer"))),
+    ("epochs", lambda r: _fmt(r.get("epochs"))),
+    ("started", lambda r: str(r.get("started") or "-")[5:16] or "-"),  # MM-DD HH:MM
+]
+
+
+def _loss_cell(row: dict[str, Any]) -> str:
+    if not row.get("loss"):
+        return "-"
+    return row["loss"] + (f" {row['delta']:g}" if isinstance(row.get("delta"), float) else "")
+
+
 def render_runs(rows: list[dict[str, Any]], runs_dir: str, console: Console) -> None:
     """The ``huberfit runs`` table; a comparison's runs are indented under it. The run
-    folder (relative to ``runs_dir``) starts with the run's name."""
-    table = Table(box=box.SIMPLE_HEAD, title=f"runs in {runs_dir}", title_justify="left")
-    columns = [("started", "started"), ("status", "status"), ("loss", "loss"),
-               ("delta", "delta"), ("optim", "optimizer"), ("epochs", "epochs"),
-               ("val loss", "val_loss"), ("val MAE", "val_mae"), ("coef err", "coefficient_error")]  # fmt: skip
-    table.add_column("run folder", overflow="fold", min_width=31)
-    for header, _ in columns:
-        table.add_column(header, no_wrap=True)
+    folder is never cut or wrapped; on a narrow screen the least important columns go."""
+    folders = [(f"└ {Path(r['folder']).name}" if r.get("parent") else Path(r["folder"]).name)
+               for r in rows]  # fmt: skip
+    cells = [[cell(r) for _, cell in RUN_COLUMNS] for r in rows]
+    widths = [max(len(h), *(len(c[i]) for c in cells)) + 2 for i, (h, _) in enumerate(RUN_COLUMNS)]
+    room = console.width - (max(len("run folder"), *map(len, folders)) + 2) - 2
+    keep = len(RUN_COLUMNS)
+    while keep > 1 and sum(widths[:keep]) > room:
+        keep -= 1
+    table = Table(box=box.SIMPLE_HEAD, title=f"runs in {runs_dir}", title_justify="left",
+                  pad_edge=False)  # fmt: skip
+    table.add_column("run folder", no_wrap=True)
+    for header, _ in RUN_COLUMNS[:keep]:
+        table.add_column(header, no_wrap=True, overflow="ellipsis")
     notes = []
-    for row in rows:
-        folder = Path(row["folder"])
-        first = f"└ {folder.name}" if row.get("parent") else folder.name
-        cells = [first] + [_short(row.get(key)) for _, key in columns]
-        cells[1] = str(row.get("started") or "-")[:16]
-        table.add_row(*cells)
+    for row, folder, row_cells in zip(rows, folders, cells, strict=True):
+        table.add_row(Text(folder), *(Text(c) for c in row_cells[:keep]))
+        name = Path(row["folder"]).name
         if row.get("kind") == "comparison" and row.get("verdict"):
-            notes.append(f"{folder.name}: {row['verdict']}")
+            notes.append(f"{name}: {row['verdict']}")
         if row.get("detail"):
-            notes.append(f"{folder.name}: {row['detail']}")
+            notes.append(f"{name}: {row['detail']}")
     console.print(table)
+    if keep < len(RUN_COLUMNS):
+        hidden = ", ".join(h for h, _ in RUN_COLUMNS[keep:])
+        console.print(Text(f"(not shown on this width: {hidden}; see huberfit runs --json)"))
     for line in notes:
-        console.print(line, highlight=False)
+        console.print(Text(line))
 
 
 def render_scores(scores: dict[str, Any], console: Console) -> None:

@@ -211,8 +211,16 @@ def fit(
                 break
             if run.early_stop(report):
                 status = "early_stopped"
+                message = (
+                    f"early stopping: no better validation loss for "
+                    f"{settings.early_stopping_patience} epochs (best: epoch {state.best_epoch})"
+                )
                 break
             if run.converged():
+                message = (
+                    f"L-BFGS converged: the objective stopped falling "
+                    f"(epoch {state.epoch} of {settings.epochs})"
+                )
                 break
             if run.stop_agreed(stop):
                 status = "interrupted"

@@ -38,7 +38,7 @@ def test_same_start_same_order_and_robust_losses_win(tmp_path):
 def test_layout_and_tensorboard_sees_one_run_per_loss(tmp_path):
     result = compare(tmp_path, deltas=(0.5, 2))
     parent = result.parent
-    assert parent.name.startswith("compare-compare-")
+    assert parent.name.startswith("compare-2")  # not compare-compare-
     children = sorted(p.name for p in parent.iterdir() if p.is_dir())
     assert children == ["huber-d0.5", "huber-d2", "l1", "mse"]
     for child in children:
