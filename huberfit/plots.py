@@ -192,7 +192,7 @@ def comparison_figure(
     ax.set(xlabel="x", ylabel="y", title="the data and each loss's line")
     if two:
         ax2 = fig.add_subplot(1, 2, 2)
-        for (label, w, b), color in zip(lines, colors, strict=True):
+        for (_label, w, b), color in zip(lines, colors, strict=True):
             ax2.plot(grid, (w - truth[0]) * grid + (b - truth[1]), lw=2, color=color)
         ax2.axhline(0.0, color="k", ls="--", lw=1.5)
         ax2.set(xlabel="x", ylabel="fitted line - true line",
