@@ -89,11 +89,15 @@ def train_run(
     run_dir: Path | None = None,
     resume: dict[str, Any] | None = None,
     dist: Any = None,
+    ticked: list[str] | None = None,
+    truth_run: bool = True,
 ) -> Outcome:
     """Train one config into a new run folder (or ``run_dir``), returning its metrics.
 
     With ``dist`` (under torchrun) every rank trains its share of each global batch and
-    only rank 0 writes: the run folder, events, checkpoint and metrics.
+    only rank 0 writes: the run folder, events, checkpoint and metrics. ``ticked``: the
+    hparams TensorBoard shows by default; ``truth_run``: write the true coefficients beside
+    the run (a comparison writes them once, beside all of its runs).
     """
     main = dist is None or dist.is_main
     started = time.strftime("%Y-%m-%d %H:%M:%S")
@@ -138,7 +142,9 @@ def train_run(
     if config.output.tensorboard and main:
         truth = true_params(data)
         images_every = config.output.images_every_epochs if config.output.images else None
-        tb = TensorBoardSink(run_dir, config.output.flush_secs, truth, figures, images_every)
+        tb = TensorBoardSink(
+            run_dir, config.output.flush_secs, truth, figures, images_every, truth_run
+        )
         tb.text("config", f"```yaml\n{config_yaml}```")
     sinks = Sinks(console, tb)
     settings = FitSettings(
@@ -186,7 +192,7 @@ def train_run(
             if tb is not None:
                 tb.images(pictures)
         if tb is not None:
-            tb.finish(metrics, hparams_of(config, data), config_yaml)
+            tb.finish(metrics, hparams_of(config, data), config_yaml, ticked)
     finally:
         if tb is not None:
             tb.close()
@@ -397,7 +403,8 @@ def final_metrics(config, data, device, model, result, scorer, train_rows, val_r
 
 
 def hparams_of(config: Config, data: Dataset) -> dict[str, Any]:
-    """The same hyperparameter keys for every run, whatever its loss."""
+    """The same hyperparameter keys for every run, whatever its loss; the five that
+    TensorBoard ticks by default first."""
     d, t = config.data, config.train
     return {
         "loss": config.loss.name,
@@ -576,6 +583,10 @@ def compare_losses(
     parent = make_run_dir(runs_dir or config.output.runs_dir, config.name, prefix=prefix)
     X, y = original_units(prepared.data, prepared.data.X_train, prepared.data.y_train)
     rows = []
+    differ = ["loss"] + ["delta"] * (len({d for _, n, d in labels if n == "huber"}) > 1)
+    ticked = differ + [k for k in HPARAMS_FIRST if k not in differ][: 5 - len(differ)]
+    truth = true_params(prepared.data)
+    last_step = 0
     for label, name, delta in labels:
         console.note(f"{label}: training")
         raw = config.model_dump(mode="json")
@@ -583,12 +594,18 @@ def compare_losses(
         raw["name"] = label
         child = validate_config(raw, f"compare-losses {label}")
         (parent / label).mkdir()
-        outcome = train_run(child, console, prepared=prepared, run_dir=parent / label)
+        outcome = train_run(child, console, prepared=prepared, run_dir=parent / label,
+                            ticked=ticked, truth_run=False)  # fmt: skip
+        last_step = max(last_step, outcome.result.state.step)
         m = outcome.metrics
         gap = optimality_gap(name, X, y, list(m["coefficients"].values()), m["intercept"],
                              delta, config.model.bias)  # fmt: skip
         rows.append({"label": label, **_comparison_row(m, gap)})
         write_json(parent / label / "metrics.json", {**m, "optimality": gap})
+    if truth is not None and config.output.tensorboard:  # one truth beside every run
+        from huberfit.sinks import write_truth_run
+
+        write_truth_run(parent / "truth", truth, [0, last_step], config.output.flush_secs).close()
     verdict = comparison_verdict(rows, prepared.data.true_weights is not None)
     result = Comparison(parent, rows, verdict)
     write_json(parent / "comparison.json", {"runs": rows, "verdict": verdict,
@@ -596,6 +613,9 @@ def compare_losses(
     if config.output.images:
         result.figure = _comparison_picture(parent, prepared.data, rows, config)
     return result
+
+
+HPARAMS_FIRST = ["loss", "delta", "optimizer", "lr", "batch_size"]  # see hparams_of
 
 
 def comparison_labels(

@@ -12,6 +12,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+SIDE_RUNS = {"truth", "val"}  # TensorBoard-only folders beside runs (see sinks.py)
+
 
 def list_runs(runs_dir: str | Path) -> list[dict[str, Any]]:
     """Summary rows of every run under ``runs_dir``, newest first; children follow parents."""
@@ -22,7 +24,10 @@ def list_runs(runs_dir: str | Path) -> list[dict[str, Any]]:
     for folder in sorted(_folders(root), key=_started, reverse=True):
         if (folder / "comparison.json").is_file():
             rows.append(_parent_row(folder))
-            children = sorted((p for p in folder.iterdir() if p.is_dir()), key=lambda p: p.name)
+            children = sorted(
+                (p for p in folder.iterdir() if p.is_dir() and p.name not in SIDE_RUNS),
+                key=lambda p: p.name,
+            )
             rows += [{**_run_row(child), "parent": folder.name} for child in children]
         else:
             rows.append(_run_row(folder))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import math
+import re
 import struct
 import time
 from collections.abc import Callable
@@ -332,10 +333,14 @@ def _masked_crc32c() -> Callable[[bytes], int]:
 class TensorBoardSink:
     """TensorBoard output of one run, into the run folder itself (hparams included).
 
-    Per step: ``loss/train`` (at the log interval). Per epoch: losses, validation metrics,
-    learning rate, gradient norm, parameters in original units (with the truth, when known,
-    as ``params/<name>_true``), throughput and a residual histogram. At the end: hparams,
-    the summary text and the pictures.
+    Tags are grouped so that TensorBoard's first screen (it opens the first two groups,
+    alphabetically) shows the loss curves and the coefficients: ``loss/``, ``params/``,
+    then ``pictures/``, ``residuals/``, ``train/`` (lr, gradient norm, speed), ``val/``.
+    Two small sibling runs put related lines into one chart: ``<run>/val`` holds the
+    validation loss under the train loss's tag ``loss/epoch``, and ``<run>/truth`` the true
+    coefficients under ``params/<name>`` (synthetic data; a comparison writes it once, in
+    its parent folder). A ``custom_scalars`` layout draws the same pairs in the CUSTOM
+    SCALARS tab. At the end: hparams (the keys that matter ticked), summary text, pictures.
     """
 
     def __init__(
@@ -345,6 +350,7 @@ class TensorBoardSink:
         truth: dict[str, float] | None = None,
         figures: FigureMaker | None = None,
         images_every: int | None = None,
+        truth_run: bool = True,
     ) -> None:
         from tensorboard.compat.proto.summary_pb2 import Summary
         from torch.utils.tensorboard import summary
@@ -352,17 +358,25 @@ class TensorBoardSink:
         self.summary, self._Summary = summary, Summary
         self._loss_summary = Summary(value=[Summary.Value(tag="loss/train", simple_value=0.0)])
         self._loss_value = self._loss_summary.value[0]
+        self.run_dir, self.flush_secs = Path(run_dir), flush_secs
         self.events = EventFile(run_dir, flush_secs)
+        self.val_events: EventFile | None = None
         self.truth = truth or {}
+        self.truth_events = None
+        if self.truth and truth_run:
+            self.truth_events = write_truth_run(self.run_dir / "truth", self.truth, [0], flush_secs)
         self.figures = figures
         self.images_every = images_every
         self.last_step = 0
+        self.layout_written = False
 
-    def _scalars(self, values: dict[str, float], step: int) -> None:
+    def _scalars(
+        self, values: dict[str, float], step: int, events: EventFile | None = None
+    ) -> None:
         # the Summary proto built directly: torch's summary.scalar costs ~30 us a value
         Value = self._Summary.Value
         summary = self._Summary(value=[Value(tag=t, simple_value=v) for t, v in values.items()])
-        self.events.add([summary], step)
+        (events or self.events).add([summary], step)
 
     def text(self, tag: str, markdown: str, step: int = 0) -> None:
         self.events.add([self.summary.text(tag, markdown)], step)
@@ -375,18 +389,23 @@ class TensorBoardSink:
 
     def epoch(self, report: Any) -> None:
         s = self.last_step = report.step
-        values = {"loss/train_epoch": report.train_loss}
-        if report.val:
-            values["loss/val"] = report.val["loss"]
-            values.update({f"metrics/val_{k}": report.val[k] for k in ("mse", "mae", "r2")})
-        values["optim/lr"] = report.lr
-        if math.isfinite(report.grad_norm):
-            values["optim/grad_norm"] = report.grad_norm
+        if not self.layout_written:
+            self._layout([n for n in report.params], report.val is not None)
+        values = {"loss/epoch": report.train_loss}
         for name, value in report.params.items():
             values[f"params/{name}"] = value
-            if name in self.truth:
-                values[f"params/{name}_true"] = self.truth[name]
-        values["perf/samples_per_second"] = report.samples_per_second
+        if self.truth:
+            values["params/coefficient_error"] = coefficient_error(report.params, self.truth)
+        values["train/lr"] = report.lr
+        if math.isfinite(report.grad_norm):
+            values["train/grad_norm"] = report.grad_norm
+        values["train/samples_per_second"] = report.samples_per_second
+        if report.val:
+            values.update({f"val/{k}": report.val[k] for k in ("loss", "mse", "mae", "r2")})
+            if self.val_events is None:
+                (self.run_dir / "val").mkdir(exist_ok=True)
+                self.val_events = EventFile(self.run_dir / "val", self.flush_secs)
+            self._scalars({"loss/epoch": report.val["loss"]}, s, self.val_events)
         self._scalars(values, s)
         if report.residuals is not None and len(report.residuals):
             # an evenly strided sample of at most 10k rows (the split is already random):
@@ -397,6 +416,12 @@ class TensorBoardSink:
         if self.images_every and self.figures and report.epoch % self.images_every == 0:
             self.images(self.figures())
 
+    def _layout(self, names: list[str], has_val: bool) -> None:
+        """The CUSTOM SCALARS tab: train and validation loss in one chart, and each
+        coefficient with its true value in one chart."""
+        self.layout_written = True
+        self.events.add([self.summary.custom_scalars(custom_scalars_layout(names, has_val))], 0)
+
     def images(self, pictures: list[tuple[str, bytes]]) -> None:
         """Log PNG pictures as TensorBoard images (the PNG bytes as they are)."""
         for name, png in pictures:
@@ -404,39 +429,99 @@ class TensorBoardSink:
             image = self._Summary.Image(
                 height=height, width=width, colorspace=4, encoded_image_string=png
             )
-            summary = self._Summary(value=[self._Summary.Value(tag=f"images/{name}", image=image)])
+            tag = f"pictures/{name}"
+            summary = self._Summary(value=[self._Summary.Value(tag=tag, image=image)])
             self.events.add([summary], self.last_step)
 
-    def finish(self, metrics: dict[str, Any], hparams: dict[str, Any], config_yaml: str) -> None:
-        """Summary text, coefficient error and hparams (into this run's own folder)."""
-        if metrics.get("coefficient_error") is not None:
-            err = metrics["coefficient_error"]
-            self._scalars({"metrics/coefficient_error": err}, self.last_step)
+    def finish(
+        self,
+        metrics: dict[str, Any],
+        hparams: dict[str, Any],
+        config_yaml: str,
+        ticked: list[str] | None = None,
+    ) -> None:
+        """Summary text and hparams (into this run's own folder). ``ticked``: the hparams
+        shown by default in the HPARAMS tab (it shows five; default: the first five)."""
         self.text("summary", summary_markdown(metrics), self.last_step)
+        if self.truth_events is not None:  # the truth spans the whole x-axis of its charts
+            self._scalars({f"params/{k}": v for k, v in self.truth.items()}, self.last_step,
+                          self.truth_events)  # fmt: skip
         # SummaryWriter.add_hparams would open a second, timestamped run folder; writing the
         # three hparams summaries into this run's own event file keeps one run per folder.
         exp, start, end = self.summary.hparams(hparams, hparam_metrics(metrics))
+        tick_hparams(exp, ticked if ticked is not None else list(hparams)[:5])
         for summary in (exp, start, end):
             self.events.add([summary], 0)
         self.events.flush()
 
     def close(self) -> None:
         self.events.close()
+        for extra in (self.val_events, self.truth_events):
+            if extra is not None:
+                extra.close()
+
+
+def write_truth_run(
+    folder: Path, truth: dict[str, float], steps: list[int], flush_secs: int
+) -> EventFile:
+    """A run holding only the true coefficients, as ``params/<name>`` at ``steps``: beside
+    a training run, TensorBoard draws them in the same charts as the fitted ones. Returns
+    the open event file (more steps may follow); its owner closes it."""
+    from tensorboard.compat.proto.summary_pb2 import Summary
+
+    folder.mkdir(exist_ok=True)
+    events = EventFile(folder, flush_secs)
+    values = [Summary.Value(tag=f"params/{k}", simple_value=v) for k, v in truth.items()]
+    for step in steps:
+        events.add([Summary(value=values)], step)
+    events.flush()
+    return events
+
+
+def custom_scalars_layout(names: list[str], has_val: bool) -> dict[str, Any]:
+    """``{category: {chart: ["Multiline", [tag regexes]]}}`` for the CUSTOM SCALARS tab."""
+    loss_title = "train and validation loss" if has_val else "train loss"
+    return {
+        "loss": {loss_title: ["Multiline", [r"^loss/epoch$"]]},
+        "coefficients (fitted and true)": {
+            name: ["Multiline", [rf"^params/{re.escape(name)}$"]] for name in names
+        },
+    }
+
+
+def tick_hparams(exp: Any, ticked: list[str]) -> None:
+    """Make TensorBoard's HPARAMS tab show ``ticked`` by default. It shows the first five
+    hyperparameters after sorting by (not ``differs``, name); ``differs`` is therefore set
+    on the ticked ones (and on those alone, so that ``loss`` comes before ``batch_size``
+    only by this choice, not by the alphabet)."""
+    from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
+
+    value = exp.value[0]
+    data = HParamsPluginData.FromString(value.metadata.plugin_data.content)
+    for info in data.experiment.hparam_infos:
+        info.differs = info.name in ticked
+    value.metadata.plugin_data.content = data.SerializeToString()
+
+
+def coefficient_error(fitted: dict[str, float], truth: dict[str, float]) -> float:
+    """L2 distance between fitted and true parameters (intercept included)."""
+    return math.sqrt(sum((fitted[k] - v) ** 2 for k, v in truth.items() if k in fitted))
 
 
 def hparam_metrics(metrics: dict[str, Any]) -> dict[str, float]:
-    """Final metrics under the names of their scalar tags, so the HPARAMS tab lines them up."""
+    """Final metrics under the names of their scalar tags, so the HPARAMS tab lines them up;
+    most telling first (the tab ticks the first five), only those the run has."""
     val = metrics.get("val") or {}
     train = metrics.get("train") or {}
-    err = metrics.get("coefficient_error")
-    return {
-        "loss/val": val.get("loss", math.nan),
-        "loss/train_epoch": train.get("loss", math.nan),
-        "metrics/val_mse": val.get("mse", math.nan),
-        "metrics/val_mae": val.get("mae", math.nan),
-        "metrics/val_r2": val.get("r2", math.nan),
-        "metrics/coefficient_error": math.nan if err is None else err,
+    out = {
+        "val/loss": val.get("loss"),
+        "params/coefficient_error": metrics.get("coefficient_error"),
+        "val/mae": val.get("mae"),
+        "val/mse": val.get("mse"),
+        "loss/epoch": train.get("loss"),
+        "val/r2": val.get("r2"),
     }
+    return {k: v for k, v in out.items() if v is not None}
 
 
 def plain_console(width: int = 100) -> Console:

@@ -39,7 +39,7 @@ def test_layout_and_tensorboard_sees_one_run_per_loss(tmp_path):
     result = compare(tmp_path, deltas=(0.5, 2))
     parent = result.parent
     assert parent.name.startswith("compare-2")  # not compare-compare-
-    children = sorted(p.name for p in parent.iterdir() if p.is_dir())
+    children = sorted(p.name for p in parent.iterdir() if p.is_dir() and p.name != "truth")
     assert children == ["huber-d0.5", "huber-d2", "l1", "mse"]
     for child in children:
         for name in ("config.yaml", "metrics.json", "checkpoint.pt"):
@@ -51,8 +51,16 @@ def test_layout_and_tensorboard_sees_one_run_per_loss(tmp_path):
     mux.Reload()
     runs = set(mux.Runs())
     assert set(children) <= runs
+    assert "truth" in runs  # the true coefficients once, beside every loss's run
     for child in children:
-        assert "loss/val" in mux.GetAccumulator(child).Tags()["tensors"]
+        assert "val/loss" in mux.GetAccumulator(child).Tags()["tensors"]
+        assert f"{child}/truth" not in runs
+        # TensorBoard ticks the hparams that differ first: loss, delta
+        exp = mux.GetAccumulator(child).PluginTagToContent("hparams")["_hparams_/experiment"]
+        from tensorboard.plugins.hparams import plugin_data_pb2
+
+        infos = plugin_data_pb2.HParamsPluginData.FromString(exp).experiment.hparam_infos
+        assert {"loss", "delta"} <= {h.name for h in infos if h.differs}
 
 
 def test_trained_to_convergence_the_gap_is_zero(tmp_path):

@@ -34,26 +34,48 @@ def test_scalars_steps_and_final_val_loss(tmp_path):
     out = train(tmp_path, "data.n_features=1")
     ea = accumulate(out.run_dir)
     tags = set(ea.Tags()["scalars"])
-    expected = {"loss/train", "loss/train_epoch", "loss/val", "metrics/val_mse", "metrics/val_mae",
-                "metrics/val_r2", "optim/lr", "optim/grad_norm", "params/x0", "params/intercept",
-                "params/x0_true", "params/intercept_true", "perf/samples_per_second",
-                "metrics/coefficient_error"}  # fmt: skip
+    expected = {"loss/train", "loss/epoch", "val/loss", "val/mse", "val/mae", "val/r2",
+                "train/lr", "train/grad_norm", "train/samples_per_second", "params/x0",
+                "params/intercept", "params/coefficient_error"}  # fmt: skip
     assert expected <= tags
     steps_per_epoch = -(-out.metrics["n_train"] // 64)  # batch 64, last one partial
-    assert [e.step for e in ea.Scalars("loss/val")] == [steps_per_epoch * k for k in (1, 2, 3)]
+    assert [e.step for e in ea.Scalars("val/loss")] == [steps_per_epoch * k for k in (1, 2, 3)]
     # loss/train every 10 steps, clamped to the steps of an epoch (fewer than 10 here)
     assert steps_per_epoch < 10
     assert [e.step for e in ea.Scalars("loss/train")] == [steps_per_epoch * k for k in (1, 2, 3)]
-    last = ea.Scalars("loss/val")[-1].value
+    last = ea.Scalars("val/loss")[-1].value
     assert last == pytest.approx(out.metrics["val"]["loss"], rel=1e-6)
-    assert ea.Scalars("params/x0_true")[0].value == pytest.approx(
-        out.metrics["true_coefficients"]["x0"]
+    assert ea.Scalars("params/coefficient_error")[-1].value == pytest.approx(
+        out.metrics["coefficient_error"], rel=1e-5
     )
-    assert {"images/fit", "images/residuals"} <= set(ea.Tags()["images"])
+    assert {"pictures/fit", "pictures/residuals"} <= set(ea.Tags()["images"])
     assert "residuals/val" in ea.Tags()["histograms"]
     assert {"config/text_summary", "summary/text_summary"} <= set(ea.Tags()["tensors"])
     assert (out.run_dir / "fit.png").stat().st_size > 1000
     assert (out.run_dir / "residuals.png").stat().st_size > 1000
+
+
+def test_validation_and_truth_share_charts_with_the_run(tmp_path):
+    """Sibling runs put the validation loss in the train loss's chart (``loss/epoch``) and
+    the true coefficients in the fitted ones' (``params/<name>``), from start to end."""
+    out = train(tmp_path, "data.n_features=1")
+    val, truth, main = (accumulate(out.run_dir / sub) for sub in ("val", "truth", ""))
+    assert val.Tags()["scalars"] == ["loss/epoch"]
+    assert [e.value for e in val.Scalars("loss/epoch")] == [
+        e.value for e in main.Scalars("val/loss")
+    ]
+    assert set(truth.Tags()["scalars"]) == {"params/x0", "params/intercept"}
+    x0 = truth.Scalars("params/x0")
+    assert [e.step for e in x0] == [0, out.metrics["steps"]]
+    assert x0[0].value == pytest.approx(out.metrics["true_coefficients"]["x0"])
+    # and the CUSTOM SCALARS tab draws the same pairs
+    from tensorboard.plugins.custom_scalar import layout_pb2
+
+    event = main.Tensors("custom_scalars__config__")[0]  # the layout is the tensor's string
+    layout = layout_pb2.Layout.FromString(event.tensor_proto.string_val[0])
+    charts = {c.title: list(c.multiline.tag) for cat in layout.category for c in cat.chart}
+    assert charts["train and validation loss"] == ["^loss/epoch$"]
+    assert charts["x0"] == ["^params/x0$"] and charts["intercept"] == ["^params/intercept$"]
 
 
 def test_hparams_in_the_run_folder_with_the_same_keys_for_every_loss(tmp_path):
@@ -62,15 +84,21 @@ def test_hparams_in_the_run_folder_with_the_same_keys_for_every_loss(tmp_path):
     keys = []
     for loss in ("huber", "mse", "l1"):
         out = train(tmp_path, f"loss.name={loss}")
-        assert [p for p in out.run_dir.iterdir() if p.is_dir()] == []  # no timestamped subfolder
+        # no timestamped subfolder: only the validation and truth side runs
+        assert {p.name for p in out.run_dir.iterdir() if p.is_dir()} == {"val", "truth"}
         content = accumulate(out.run_dir).PluginTagToContent("hparams")
         start = plugin_data_pb2.HParamsPluginData.FromString(
             content["_hparams_/session_start_info"]
         )
         keys.append(set(start.session_start_info.hparams))
         exp = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/experiment"])
-        metric_tags = {m.name.tag for m in exp.experiment.metric_infos}
-        assert {"loss/val", "metrics/val_mse", "metrics/val_mae", "metrics/val_r2"} <= metric_tags
+        metric_tags = [m.name.tag for m in exp.experiment.metric_infos]
+        # every final metric, the most telling first (TensorBoard ticks the first five)
+        assert metric_tags == ["val/loss", "params/coefficient_error", "val/mae", "val/mse",
+                               "loss/epoch", "val/r2"]  # fmt: skip
+        # TensorBoard ticks the five hparams it sorts first: (not differs, name)
+        infos = sorted(exp.experiment.hparam_infos, key=lambda h: (not h.differs, h.name))
+        assert {h.name for h in infos[:5]} == {"loss", "delta", "optimizer", "lr", "batch_size"}
     assert keys[0] == keys[1] == keys[2]
     assert {"loss", "delta", "optimizer", "lr", "batch_size", "grad_accum_steps", "epochs",
             "seed", "dtype", "data_source", "n_samples", "outlier_fraction"} <= keys[0]  # fmt: skip
@@ -111,17 +139,21 @@ def test_a_real_tensorboard_server_serves_each_run(tmp_path):
         while time.time() < deadline:
             try:
                 runs_served = _get(f"{base}/data/runs")
-                if len(runs_served) >= 2:
+                if len(runs_served) >= 6:
                     break
             except OSError:
                 pass
             time.sleep(0.5)
-        assert sorted(runs_served) == sorted([a.run_dir.name, b.run_dir.name])
+        names = [r.run_dir.name for r in (a, b)]
+        assert sorted(runs_served) == sorted(
+            f"{n}{side}" for n in names for side in ("", "/val", "/truth")
+        )
         scalars = _get(f"{base}/data/plugin/scalars/tags")
-        for run in (a, b):
-            assert {"loss/train", "loss/val", "metrics/val_mae"} <= set(scalars[run.run_dir.name])
+        for name in names:
+            assert {"loss/train", "loss/epoch", "val/loss", "val/mae"} <= set(scalars[name])
+            assert set(scalars[f"{name}/val"]) == {"loss/epoch"}
         images = _get(f"{base}/data/plugin/images/tags")
-        assert "images/fit" in images[a.run_dir.name]
+        assert "pictures/fit" in images[a.run_dir.name]
         hp = _get(f"{base}/data/plugin/hparams/experiment", {"experimentName": ""})
         names = {h["name"] for h in hp["hparamInfos"]}
         assert {"loss", "delta", "lr"} <= names
