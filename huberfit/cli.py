@@ -382,7 +382,8 @@ def bench(
             out.print(
                 f"CSV {rows:,} x 17 ({r['bytes'] / 1e6:.0f} MB): huberfit {r['huberfit']:.3f} s, "
                 f"pandas.read_csv + to_numpy(float32) {r['pandas']:.3f} s "
-                f"(ratio {r['huberfit'] / r['pandas']:.2f}); {host_description()}"
+                f"(ratio {r['huberfit'] / r['pandas']:.2f}); {host_description()}",
+                soft_wrap=False,
             )
         return
 
@@ -398,7 +399,9 @@ def bench(
     for row in as_table_rows(res):
         table.add_row(*row)
     out.print(table)
-    out.print(f"{host_description()}; {res.threads} threads; median of {epochs} epochs")
+    out.print(
+        f"{host_description()}; {res.threads} threads; median of {epochs} epochs", soft_wrap=False
+    )
 
 
 def _bench_streaming(gigabytes: float, budget_mb: int, folder: Path | None, json_out: bool) -> None:
@@ -420,7 +423,8 @@ def _bench_streaming(gigabytes: float, budget_mb: int, folder: Path | None, json
         f"{r['bytes'] / 1e9:.2f} GB, {r['rows']:,} rows, streamed: {r['streamed']}; "
         f"peak RSS {r['peak_rss_mb']:.0f} MB (budget {budget_mb} MB; a 1,000-row run: "
         f"{r['baseline_rss_mb']:.0f} MB); training {r['train_rows_per_second']:,.0f} rows/s, "
-        f"{r['wall_seconds']:.0f} s end to end; {host_description()}"
+        f"{r['wall_seconds']:.0f} s end to end; {host_description()}",
+        soft_wrap=False,
     )
 
 

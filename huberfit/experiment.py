@@ -121,8 +121,9 @@ def train_run(
     steps_per_epoch = batches.steps_per_epoch(config.train.grad_accum_steps)
     log_every = min(config.train.log_every_steps, steps_per_epoch)
     if (
-        log_every < config.train.log_every_steps
-        and "log_every_steps" in config.train.model_fields_set
+        log_every < config.train.log_every_steps  # said only when the user chose the value
+        and config.train.log_every_steps
+        != type(config.train).model_fields["log_every_steps"].default
     ):
         console.note(
             f"train.log_every_steps={config.train.log_every_steps} is more than the "

@@ -76,7 +76,7 @@ class ConsoleSink:
         if self.quiet or message in self._shown:
             return
         self._shown.add(message)
-        self.err.print(Text(message, style="dim"))
+        self.err.print(Text(message, style="dim"), soft_wrap=False)
 
     def start(self, first_epoch: int = 0, steps_per_epoch: int = 0) -> None:
         self.steps_per_epoch = steps_per_epoch
@@ -144,8 +144,8 @@ def render_summary(metrics: dict[str, Any], run_dir: str, console: Console) -> N
         console.print(Text("no validation rows (data.val_fraction: 0): metrics on training rows"))
     sps = metrics.get("samples_per_second")
     lines = [
-        f"status: {metrics['status']}   epochs: {metrics['epochs']}   steps: {metrics['steps']}"
-        f"   time: {metrics['seconds']:.2f} s"
+        f"status: {metrics['status']}   epochs: {metrics['epochs']}   steps: {metrics['steps']}",
+        f"time: {metrics['seconds']:.2f} s"
         + (f"   {sps:,.0f} samples/s" if sps else "")
         + f"   device: {metrics['device']}",
     ]
@@ -208,8 +208,7 @@ def render_comparison(
     table.add_column("run", no_wrap=True)
     for header, _, _ in COMPARE_COLUMNS:
         table.add_column(header, justify="right", no_wrap=True)
-    table.add_column("coefficients, intercept", overflow="fold", min_width=16)
-    table.add_column("s", justify="right", no_wrap=True)
+    table.add_column("coefficients, intercept", overflow="fold")
     best = {}
     for _, key, lower in COMPARE_COLUMNS:
         values = [r[key] for r in rows if r[key] is not None]
@@ -221,16 +220,18 @@ def render_comparison(
             mark = "*" if key in best and r[key] == best[key] else ""
             cells.append(_short(r[key]) + mark)
         coefs = " ".join(f"{v:.4g}" for v in [*r["coefficients"].values(), r["intercept"]])
-        cells += [coefs, f"{r['seconds']:.1f}"]
+        cells.append(coefs)
         table.add_row(*cells)
     console.print(table)
     epochs = sorted({r["epochs"] for r in rows})
-    console.print(
+    seconds = sum(r["seconds"] for r in rows)
+    note = (
         "* best in its column. gap: the training objective minus the exact optimum of the "
-        f"same loss on the training rows (see README). epochs: {', '.join(map(str, epochs))}",
-        highlight=False,
+        f"same loss on the training rows (see README). epochs: {', '.join(map(str, epochs))}; "
+        f"{seconds:.1f} s of training in all"
     )
-    console.print(Text(f"verdict: {verdict}"))
+    console.print(Text(note), soft_wrap=False)  # prose wraps at the terminal's width
+    console.print(Text(f"verdict: {verdict}"), soft_wrap=False)
     console.print(Text(f"runs: {parent}\nlook at it: tensorboard --logdir {parent}"))
 
 
@@ -553,30 +554,34 @@ def render_runs(rows: list[dict[str, Any]], runs_dir: str, console: Console) -> 
     folders = [(f"└ {Path(r['folder']).name}" if r.get("parent") else Path(r["folder"]).name)
                for r in rows]  # fmt: skip
     cells = [[cell(r) for _, cell in RUN_COLUMNS] for r in rows]
-    widths = [max(len(h), *(len(c[i]) for c in cells)) + 2 for i, (h, _) in enumerate(RUN_COLUMNS)]
-    room = console.width - (max(len("run folder"), *map(len, folders)) + 2) - 2
     keep = len(RUN_COLUMNS)
-    while keep > 1 and sum(widths[:keep]) > room:
+    table = _runs_table(folders, cells, keep)
+    unbounded = console.options.update(width=10_000)  # the table's natural width
+    while keep > 1 and console.measure(table, options=unbounded).maximum > console.width:
         keep -= 1
-    table = Table(box=box.SIMPLE_HEAD, title=f"runs in {runs_dir}", title_justify="left",
-                  pad_edge=False)  # fmt: skip
-    table.add_column("run folder", no_wrap=True)
-    for header, _ in RUN_COLUMNS[:keep]:
-        table.add_column(header, no_wrap=True, overflow="ellipsis")
-    notes = []
-    for row, folder, row_cells in zip(rows, folders, cells, strict=True):
-        table.add_row(Text(folder), *(Text(c) for c in row_cells[:keep]))
-        name = Path(row["folder"]).name
-        if row.get("kind") == "comparison" and row.get("verdict"):
-            notes.append(f"{name}: {row['verdict']}")
-        if row.get("detail"):
-            notes.append(f"{name}: {row['detail']}")
+        table = _runs_table(folders, cells, keep)
+    console.print(Text(f"runs in {runs_dir}", style="italic"))
     console.print(table)
     if keep < len(RUN_COLUMNS):
         hidden = ", ".join(h for h, _ in RUN_COLUMNS[keep:])
-        console.print(Text(f"(not shown on this width: {hidden}; see huberfit runs --json)"))
-    for line in notes:
-        console.print(Text(line))
+        note = f"(not shown on this width: {hidden}; see huberfit runs --json)"
+        console.print(Text(note), soft_wrap=False)
+    for row in rows:
+        name = Path(row["folder"]).name
+        if row.get("kind") == "comparison" and row.get("verdict"):
+            console.print(Text(f"{name}: {row['verdict']}"), soft_wrap=False)
+        if row.get("detail"):
+            console.print(Text(f"{name}: {row['detail']}"), soft_wrap=False)
+
+
+def _runs_table(folders: list[str], cells: list[list[str]], keep: int) -> Table:
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False)
+    table.add_column("run folder", no_wrap=True)
+    for header, _ in RUN_COLUMNS[:keep]:
+        table.add_column(header, no_wrap=True)
+    for folder, row_cells in zip(folders, cells, strict=True):
+        table.add_row(Text(folder), *(Text(c) for c in row_cells[:keep]))
+    return table
 
 
 def render_scores(scores: dict[str, Any], console: Console) -> None:
