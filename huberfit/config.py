@@ -187,18 +187,15 @@ class _Loader(yaml.SafeLoader):
     """SafeLoader that also reads ``1e-3`` as a float (YAML 1.1 would read a string)."""
 
 
-_Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(
-        r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+_FLOAT = re.compile(
+    r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
         |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
         |\.[0-9_]+(?:[eE][-+][0-9]+)?
         |[-+]?\.(?:inf|Inf|INF)
         |\.(?:nan|NaN|NAN))$""",
-        re.X,
-    ),
-    list("-+0123456789."),
+    re.X,
 )
+_Loader.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT, list("-+0123456789."))
 
 
 def parse_yaml(text: str, source: str) -> Any:
@@ -327,6 +324,10 @@ def load_config(
             data["path"] = _resolve_from(Path(path).parent, data["path"])
     raw = apply_overrides(raw, defaults or [])
     raw = apply_overrides(raw, overrides or [])
+    data = raw.get("data")
+    if "data.path" in _override_keys(overrides or []) and isinstance(data, dict):
+        if isinstance(data.get("path"), str):  # from the current folder, and said so when saved
+            data["path"] = _resolve_from(Path.cwd(), data["path"])
     return validate_config(raw, source, overridden=_override_keys(overrides or []))
 
 
@@ -436,9 +437,19 @@ def _unknown_key(loc: list[str]) -> str:
     return f"unknown key '{where}'{hint}"
 
 
+class _Dumper(yaml.SafeDumper):
+    """SafeDumper that quotes the strings ``_Loader`` would read as numbers (``1e3``)."""
+
+
+_Dumper.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT, list("-+0123456789."))
+
+
 def dump_config(config: Config) -> str:
-    """The resolved config (every default filled in) as YAML, in schema order."""
-    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
+    """The resolved config (every default filled in) as YAML, in schema order; read back
+    by ``load_config`` it is the same config."""
+    return yaml.dump(
+        config.model_dump(mode="json"), Dumper=_Dumper, sort_keys=False, allow_unicode=True
+    )
 
 
 def json_schema() -> dict[str, Any]:

@@ -95,7 +95,8 @@ def load_dataset(cfg: DataConfig, seed: int, dtype: str = "float32", bias: bool 
     if cfg.source == "synthetic":
         X, y, truth_w, truth_b, outliers = make_synthetic(cfg, seed)
         names = [f"x{i}" for i in range(X.shape[1])]
-        source = f"synthetic ({cfg.n_samples} rows, {cfg.n_features} features)"
+        n_f = cfg.n_features
+        source = f"synthetic ({cfg.n_samples} rows, {n_f} feature{'s' * (n_f != 1)})"
     else:
         # parsed straight into the training dtype (float32 parses ~10% faster); the
         # statistics below are computed in float64 either way

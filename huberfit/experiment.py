@@ -669,7 +669,10 @@ def comparison_verdict(rows: list[dict[str, Any]], synthetic: bool) -> str:
     if all(r["val_mae"] is not None for r in rows):
         best = min(rows, key=lambda r: r["val_mae"])
         return f"{best['label']} had the lowest validation MAE ({best['val_mae']:.4g})"
-    return "no validation set (data.val_fraction: 0): compare the objectives and gaps above"
+    return (
+        "no validation set (data.val_fraction: 0): no winner by validation error; compare "
+        "each loss's objective and optimality gap (comparison table, comparison.json)"
+    )
 
 
 def _comparison_picture(parent: Path, data: Dataset, rows, config: Config) -> Any:

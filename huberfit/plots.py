@@ -98,9 +98,10 @@ def _edge_arrows(ax, x: np.ndarray, y: np.ndarray, lo: float, hi: float, axis: s
         return
     span = hi - lo
     up, down = ("^", "v") if axis == "y" else (">", "<")
+    high, low = ("above", "below") if axis == "y" else ("right", "left")
     parts = []
-    for beyond, at, marker, word, ext in ((above, hi - 0.015 * span, up, "above", np.max),
-                                          (below, lo + 0.015 * span, down, "below", np.min)):  # fmt: skip
+    for beyond, at, marker, word, ext in ((above, hi - 0.015 * span, up, high, np.max),
+                                          (below, lo + 0.015 * span, down, low, np.min)):  # fmt: skip
         if beyond.any():
             pos = np.full(int(beyond.sum()), at)
             pts = (x[beyond], pos) if axis == "y" else (pos, x[beyond])
@@ -155,7 +156,8 @@ def residual_figure(residuals: np.ndarray, delta: float | None, title: str) -> F
     for beyond, where, x in ((r < lo, "below", 0.01), (r > hi, "above", 0.99)):
         if beyond.any():
             extreme = float(r[beyond].min() if where == "below" else r[beyond].max())
-            ax.annotate(f"{'<-' if where == 'below' else ''} {int(beyond.sum())} rows "
+            count = int(beyond.sum())
+            ax.annotate(f"{'<-' if where == 'below' else ''} {count} row{'s' * (count != 1)} "
                         f"(to {extreme:.3g}) {'->' if where == 'above' else ''}".strip(),
                         xy=(x, 0.96), xycoords="axes fraction", fontsize=8,
                         ha="left" if where == "below" else "right", color="0.3")  # fmt: skip

@@ -107,7 +107,8 @@ class ConsoleSink:
         self._next_refresh = now + self.REFRESH_SECONDS
         done = min(step / self.steps_per_epoch, float(self.epochs))
         info = f"loss {train_loss:.5g}" + (f"  {self.epoch_info}" if self.epoch_info else "")
-        self.progress.update(self.task, completed=done, info=info, epoch=int(done))
+        running = min(int(done) + 1, self.epochs)  # the epoch under way, counted from 1
+        self.progress.update(self.task, completed=done, info=info, epoch=running)
 
     def epoch(self, report: Any) -> None:
         if self.quiet:
@@ -199,7 +200,39 @@ COMPARE_COLUMNS = [  # (header, row key, lower is better?)
 def render_comparison(
     rows: list[dict[str, Any]], verdict: str, parent: str, console: Console
 ) -> None:
-    """The comparison table, the best value of each column marked with *, and the verdict."""
+    """The comparison table, the best value of each column marked with *, and the verdict.
+    The fitted coefficients are a column when the terminal is wide enough, else a list
+    under the table."""
+    best = {}
+    for _, key, lower in COMPARE_COLUMNS:
+        values = [r[key] for r in rows if r[key] is not None]
+        if lower and values:
+            best[key] = min(values, key=abs) if key == "optimality_gap" else min(values)
+    coefs = {r["label"]: " ".join(f"{v:.4g}" for v in [*r["coefficients"].values(), r["intercept"]])
+             for r in rows}  # fmt: skip
+    table = _comparison_table(rows, best, coefs)
+    unbounded = console.options.update(width=10_000)  # the table's natural width
+    wide = console.measure(table, options=unbounded).maximum <= console.width
+    console.print(table if wide else _comparison_table(rows, best, None))
+    if not wide:
+        console.print(Text("coefficients, intercept (original units):"))
+        for label, text in coefs.items():
+            console.print(Text(f"  {label}: {text}"), soft_wrap=False)
+    epochs = sorted({r["epochs"] for r in rows})
+    seconds = sum(r["seconds"] for r in rows)
+    note = (
+        "* best in its column. gap: the training objective minus the exact optimum of the "
+        f"same loss on the training rows (see README). epochs: {', '.join(map(str, epochs))}; "
+        f"{seconds:.2g} s of training in all"
+    )
+    console.print(Text(note), soft_wrap=False)  # prose wraps at the terminal's width
+    console.print(Text(f"verdict: {verdict}"), soft_wrap=False)
+    console.print(Text(f"runs: {parent}\nlook at it: tensorboard --logdir {parent}"))
+
+
+def _comparison_table(
+    rows: list[dict[str, Any]], best: dict[str, Any], coefs: dict[str, str] | None
+) -> Table:
     table = Table(
         title="losses compared on the same data (original units)",
         title_justify="left",
@@ -208,31 +241,17 @@ def render_comparison(
     table.add_column("run", no_wrap=True)
     for header, _, _ in COMPARE_COLUMNS:
         table.add_column(header, justify="right", no_wrap=True)
-    table.add_column("coefficients, intercept", overflow="fold")
-    best = {}
-    for _, key, lower in COMPARE_COLUMNS:
-        values = [r[key] for r in rows if r[key] is not None]
-        if lower and values:
-            best[key] = min(values, key=abs) if key == "optimality_gap" else min(values)
+    if coefs is not None:
+        table.add_column("coefficients, intercept", no_wrap=True)
     for r in rows:
         cells = [r["label"]]
         for _, key, _lower in COMPARE_COLUMNS:
             mark = "*" if key in best and r[key] == best[key] else ""
             cells.append(_short(r[key]) + mark)
-        coefs = " ".join(f"{v:.4g}" for v in [*r["coefficients"].values(), r["intercept"]])
-        cells.append(coefs)
+        if coefs is not None:
+            cells.append(coefs[r["label"]])
         table.add_row(*cells)
-    console.print(table)
-    epochs = sorted({r["epochs"] for r in rows})
-    seconds = sum(r["seconds"] for r in rows)
-    note = (
-        "* best in its column. gap: the training objective minus the exact optimum of the "
-        f"same loss on the training rows (see README). epochs: {', '.join(map(str, epochs))}; "
-        f"{seconds:.1f} s of training in all"
-    )
-    console.print(Text(note), soft_wrap=False)  # prose wraps at the terminal's width
-    console.print(Text(f"verdict: {verdict}"), soft_wrap=False)
-    console.print(Text(f"runs: {parent}\nlook at it: tensorboard --logdir {parent}"))
+    return table
 
 
 def _short(value: Any) -> str:

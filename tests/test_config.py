@@ -201,3 +201,30 @@ def test_loss_names_match_registry():
     from huberfit.losses import LOSSES
 
     assert set(get_args(LossConfig.model_fields["name"].annotation)) == set(LOSSES)
+
+
+def test_string_overrides_stay_strings_and_round_trip(tmp_path, monkeypatch):
+    """A value given for a string key is that string (YAML would read YES as true and 1e3 as
+    a number), and ``config show`` writes it so that it reads back the same."""
+    from huberfit.config import dump_config, load_config
+
+    for text in ("YES", "no", "on", "off", "null", "1e3", "2024"):
+        cfg = load_config(None, [f"data.target={text}", f"name=n{text}"])
+        assert cfg.data.target == text
+        saved = tmp_path / f"{text}.yaml"
+        saved.write_text(dump_config(cfg))
+        assert load_config(saved).data.target == text
+    assert load_config(None, ["data.features=[yes,1e3]"]).data.features == ["yes", "1e3"]
+    assert load_config(None, ["data.features=null"]).data.features is None
+    monkeypatch.chdir(tmp_path)  # a relative data.path override is taken from here, and kept so
+    cfg = load_config(None, ["data.source=csv", "data.path=d/x.csv", "data.target=y"])
+    assert cfg.data.path == str(tmp_path / "d" / "x.csv")
+
+
+def test_each_optimizer_gets_its_own_lr_unless_given():
+    from huberfit.config import load_config
+
+    assert load_config(None, ["optimizer.name=lbfgs"]).optimizer.lr == 1.0
+    assert load_config(None, ["optimizer.name=adam"]).optimizer.lr == 0.01
+    assert load_config(None, []).optimizer.lr == 0.05
+    assert load_config(None, ["optimizer.name=lbfgs", "optimizer.lr=0.5"]).optimizer.lr == 0.5
