@@ -78,7 +78,8 @@ def test_a_bad_data_file_gives_one_line_from_rank_0(tmp_path):
                  "data.target=y")  # fmt: skip
     assert r.returncode != 0
     errors = [line for line in r.stderr.splitlines() if line.startswith("error: ")]
-    assert errors == ["error: data file not found: missing.csv"]
+    # a data.path override is taken from the current folder and named in full
+    assert errors == [f"error: data file not found: {tmp_path.resolve() / 'missing.csv'}"]
     assert not (tmp_path / "r").exists()
 
 
