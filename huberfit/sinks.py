@@ -239,13 +239,15 @@ def _comparison_table(
         box=box.SIMPLE_HEAD,
     )
     table.add_column("run", no_wrap=True)
-    for header, _, _ in COMPARE_COLUMNS:
+    # a column no run has a value for (no validation rows, no truth) is left out
+    columns = [c for c in COMPARE_COLUMNS if any(r[c[1]] is not None for r in rows)]
+    for header, _, _ in columns:
         table.add_column(header, justify="right", no_wrap=True)
     if coefs is not None:
         table.add_column("coefficients, intercept", no_wrap=True)
     for r in rows:
         cells = [r["label"]]
-        for _, key, _lower in COMPARE_COLUMNS:
+        for _, key, _lower in columns:
             mark = "*" if key in best and r[key] == best[key] else ""
             cells.append(_short(r[key]) + mark)
         if coefs is not None:
