@@ -232,7 +232,12 @@ def _exit_for(metrics, run_dir, main: bool) -> None:
 @user_errors
 def compare_losses(
     overrides: list[str] = OVERRIDES_ARG,
-    config: Path | None = CONFIG_OPT,
+    config: Path | None = typer.Option(
+        None,
+        "--config",
+        "-c",
+        help="YAML config file; default: the built-in comparison (1 feature, 15% outliers).",
+    ),
     losses: str = typer.Option("huber,mse,l1", "--losses", help="Comma-separated losses."),
     deltas: str = typer.Option("", "--deltas", help="Huber deltas, e.g. 0.5,1,2: one run each."),
     runs_dir: str | None = typer.Option(None, "--runs-dir", help="Parent folder of run folders."),
@@ -399,9 +404,17 @@ def bench(
     for row in as_table_rows(res):
         table.add_row(*row)
     out.print(table)
+    plural = "s" * (epochs != 1)
     out.print(
-        f"{host_description()}; {res.threads} threads; median of {epochs} epochs", soft_wrap=False
+        f"{host_description()}; {res.threads} threads; median of {epochs} epoch{plural}",
+        soft_wrap=False,
     )
+    if epochs < 3:
+        out.print(
+            f"note: {epochs} timed epoch{plural} on a shared machine can be off by far; use "
+            "--epochs 3 or more for figures to quote",
+            soft_wrap=False,
+        )
 
 
 def _bench_streaming(gigabytes: float, budget_mb: int, folder: Path | None, json_out: bool) -> None:

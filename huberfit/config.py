@@ -325,13 +325,14 @@ def load_config(
     raw = apply_overrides(raw, defaults or [])
     raw = apply_overrides(raw, overrides or [])
     data = raw.get("data")
-    if "data.path" in _override_keys(overrides or []) and isinstance(data, dict):
+    if "data.path" in override_keys(overrides or []) and isinstance(data, dict):
         if isinstance(data.get("path"), str):  # from the current folder, and said so when saved
             data["path"] = _resolve_from(Path.cwd(), data["path"])
-    return validate_config(raw, source, overridden=_override_keys(overrides or []))
+    return validate_config(raw, source, overridden=override_keys(overrides or []))
 
 
-def _override_keys(overrides: list[str]) -> set[str]:
+def override_keys(overrides: list[str]) -> set[str]:
+    """The dotted keys that ``overrides`` set."""
     return {item.partition("=")[0].strip() for item in overrides}
 
 

@@ -34,7 +34,7 @@ from huberfit.device import resolve_device
 from huberfit.errors import ConfigError
 from huberfit.losses import LOSSES, build_loss
 from huberfit.model import build_model, read_coefficients
-from huberfit.sinks import ConsoleSink, Sinks, TensorBoardSink
+from huberfit.sinks import ConsoleSink, Sinks, TensorBoardSink, coefficient_error
 from huberfit.train import (
     FitResult,
     FitSettings,
@@ -395,11 +395,11 @@ def final_metrics(config, data, device, model, result, scorer, train_rows, val_r
     }
     if truth is not None:
         true_b = truth.pop("intercept")
-        fitted = np.array(list(params.values()) + [intercept])
-        true = np.array(list(truth.values()) + [true_b])
         metrics["true_coefficients"] = truth
         metrics["true_intercept"] = true_b
-        metrics["coefficient_error"] = float(np.linalg.norm(fitted - true))
+        metrics["coefficient_error"] = coefficient_error(
+            {**params, "intercept": intercept}, {**truth, "intercept": true_b}
+        )
     return metrics
 
 
@@ -462,15 +462,17 @@ class FigureMaker:
 def run_title(config: Config) -> str:
     """A picture's title: the loss (with its delta), after the run's name unless the name is
     the loss's own label (as in a comparison: ``huber``, ``huber-d0.5``)."""
-    loss = config.loss.name
-    if LOSSES[loss].uses_delta:
-        loss += f" (delta {config.loss.delta:g})"
-    label = config.loss.name + (
-        f"-d{config.loss.delta:g}" if LOSSES[config.loss.name].uses_delta else ""
-    )
-    if config.name in (config.loss.name, label):
+    name, delta = config.loss.name, config.loss.delta
+    uses_delta = LOSSES[name].uses_delta
+    loss = f"{name} (delta {delta:g})" if uses_delta else name
+    if config.name in (name, delta_label(delta) if uses_delta else name):
         return loss
     return f"{config.name}: {loss}"
+
+
+def delta_label(delta: float) -> str:
+    """A Huber run's label in a comparison over deltas: ``huber-d0.5``."""
+    return f"huber-d{delta:g}"
 
 
 def original_units(
@@ -513,13 +515,12 @@ def restore(ckpt: dict[str, Any], model, optimizer, scheduler) -> TrainState:
 
 def load_resume(run_dir: str, overrides: list[str]) -> tuple[Config, dict[str, Any]]:
     """The config and checkpoint of a run to continue (overrides may extend ``epochs``)."""
-    from huberfit.config import apply_overrides
+    from huberfit.config import apply_overrides, override_keys
 
     ckpt = load_checkpoint(run_dir)
     raw = apply_overrides(dict(ckpt["config"]), overrides)
     source = f"{run_dir}/checkpoint.pt config"
-    keys = {item.partition("=")[0].strip() for item in overrides}
-    return validate_config(raw, source, overridden=keys), ckpt
+    return validate_config(raw, source, overridden=override_keys(overrides)), ckpt
 
 
 # ----------------------------------------------------------------------------- signals
@@ -628,7 +629,7 @@ def comparison_labels(
         if name not in LOSSES:
             raise ConfigError(f"--losses: unknown loss {name!r}; valid: {', '.join(LOSSES)}")
         if name == "huber" and deltas:
-            labels += [(f"huber-d{d:g}", "huber", d) for d in deltas]
+            labels += [(delta_label(d), "huber", d) for d in deltas]
         else:
             labels.append((name, name, default_delta))
     if len({lab for lab, _, _ in labels}) != len(labels):

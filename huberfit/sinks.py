@@ -67,8 +67,7 @@ class ConsoleSink:
         self.task = None
         self.last_loss = math.nan
         self.steps_per_epoch = 0
-        self.first_step = 0
-        self.epoch_info = ""
+        self.epoch_info = ""  # the last epoch's validation loss and speed, beside the loss
         self._shown: set[str] = set()
         self._next_refresh = 0.0
 
@@ -80,7 +79,6 @@ class ConsoleSink:
 
     def start(self, first_epoch: int = 0, steps_per_epoch: int = 0) -> None:
         self.steps_per_epoch = steps_per_epoch
-        self.first_step = first_epoch * steps_per_epoch
         self.epoch_info = ""
         if self.quiet or not self.err.is_terminal:
             return
@@ -113,12 +111,10 @@ class ConsoleSink:
     def epoch(self, report: Any) -> None:
         if self.quiet:
             return
-        info = f"loss {report.train_loss:.5g}"
-        if report.val:
-            info += f"  val {report.val['loss']:.5g}"
-        info += f"  {report.samples_per_second:,.0f} samples/s"
+        val = f"val {report.val['loss']:.5g}  " if report.val else ""
+        self.epoch_info = f"{val}{report.samples_per_second:,.0f} samples/s"
+        info = f"loss {report.train_loss:.5g}  {self.epoch_info}"
         if self.progress is not None:
-            self.epoch_info = info.split("  ", 1)[1] if "  " in info else ""
             self.progress.update(self.task, completed=report.epoch, info=info, epoch=report.epoch)
         else:
             self.err.print(Text(f"epoch {report.epoch}/{self.epochs}  {info}"))
@@ -211,8 +207,7 @@ def render_comparison(
     coefs = {r["label"]: " ".join(f"{v:.4g}" for v in [*r["coefficients"].values(), r["intercept"]])
              for r in rows}  # fmt: skip
     table = _comparison_table(rows, best, coefs)
-    unbounded = console.options.update(width=10_000)  # the table's natural width
-    wide = console.measure(table, options=unbounded).maximum <= console.width
+    wide = fits(table, console)
     console.print(table if wide else _comparison_table(rows, best, None))
     if not wide:
         console.print(Text("coefficients, intercept (original units):"))
@@ -228,6 +223,12 @@ def render_comparison(
     console.print(Text(note), soft_wrap=False)  # prose wraps at the terminal's width
     console.print(Text(f"verdict: {verdict}"), soft_wrap=False)
     console.print(Text(f"runs: {parent}\nlook at it: tensorboard --logdir {parent}"))
+
+
+def fits(table: Table, console: Console) -> bool:
+    """Whether ``table`` at its natural width (nothing wrapped or cut) fits the console."""
+    unbounded = console.options.update(width=10_000)
+    return console.measure(table, options=unbounded).maximum <= console.width
 
 
 def _comparison_table(
@@ -412,7 +413,7 @@ class TensorBoardSink:
     def epoch(self, report: Any) -> None:
         s = self.last_step = report.step
         if not self.layout_written:
-            self._layout([n for n in report.params], report.val is not None)
+            self._layout(list(report.params), report.val is not None)
         values = {"loss/epoch": report.train_loss}
         for name, value in report.params.items():
             values[f"params/{name}"] = value
@@ -577,8 +578,7 @@ def render_runs(rows: list[dict[str, Any]], runs_dir: str, console: Console) -> 
     cells = [[cell(r) for _, cell in RUN_COLUMNS] for r in rows]
     keep = len(RUN_COLUMNS)
     table = _runs_table(folders, cells, keep)
-    unbounded = console.options.update(width=10_000)  # the table's natural width
-    while keep > 1 and console.measure(table, options=unbounded).maximum > console.width:
+    while keep > 1 and not fits(table, console):
         keep -= 1
         table = _runs_table(folders, cells, keep)
     console.print(Text(f"runs in {runs_dir}", style="italic"))

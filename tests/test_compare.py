@@ -47,6 +47,8 @@ def test_layout_and_tensorboard_sees_one_run_per_loss(tmp_path):
     data = json.loads((parent / "comparison.json").read_text())
     assert [r["label"] for r in data["runs"]] == ["huber-d0.5", "huber-d2", "mse", "l1"]
     assert (parent / "comparison.png").stat().st_size > 1000
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
     mux = EventMultiplexer().AddRunsFromDirectory(str(parent))
     mux.Reload()
     runs = set(mux.Runs())
@@ -57,8 +59,6 @@ def test_layout_and_tensorboard_sees_one_run_per_loss(tmp_path):
         assert f"{child}/truth" not in runs
         # TensorBoard ticks the hparams that differ first: loss, delta
         exp = mux.GetAccumulator(child).PluginTagToContent("hparams")["_hparams_/experiment"]
-        from tensorboard.plugins.hparams import plugin_data_pb2
-
         infos = plugin_data_pb2.HParamsPluginData.FromString(exp).experiment.hparam_infos
         assert {"loss", "delta"} <= {h.name for h in infos if h.differs}
 
