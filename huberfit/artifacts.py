@@ -1,4 +1,5 @@
-"""The run folder: its name, ``config.yaml``, ``metrics.json`` and ``checkpoint.pt``.
+"""The run folder's files: its name, ``config.yaml``, ``metrics.json`` and ``checkpoint.pt``
+(what a checkpoint holds, and putting it back for ``--resume``).
 
 Files are written atomically (temporary file + rename), so a crash never leaves half a file.
 Checkpoints hold tensors and plain Python values only and are read back with
@@ -126,3 +127,54 @@ def load_checkpoint(run_dir: str | Path) -> dict[str, Any]:
             f"(expected {CHECKPOINT_FORMAT})"
         )
     return ckpt
+
+
+def checkpoint_payload(
+    config: Any, data: Any, model: Any, optimizer: Any, scheduler: Any, state: Any,
+    world_size: int = 1,
+) -> dict[str, Any]:  # fmt: skip
+    """Everything ``--resume`` needs to continue bit-exactly, and ``predict`` to predict:
+    the config, model, optimizer, scheduler, loop state, RNG, features and scaling."""
+    import torch
+
+    from huberfit import __version__
+
+    return {
+        "huberfit_version": __version__,
+        "config": config.model_dump(mode="json"),
+        "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict() if scheduler is not None else None,
+        "state": state.to_dict(),
+        "feature_names": list(data.feature_names),
+        "scaling": data.scaling.as_dict(),
+        "target": config.data.target,
+        "loss": {"name": config.loss.name, "delta": config.loss.delta},
+        "rng": {"torch": torch.get_rng_state()},
+        "world_size": world_size,
+    }
+
+
+def restore(ckpt: dict[str, Any], model: Any, optimizer: Any, scheduler: Any) -> Any:
+    """Put a checkpoint's model, optimizer, scheduler and RNG states back; return the
+    loop's ``TrainState``."""
+    import torch
+
+    from huberfit.train import TrainState
+
+    model.load_state_dict(ckpt["model"])
+    optimizer.load_state_dict(ckpt["optimizer"])
+    if scheduler is not None and ckpt.get("scheduler") is not None:
+        scheduler.load_state_dict(ckpt["scheduler"])
+    torch.set_rng_state(ckpt["rng"]["torch"])
+    return TrainState.from_dict(ckpt["state"])
+
+
+def load_resume(run_dir: str, overrides: list[str]) -> tuple[Any, dict[str, Any]]:
+    """The config and checkpoint of a run to continue (overrides may extend ``epochs``)."""
+    from huberfit.config import apply_overrides, override_keys, validate_config
+
+    ckpt = load_checkpoint(run_dir)
+    raw = apply_overrides(dict(ckpt["config"]), overrides)
+    source = f"{run_dir}/checkpoint.pt config"
+    return validate_config(raw, source, overridden=override_keys(overrides)), ckpt

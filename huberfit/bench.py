@@ -30,10 +30,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from huberfit.data.batches import InMemoryBatches
 from huberfit.losses import HuberLoss, huber_reference
 from huberfit.model import build_model
 from huberfit.optim import SGD
-from huberfit.train import FitSettings, InMemoryBatches, fit
+from huberfit.train import FitSettings, fit
 
 
 @dataclass
@@ -191,11 +192,11 @@ def loss_pair(n: int, device: torch.device, repeats: int = 200):
 def lbfgs_time_to_gap(X, y, device: torch.device, target: float = 1e-6) -> dict[str, float]:
     """Seconds of full-batch L-BFGS (huberfit's settings) until the relative objective gap
     to a float64 reference optimum is below ``target`` (e)."""
-    from huberfit.reference import objective, solve
+    from huberfit.losses import LOSSES, optimality_gap
 
+    huber = LOSSES["huber"]
     Xn, yn = X.double().numpy(), y.double().numpy().reshape(-1)
-    w, b = solve("huber", Xn, yn, 1.0)
-    f_star = objective("huber", yn - Xn @ w - b, 1.0)
+    f_star = optimality_gap("huber", Xn, yn, np.zeros(Xn.shape[1]), 0.0)["optimum"]
     Xd, yd = X.to(device), y.to(device)
     model = build_model(X.shape[1], True, 0, X.dtype).to(device)
     opt = torch.optim.LBFGS(model.parameters(), lr=1.0, max_iter=1, max_eval=25, history_size=20,
@@ -218,7 +219,7 @@ def lbfgs_time_to_gap(X, y, device: torch.device, target: float = 1e-6) -> dict[
         iters += 1
         with torch.no_grad():
             r = (yd - model(Xd)).double().reshape(-1).cpu().numpy()
-        gap = (objective("huber", r, 1.0) - f_star) / f_star
+        gap = (huber.objective(r, 1.0) - f_star) / f_star
     return {"seconds": elapsed, "iterations": iters, "relative_gap": gap}
 
 
@@ -310,7 +311,7 @@ def csv_load_pair(rows: int = 1_000_000, columns: int = 17, repeats: int = 3) ->
     import pyarrow as pa
     import pyarrow.csv as pcsv
 
-    from huberfit.data import read_table
+    from huberfit.data.tables import read_table
 
     rng = np.random.default_rng(0)
     names = [f"x{i}" for i in range(columns - 1)] + ["y"]

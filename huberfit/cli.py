@@ -158,7 +158,7 @@ def train(
     overrides = list(overrides or [])
     flags = [f"name={name}"] * bool(name) + [f"device={device}"] * bool(device)
     if resume is not None:
-        from huberfit.experiment import load_resume
+        from huberfit.artifacts import load_resume
 
         if config is not None:
             raise ConfigError("--resume continues a run with its own config; drop --config")

@@ -1,7 +1,8 @@
 """Losses: the custom ``HuberLoss`` module (the learner's ``torch.where`` definition, made fast)
-and the loss registry, the one place where a loss is added.
+and ``LOSSES``, the one place where a loss is declared: its module, whether it uses delta,
+its objective for scoring files, and its exact reference solver.
 
-Imports torch; must not import data, model, train or sinks.
+Imports torch and ``reference``; must not import data, model, train or sinks.
 """
 
 from __future__ import annotations
@@ -11,8 +12,12 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import nn
+
+from huberfit import reference
+from huberfit.errors import ConfigError
 
 REDUCTIONS = ("mean", "sum", "none")
 
@@ -197,27 +202,73 @@ class L1Loss(nn.L1Loss):
 
 @dataclass(frozen=True)
 class LossSpec:
-    """A registered loss.
+    """A loss, declared once: everything the rest of huberfit asks of it.
 
-    ``power`` is how the loss scales with the target's units (2 for squared losses, 1 for
-    L1): training on a target divided by ``s`` multiplies the loss by ``s**-power``, which is
-    how losses are reported back in original units.
+    Args:
+        build: ``build(delta) -> nn.Module``, the training loss (a mean over rows).
+        power: how the loss scales with the target's units (2 for squared losses, 1 for
+            L1): training on a target divided by ``s`` multiplies the loss by ``s**-power``,
+            which is how losses are reported back in original units.
+        uses_delta: whether ``loss.delta`` means anything to it.
+        objective: ``objective(r, delta) -> float``, the mean loss of float64 residuals
+            (``huberfit eval``, optimality gaps, the bench).
+        reference: ``reference(A, y, delta) -> beta``, the exact minimizer of ``objective``
+            over the design ``A`` (intercept column last); None when there is none.
     """
 
     build: Callable[[float], nn.Module]
     power: int
     uses_delta: bool
+    objective: Callable[..., float]
+    reference: Callable[..., np.ndarray] | None = None
 
 
 LOSSES: dict[str, LossSpec] = {
-    "huber": LossSpec(lambda delta: HuberLoss(delta), power=2, uses_delta=True),
-    "mse": LossSpec(lambda delta: MSELoss(), power=2, uses_delta=False),
-    "l1": LossSpec(lambda delta: L1Loss(), power=1, uses_delta=False),
-}
+    "huber": LossSpec(
+        HuberLoss, power=2, uses_delta=True,
+        objective=reference.huber_objective, reference=reference.solve_huber,
+    ),
+    "mse": LossSpec(
+        lambda delta: MSELoss(), power=2, uses_delta=False,
+        objective=reference.mse_objective, reference=reference.solve_mse,
+    ),
+    "l1": LossSpec(
+        lambda delta: L1Loss(), power=1, uses_delta=False,
+        objective=reference.l1_objective, reference=reference.solve_l1,
+    ),
+}  # fmt: skip
+
+
+def loss_spec(name: str) -> LossSpec:
+    """The declaration of the loss ``name``, or a ValueError listing the valid ones."""
+    if name not in LOSSES:
+        raise ValueError(f"unknown loss {name!r}; valid losses: {', '.join(LOSSES)}")
+    return LOSSES[name]
 
 
 def build_loss(name: str, delta: float = 1.0) -> nn.Module:
-    """Build the registered loss ``name`` (``delta`` is used by Huber only)."""
-    if name not in LOSSES:
-        raise ValueError(f"unknown loss {name!r}; valid losses: {', '.join(LOSSES)}")
-    return LOSSES[name].build(delta)
+    """Build the loss ``name`` (``delta`` is used only by losses that declare it)."""
+    return loss_spec(name).build(delta)
+
+
+def optimality_gap(
+    name: str, X: np.ndarray, y: np.ndarray, w, b: float, delta: float = 1.0, bias: bool = True
+) -> dict:
+    """Objective of ``(w, b)`` on ``X (n, f)``, ``y (n,)`` (original units), of the exact
+    optimum, and the gap (absolute and relative). A loss without a reference solver is an
+    error here, never silently compared with another loss's optimum."""
+    spec = loss_spec(name)
+    if spec.reference is None:
+        raise ConfigError(f"loss {name!r} has no exact reference solver, so no optimality gap")
+    beta = spec.reference(reference.design(X, bias), y, delta)
+    ref_w, ref_b = (beta[:-1], float(beta[-1])) if bias else (beta, 0.0)
+    f = spec.objective(y - X @ np.asarray(w) - b, delta)
+    f_star = spec.objective(y - X @ ref_w - ref_b, delta)
+    return {
+        "objective": f,
+        "optimum": f_star,
+        "gap": f - f_star,
+        "relative_gap": (f - f_star) / f_star if f_star > 0 else f - f_star,
+        "optimum_coefficients": [float(v) for v in ref_w],
+        "optimum_intercept": ref_b,
+    }

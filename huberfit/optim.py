@@ -1,13 +1,16 @@
-"""Optimizers and learning-rate schedules: SGD (momentum, Nesterov), Adam, AdamW, and the
-cosine and step schedules, with the exact update rules of ``torch.optim``.
+"""Optimizers and learning-rate schedules: SGD (momentum, Nesterov), Adam, AdamW, L-BFGS,
+the cosine and step schedules, and ``build_optimizer``/``build_scheduler`` from the config.
 
-Why not ``torch.optim`` itself: on this kind of machine, constructing or stepping a
-``torch.optim.Optimizer`` imports ``torch._dynamo`` (about 1.4 s, more than ``import torch``),
-and each ``SGD.step`` costs ~18 us of Python around 3 us of arithmetic, while a training step
-on 256 rows has a budget of tens of microseconds. These classes keep the same interface
-(``param_groups``, ``step``, ``zero_grad``, ``state_dict``), so ``train.fit`` also accepts any
-``torch.optim`` optimizer, and the tests check every update against ``torch.optim`` as the
-oracle. L-BFGS comes from ``torch.optim``. Imports torch only.
+The update maths are torch's own functional kernels (``torch.optim.sgd.sgd``,
+``torch.optim.adam.adam``, ``foreach=False``); only the thin shell around them is ours.
+Why not the ``torch.optim.Optimizer`` classes: constructing or stepping one imports
+``torch._dynamo`` (measured +1.0 s of start-up), and its ``step`` costs ~20 us of Python
+plus ~8 us for ``zero_grad`` around ~3 us of arithmetic, where a 256-row training step has
+a budget of tens of microseconds (the shell: ~3 us for SGD). The shells keep the same
+interface (``param_groups``, ``step``, ``zero_grad``, ``state_dict``), so ``train.fit``
+also accepts any ``torch.optim`` optimizer, and the tests check every update against
+``torch.optim`` as the oracle. L-BFGS is ``torch.optim.LBFGS`` itself. Imports torch and
+the config's types only.
 """
 
 from __future__ import annotations
@@ -16,6 +19,8 @@ import math
 from typing import Any
 
 import torch
+from torch.optim.adam import adam
+from torch.optim.sgd import sgd
 
 
 class _Optimizer:
@@ -51,21 +56,23 @@ class _Optimizer:
         self.group.update(state["param_groups"][0])
         self.steps = state.get("steps", 0)
         self.state = {
-            int(i): {k: self._copy(v, self.params[int(i)]) for k, v in s.items()}
+            int(i): {k: self._copy(k, v, self.params[int(i)]) for k, v in s.items()}
             for i, s in state["state"].items()
         }
 
     @staticmethod
-    def _copy(value: Any, param: torch.Tensor) -> Any:
+    def _copy(key: str, value: Any, param: torch.Tensor) -> Any:
+        """A buffer on its parameter's device; Adam's step count stays a CPU float tensor,
+        as torch keeps it (an int from a checkpoint of an older huberfit becomes one)."""
+        if key == "step":
+            return torch.tensor(float(value))
         if torch.is_tensor(value):
             return value.detach().to(device=param.device, copy=True)
         return value
 
 
 class SGD(_Optimizer):
-    """``torch.optim.SGD`` (dampening 0): ``g = grad + wd*p``; with momentum
-    ``buf = momentum*buf + g`` (``buf = g`` at the first step) and ``g = buf`` (Nesterov:
-    ``g + momentum*buf``); then ``p -= lr*g``."""
+    """``torch.optim.SGD`` (dampening 0): torch's own update, ``torch.optim.sgd.sgd``."""
 
     def __init__(self, params, lr: float, momentum: float = 0.0, nesterov: bool = False,
                  weight_decay: float = 0.0) -> None:  # fmt: skip
@@ -83,30 +90,19 @@ class SGD(_Optimizer):
         idx, params, grads = self._grads()
         if not params:
             return
-        if g["weight_decay"]:
-            grads = torch._foreach_add(grads, params, alpha=g["weight_decay"])
-        if g["momentum"]:
-            grads = self._momentum(idx, grads, g["momentum"], g["nesterov"])
-        torch._foreach_add_(params, grads, alpha=-g["lr"])
+        bufs = [self.state.get(i, {}).get("momentum_buffer") for i in idx]
+        sgd(params, grads, bufs, weight_decay=g["weight_decay"], momentum=g["momentum"],
+            lr=g["lr"], dampening=0.0, nesterov=g["nesterov"], maximize=False,
+            foreach=False)  # fmt: skip
+        if g["momentum"]:  # the kernel creates the buffers on the first step
+            for i, buf in zip(idx, bufs, strict=True):
+                self.state.setdefault(i, {})["momentum_buffer"] = buf
         self.steps += 1
-
-    def _momentum(self, idx, grads, momentum: float, nesterov: bool) -> list[torch.Tensor]:
-        bufs = []
-        for i, grad in zip(idx, grads, strict=True):
-            st = self.state.setdefault(i, {})
-            buf = st.get("momentum_buffer")
-            if buf is None:
-                buf = st["momentum_buffer"] = grad.detach().clone()
-            else:
-                buf.mul_(momentum).add_(grad)
-            bufs.append(buf)
-        if nesterov:
-            return torch._foreach_add(grads, bufs, alpha=momentum)
-        return bufs
 
 
 class Adam(_Optimizer):
-    """``torch.optim.Adam`` / ``AdamW`` (``decoupled=True``), betas (0.9, 0.999), eps 1e-8."""
+    """``torch.optim.Adam`` / ``AdamW`` (``decoupled=True``), betas (0.9, 0.999), eps 1e-8:
+    torch's own update, ``torch.optim.adam.adam``."""
 
     def __init__(self, params, lr: float, weight_decay: float = 0.0, decoupled: bool = False,
                  betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8) -> None:  # fmt: skip
@@ -121,27 +117,26 @@ class Adam(_Optimizer):
 
     def _step(self) -> None:
         g = self.group
-        (b1, b2), lr, wd = g["betas"], g["lr"], g["weight_decay"]
-        for i, p in enumerate(self.params):
-            if p.grad is None:
-                continue
-            grad = p.grad
-            if wd and self.decoupled:
-                p.mul_(1 - lr * wd)
-            elif wd:
-                grad = grad.add(p, alpha=wd)
-            st = self.state.setdefault(i, {})
-            if not st:
-                st["step"] = 0
-                st["exp_avg"] = torch.zeros_like(p)
-                st["exp_avg_sq"] = torch.zeros_like(p)
-            st["step"] += 1
-            m, v, t = st["exp_avg"], st["exp_avg_sq"], st["step"]
-            m.lerp_(grad, 1 - b1)
-            v.mul_(b2).addcmul_(grad, grad, value=1 - b2)
-            denom = (v.sqrt() / math.sqrt(1 - b2**t)).add_(g["eps"])
-            p.addcdiv_(m, denom, value=-lr / (1 - b1**t))
+        idx, params, grads = self._grads()
+        if not params:
+            return
+        states = [self._state_of(i) for i in idx]
+        adam(params, grads, [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states],
+             [], [s["step"] for s in states], foreach=False, capturable=False,
+             differentiable=False, fused=None, grad_scale=None, found_inf=None,
+             has_complex=False, decoupled_weight_decay=self.decoupled, amsgrad=False,
+             beta1=g["betas"][0], beta2=g["betas"][1], lr=g["lr"],
+             weight_decay=g["weight_decay"], eps=g["eps"], maximize=False)  # fmt: skip
         self.steps += 1
+
+    def _state_of(self, i: int) -> dict[str, Any]:
+        st = self.state.setdefault(i, {})
+        if not st:  # torch keeps the step count as a CPU float tensor
+            p = self.params[i]
+            st["step"] = torch.tensor(0.0)
+            st["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            st["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+        return st
 
 
 # ----------------------------------------------------------------------------- schedules
@@ -191,3 +186,38 @@ class StepLR(_Schedule):
 
     def lr_at(self, epoch: int) -> float:
         return self.base_lr * self.gamma ** (epoch // self.step_size)
+
+
+# ----------------------------------------------------------------------------- from the config
+
+
+def build_optimizer(config: Any, model: torch.nn.Module) -> Any:
+    """The configured optimizer over the model's parameters (``config.optimizer``)."""
+    o = config.optimizer
+    params = list(model.parameters())
+    if o.name == "sgd":
+        return SGD(params, o.lr, o.momentum, o.nesterov, o.weight_decay)
+    if o.name in ("adam", "adamw"):
+        return Adam(params, o.lr, o.weight_decay, decoupled=o.name == "adamw")
+    # torch's defaults (tolerance_grad=1e-7, tolerance_change=1e-9) stop well short of the
+    # optimum; with them off, each step runs max_iter iterations or until the line search
+    # makes no progress, and fit() repeats the step until the objective stops falling.
+    return torch.optim.LBFGS(
+        params,
+        lr=o.lr,
+        max_iter=o.max_iter,
+        history_size=o.history_size,
+        tolerance_grad=0.0,
+        tolerance_change=0.0,
+        line_search_fn="strong_wolfe",
+    )
+
+
+def build_scheduler(config: Any, optimizer: Any) -> _Schedule | None:
+    """The configured learning-rate schedule (``config.scheduler``), or None."""
+    s = config.scheduler
+    if s.name == "cosine":
+        return CosineLR(optimizer, config.train.epochs, s.min_lr)
+    if s.name == "step":
+        return StepLR(optimizer, s.step_size, s.gamma)
+    return None

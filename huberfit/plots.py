@@ -240,3 +240,60 @@ def to_png(fig: Figure) -> bytes:
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
     return buf.getvalue()
+
+
+# ----------------------------------------------------------------------------- a run's pictures
+
+
+def run_pictures(
+    X: np.ndarray,
+    y: np.ndarray,
+    outliers: np.ndarray | None,
+    evaluated: tuple[np.ndarray, np.ndarray],
+    fitted: tuple[Sequence[float], float],
+    truth: tuple[Sequence[float], float] | None,
+    delta: float | None,
+    title: str,
+) -> list[tuple[str, bytes]]:
+    """A run's pictures as ``[(name, PNG bytes)]``, everything in original units.
+
+    ``X (n, f)``, ``y (n,)``: the training rows (``outliers``: their mask, if known);
+    ``evaluated``: the rows residuals are shown for (validation rows, or the training rows
+    without any); ``fitted`` and ``truth``: ``(weights, intercept)``. One feature: the data
+    with the fitted and true lines; more: predicted vs actual. Then the residuals.
+    """
+    w, b = np.asarray(fitted[0], dtype=float), float(fitted[1])
+    Xe, ye = evaluated
+    pred = Xe @ w + b
+    if X.shape[1] == 1:
+        line = None if truth is None else (float(truth[0][0]), float(truth[1]))
+        fit = fit_figure(X[:, 0], y, outliers, (float(w[0]), b), line, title)
+    else:
+        fit = predicted_figure(ye, pred, f"{title}: predicted vs actual")
+    residuals = residual_figure(ye - pred, delta, f"{title}: residuals")
+    return [("fit", to_png(fit)), ("residuals", to_png(residuals))]
+
+
+def comparison_picture(
+    X: np.ndarray,
+    y: np.ndarray,
+    outliers: np.ndarray | None,
+    rows: Sequence[dict],
+    truth: tuple[Sequence[float], float] | None,
+) -> Figure | None:
+    """The comparison's picture from its rows (``label``, ``coefficients``, ``intercept``,
+    ``coefficient_error``, ``val_mae``): each loss's line on one feature; otherwise the
+    coefficient error per loss (truth known) or the validation MAE; None without either."""
+    line = None if truth is None else (float(truth[0][0]), float(truth[1]))
+    if X.shape[1] == 1:
+        lines = [(r["label"], next(iter(r["coefficients"].values())), r["intercept"]) for r in rows]
+        return comparison_figure(X[:, 0], y, outliers, lines, line, None)
+    if truth is not None:
+        errors = [(r["label"], r["coefficient_error"]) for r in rows]
+        return comparison_figure(
+            None, None, None, [], None, ("coefficient error (L2 to truth)", errors)
+        )
+    if all(r["val_mae"] is not None for r in rows):
+        maes = [(r["label"], r["val_mae"]) for r in rows]
+        return comparison_figure(None, None, None, [], None, ("validation MAE", maes))
+    return None

@@ -19,9 +19,9 @@ from typing import Any, TextIO
 import numpy as np
 
 from huberfit.artifacts import load_checkpoint
-from huberfit.data import iter_chunks
+from huberfit.data.scaling import Moments
+from huberfit.data.tables import iter_chunks
 from huberfit.errors import DataError, RunError
-from huberfit.reference import objective
 
 CHUNK_ROWS = 100_000
 
@@ -146,28 +146,26 @@ def _write_parquet(chunks, run: TrainedRun, path: str) -> int:
 def evaluate_file(run: TrainedRun, input_path: str, target: str | None = None) -> dict[str, Any]:
     """MSE, MAE, R^2 and the run's own training objective on a labelled file, original units.
 
-    Streams the file; the target's variance (for R^2) is merged chunk by chunk with Chan's
-    parallel algorithm, which stays accurate where sum-of-squares formulas cancel.
+    Streams the file; the target's variance (for R^2) is merged chunk by chunk
+    (``scaling.Moments``), which stays accurate where sum-of-squares formulas cancel.
     """
+    from huberfit.losses import loss_spec
+
+    spec = loss_spec(run.loss)
     target = target or run.target
-    n, sq, ab, obj = 0, 0.0, 0.0, 0.0
-    mean, m2 = 0.0, 0.0
+    sq, ab, obj = 0.0, 0.0, 0.0
+    moments = Moments()
     for _, X, y in iter_chunks(input_path, run.features, target, CHUNK_ROWS, require_target=True):
         r = y - run.predict(X)
-        k = len(y)
         sq += float(r @ r)
         ab += float(np.abs(r).sum())
-        obj += objective(run.loss, r, run.delta) * k
-        cmean = float(y.mean())
-        cm2 = float(((y - cmean) ** 2).sum())
-        d = cmean - mean
-        mean += d * k / (n + k)
-        m2 += cm2 + d * d * n * k / (n + k)
-        n += k
+        obj += spec.objective(r, run.delta) * len(y)
+        moments.add(y)
+    n, m2 = moments.n, float(moments.m2)
     return {
         "rows": n,
         "loss": run.loss,
-        "delta": run.delta if run.loss == "huber" else None,
+        "delta": run.delta if spec.uses_delta else None,
         "objective": obj / n,
         "mse": sq / n,
         "mae": ab / n,

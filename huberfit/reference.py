@@ -13,7 +13,8 @@ torch and of the training code:
   solved exactly and the better of the two points is kept.
 
 Objectives are means over rows, in the target's own units: MSE ``mean(r**2)``, Huber
-``mean(huber_delta(r))``, L1 ``mean(|r|)``.
+``mean(huber_delta(r))``, L1 ``mean(|r|)``. ``losses.LOSSES`` declares which objective and
+solver belong to which loss; this room does not know the losses by name. numpy only.
 """
 
 from __future__ import annotations
@@ -21,28 +22,42 @@ from __future__ import annotations
 import numpy as np
 
 
-def objective(name: str, r: np.ndarray, delta: float = 1.0) -> float:
-    """Mean loss of residuals ``r`` (float64)."""
-    if name == "mse":
-        return float(np.mean(r * r))
-    if name == "l1":
-        return float(np.mean(np.abs(r)))
+def mse_objective(r: np.ndarray, delta: float = 1.0) -> float:
+    """Mean of ``r**2`` (float64)."""
+    return float(np.mean(r * r))
+
+
+def l1_objective(r: np.ndarray, delta: float = 1.0) -> float:
+    """Mean of ``|r|`` (float64)."""
+    return float(np.mean(np.abs(r)))
+
+
+def huber_objective(r: np.ndarray, delta: float = 1.0) -> float:
+    """Mean Huber loss of ``r`` with threshold ``delta`` (float64)."""
     a = np.abs(r)
     return float(np.mean(np.where(a <= delta, 0.5 * r * r, delta * (a - 0.5 * delta))))
 
 
-def solve(
-    name: str, X: np.ndarray, y: np.ndarray, delta: float = 1.0, bias: bool = True
-) -> tuple[np.ndarray, float]:
-    """The exact minimizer ``(weights, intercept)`` of ``objective(name, y - X @ w - b)``."""
-    A = np.c_[X, np.ones(len(X))] if bias else np.asarray(X, dtype=np.float64)
+def design(X: np.ndarray, bias: bool) -> np.ndarray:
+    """``X`` with a column of ones appended when the model has an intercept."""
+    return np.c_[X, np.ones(len(X))] if bias else np.asarray(X, dtype=np.float64)
+
+
+def solve_mse(A: np.ndarray, y: np.ndarray, delta: float = 1.0) -> np.ndarray:
+    """Least squares: the minimizer of ``mean((y - A @ beta)**2)``."""
+    return _lstsq(A, np.asarray(y, dtype=np.float64))
+
+
+def solve_huber(A: np.ndarray, y: np.ndarray, delta: float = 1.0) -> np.ndarray:
+    """The minimizer of the mean Huber loss, by Newton from the least-squares start."""
     y = np.asarray(y, dtype=np.float64)
-    beta = _lstsq(A, y)
-    if name == "huber":
-        beta = _huber_newton(A, y, delta, beta)
-    elif name == "l1":
-        beta = _l1_irls(A, y, beta)
-    return (beta[:-1], float(beta[-1])) if bias else (beta, 0.0)
+    return _huber_newton(A, y, delta, _lstsq(A, y))
+
+
+def solve_l1(A: np.ndarray, y: np.ndarray, delta: float = 1.0) -> np.ndarray:
+    """A minimizer of the mean absolute residual (IRLS, polished to a vertex)."""
+    y = np.asarray(y, dtype=np.float64)
+    return _l1_irls(A, y, _lstsq(A, y))
 
 
 def _lstsq(A: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -50,7 +65,7 @@ def _lstsq(A: np.ndarray, y: np.ndarray) -> np.ndarray:
 
 
 def _huber_newton(A: np.ndarray, y: np.ndarray, delta: float, beta: np.ndarray) -> np.ndarray:
-    f = lambda b: objective("huber", y - A @ b, delta)  # noqa: E731
+    f = lambda b: huber_objective(y - A @ b, delta)  # noqa: E731
     for _ in range(200):
         r = y - A @ beta
         quad = np.abs(r) <= delta
@@ -83,7 +98,7 @@ def _l1_irls(A: np.ndarray, y: np.ndarray, beta: np.ndarray) -> np.ndarray:
             break
         beta = new
     # polish to a vertex: an L1 optimum interpolates n_params rows exactly
-    best, best_f = beta, objective("l1", y - A @ beta)
+    best, best_f = beta, l1_objective(y - A @ beta)
     order = np.argsort(np.abs(y - A @ beta))
     p = A.shape[1]
     for extra in range(0, min(4, len(y) - p) + 1):
@@ -96,22 +111,7 @@ def _l1_irls(A: np.ndarray, y: np.ndarray, beta: np.ndarray) -> np.ndarray:
             )
         except np.linalg.LinAlgError:
             continue
-        fc = objective("l1", y - A @ cand)
+        fc = l1_objective(y - A @ cand)
         if fc < best_f:
             best, best_f = cand, fc
     return best
-
-
-def optimality_gap(name: str, X, y, w, b, delta: float = 1.0, bias: bool = True) -> dict:
-    """Objective of ``(w, b)``, of the exact optimum, and the gap (absolute and relative)."""
-    ref_w, ref_b = solve(name, X, y, delta, bias)
-    f = objective(name, y - X @ np.asarray(w) - b, delta)
-    f_star = objective(name, y - X @ ref_w - ref_b, delta)
-    return {
-        "objective": f,
-        "optimum": f_star,
-        "gap": f - f_star,
-        "relative_gap": (f - f_star) / f_star if f_star > 0 else f - f_star,
-        "optimum_coefficients": [float(v) for v in ref_w],
-        "optimum_intercept": ref_b,
-    }

@@ -1,10 +1,11 @@
 """The training loop: ``fit(model, loss_fn, batches, optimizer, sinks, ...)``.
 
-``fit`` builds nothing itself: it receives the model, the loss, a batch source, the
+``fit`` builds nothing itself: it receives the model, the loss, a ``BatchSource``, the
 optimizer (and scheduler), the sinks and an ``evaluate`` callback, so it can be tested with
 fakes and a new sink or batch source never touches it. It knows nothing about files, configs
 or standardization; losses it reports are multiplied by ``settings.loss_scale`` to put them
-in original units. Must not import data, losses, model or sinks.
+in original units. Imports only the ``BatchSource`` protocol from data (for its type);
+must not import losses, model or sinks.
 """
 
 from __future__ import annotations
@@ -16,79 +17,15 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 from torch import nn
 
+if TYPE_CHECKING:
+    from huberfit.data.batches import BatchSource
+
 LBFGS_OBJECTIVE_SCALE = 1e8
-
-# ----------------------------------------------------------------------------- batches
-
-
-class InMemoryBatches:
-    """Index-based mini-batches over in-memory tensors, in a seeded order per epoch.
-
-    Epoch ``e`` uses the permutation of a ``torch.Generator`` seeded from ``(seed, e)``, so
-    any epoch's order is known without replaying the ones before it (resume, comparisons).
-    Tensors must already be on the training device; ``batch_size=None`` is full batch.
-    X and y are packed side by side in one ``(n, f + 1)`` tensor so that a batch is one
-    row gather instead of two (a measurable share of a 256-row step).
-    """
-
-    def __init__(self, X: torch.Tensor, y: torch.Tensor, batch_size: int | None, seed: int):
-        self.n, self.f = X.shape
-        self.XY = torch.cat([X, y.reshape(-1, 1).to(X.dtype)], dim=1)
-        self.X, self.y = self.XY[:, : self.f], self.XY[:, self.f :]
-        self.batch_size = min(batch_size or self.n, self.n)
-        self.seed = seed
-
-    def steps_per_epoch(self, accum: int = 1) -> int:
-        return math.ceil(math.ceil(self.n / self.batch_size) / accum)
-
-    def order(self, epoch: int) -> torch.Tensor:
-        """The permutation of row indices for ``epoch`` (on the CPU; int32 below 2**31
-        rows, which torch draws in half the time of int64)."""
-        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-        dtype = torch.int32 if self.n < 2**31 else torch.int64
-        return torch.randperm(self.n, generator=gen, dtype=dtype)
-
-    def epoch(self, epoch: int) -> list[tuple[torch.Tensor, int]]:
-        """``(row indices, rows in the whole batch)`` per batch of ``epoch``, on the data's
-        device. In one process the two sizes agree; a sharded source takes a part."""
-        if self.batch_size >= self.n:
-            return [(torch.arange(self.n, device=self.XY.device), self.n)]
-        perm = self.order(epoch).to(self.XY.device)
-        return [(idx, idx.shape[0]) for idx in torch.split(perm, self.batch_size)]
-
-    def full_chunks(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """This process's rows for a full-batch step, in chunks (here: one)."""
-        return [(self.X, self.y)]
-
-    def take(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(X (b, f), y (b, 1))`` for the rows ``idx`` (views into one gathered block)."""
-        if idx.numel() == self.n:
-            return self.X, self.y
-        # index_select is ~2x faster than X[idx] for row gathers on the CPU
-        xy = self.XY.index_select(0, idx)
-        return xy[:, : self.f], xy[:, self.f :]
-
-
-class ShardedBatches(InMemoryBatches):
-    """One rank's share of the same global batches: every rank draws the same seeded
-    permutation, cuts the same batches of ``batch_size`` rows (the global batch) and takes
-    every ``world``-th row of each, so the shares are disjoint and cover the batch."""
-
-    def __init__(self, X, y, batch_size: int | None, seed: int, rank: int, world: int):
-        super().__init__(X, y, batch_size, seed)
-        self.rank, self.world = rank, world
-
-    def epoch(self, epoch: int) -> list[tuple[torch.Tensor, int]]:
-        return [(idx[self.rank :: self.world], n) for idx, n in super().epoch(epoch)]
-
-    def full_chunks(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        return [(self.X[self.rank :: self.world], self.y[self.rank :: self.world])]
-
 
 # ----------------------------------------------------------------------------- results
 
@@ -178,7 +115,7 @@ class Diverged(Exception):
 def fit(
     model: nn.Module,
     loss_fn: nn.Module,
-    batches: InMemoryBatches,
+    batches: BatchSource,
     optimizer: Any,
     sinks: Sink,
     settings: FitSettings,
@@ -240,7 +177,7 @@ class _Run:
         self.evaluate, self.scheduler, self.state = evaluate, sched, state
         self.is_lbfgs = isinstance(optimizer, torch.optim.LBFGS)
         self.params = [p for p in model.parameters() if p.requires_grad]
-        self.on_cpu = batches.XY.device.type == "cpu"
+        self.on_cpu = batches.device.type == "cpu"
         self.fused = (
             settings.fused
             and type(model) is nn.Linear
@@ -265,7 +202,7 @@ class _Run:
         t0, seen = time.perf_counter(), 0
         order = self.batches.epoch(st.epoch)
         k = s.grad_accum_steps
-        device_sum = None if self.on_cpu else torch.zeros((), device=self.batches.XY.device)
+        device_sum = None if self.on_cpu else torch.zeros((), device=self.batches.device)
         log_sum, log_n, log_sum_t = 0.0, 0, None
         grad_norm = math.nan
         for start, window, last_window in _windows(order, k, st.batch):
@@ -347,7 +284,7 @@ class _Run:
             else:
                 total = loss * scale if total is None else total + loss * scale
         if total is None:
-            total = torch.zeros((), device=self.batches.XY.device)
+            total = torch.zeros((), device=self.batches.device)
         return total
 
     def _fused_backward(

@@ -25,7 +25,8 @@ def train_rows(overrides: list[str]):
     import numpy as np
 
     from huberfit.config import load_config
-    from huberfit.experiment import original_units, prepare
+    from huberfit.experiment import prepare
+    from huberfit.metrics import original_units
 
     data = prepare(load_config(None, overrides)).data
     X, y = original_units(data, data.X_train, data.y_train)

@@ -12,8 +12,19 @@ from tensorboard.backend.event_processing.plugin_event_multiplexer import EventM
 from huberfit.cli import app
 from huberfit.config import load_config
 from huberfit.experiment import COMPARE_DEFAULTS, compare_losses
-from huberfit.reference import objective, solve
+from huberfit.losses import LOSSES
+from huberfit.reference import design
 from huberfit.sinks import ConsoleSink
+
+
+def solve(name, X, y, delta=1.0, bias=True):
+    """The loss's declared reference solver, as ``(weights, intercept)``."""
+    beta = LOSSES[name].reference(design(X, bias), y, delta)
+    return (beta[:-1], float(beta[-1])) if bias else (beta, 0.0)
+
+
+def objective(name, r, delta=1.0):
+    return LOSSES[name].objective(r, delta)
 
 
 def compare(tmp_path, *overrides, losses=("huber", "mse", "l1"), deltas=()):

@@ -10,7 +10,10 @@ import torch
 
 from huberfit.cli import app
 from huberfit.config import DataConfig
-from huberfit.data import fit_scaling, load_dataset, make_synthetic, read_table
+from huberfit.data.dataset import load_data as load_dataset
+from huberfit.data.scaling import fit_scaling
+from huberfit.data.synthetic import make_synthetic
+from huberfit.data.tables import read_table
 from huberfit.errors import DataError
 
 

@@ -13,10 +13,12 @@ from conftest import assert_same_optimum, train_rows
 
 from huberfit.cli import app
 from huberfit.config import load_config
+from huberfit.data.batches import StreamBatches
+from huberfit.data.scaling import Moments
+from huberfit.data.stream import scan
 from huberfit.errors import DataError
 from huberfit.experiment import train_run
 from huberfit.sinks import ConsoleSink
-from huberfit.stream import Moments, StreamBatches, scan
 
 
 @pytest.fixture
@@ -77,7 +79,9 @@ def test_moments_merge_matches_numpy():
 def test_each_training_row_once_per_epoch_in_a_seeded_order(parts):
     tmp_path, frame = parts
     info = scan(str(tmp_path / "pq"), "parquet", "t", None, 0, 0.2, standardize=False, center=True)
-    source = StreamBatches(info, "train", 64, torch.device("cpu"), "float64", shuffle_buffer=500)
+    source = StreamBatches(
+        info, "train", 64, torch.device("cpu"), torch.float64, shuffle_buffer=500
+    )
 
     def rows(epoch):
         return torch.cat([torch.cat(item, 1) for item, _ in source.epoch(epoch)]).numpy()
@@ -88,7 +92,7 @@ def test_each_training_row_once_per_epoch_in_a_seeded_order(parts):
     assert not np.array_equal(e0, e1)  # and it changes per epoch
     key = lambda a: np.sort(a[:, 0])  # noqa: E731
     assert np.array_equal(key(e0), key(e1))  # the same rows each epoch
-    from huberfit.data import in_validation
+    from huberfit.data.split import in_validation
 
     val = in_validation(np.arange(len(frame)), 0, 0.2)
     assert np.array_equal(key(e0), np.sort(frame.to_numpy()[~val][:, 0]))

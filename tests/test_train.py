@@ -18,13 +18,14 @@ from conftest import assert_same_optimum, train_rows
 
 from huberfit.cli import app
 from huberfit.config import load_config
+from huberfit.data.batches import InMemoryBatches
 from huberfit.errors import DeviceError
 from huberfit.experiment import train_run
 from huberfit.losses import build_loss
 from huberfit.model import build_model
 from huberfit.optim import SGD
 from huberfit.sinks import ConsoleSink
-from huberfit.train import FitSettings, InMemoryBatches, fit
+from huberfit.train import FitSettings, fit
 
 
 class NullSink:
@@ -55,7 +56,7 @@ def lbfgs(*more):
 
 def test_mse_reaches_lstsq(tmp_path):
     out = run(tmp_path, *lbfgs("loss.name=mse", "data.outlier_fraction=0", "data.val_fraction=0"))
-    from huberfit.data import make_synthetic
+    from huberfit.data.synthetic import make_synthetic
 
     X, y, *_ = make_synthetic(load_config(None, ["data.outlier_fraction=0"]).data, 0)
     A = torch.tensor(np.c_[X, np.ones(len(X))])
@@ -236,7 +237,7 @@ def test_resume_is_bit_identical(tmp_path):
     first = train_run(cfg, console, runs_dir=str(tmp_path / "b"))
     assert first.metrics["status"] == "interrupted" and first.metrics["epochs"] == 2
     assert not stopper.is_set()
-    from huberfit.experiment import load_resume
+    from huberfit.artifacts import load_resume
 
     cfg2, ckpt = load_resume(str(first.run_dir), [])
     resumed = train_run(cfg2, quiet(), run_dir=first.run_dir, resume=ckpt)

@@ -1,9 +1,9 @@
-"""Data: synthetic regression with outliers, CSV/Parquet tables, the split and standardization.
+"""Tables: CSV and Parquet files, their columns, and their cells, read into memory.
 
-Everything here works in numpy float64 until the end; tensors leave this room contiguous, in
-the configured dtype, on the CPU (the training step moves them to the device once). Bad
-files raise ``DataError`` naming the file, column and line. Readers (pandas, pyarrow) are
-imported lazily. Must not import losses, model, train or sinks.
+The one header reader (``read_header``: quotes, spaces after commas, a BOM, CRLF) names
+the columns for every path that reads a table: loading into memory, streaming,
+``huberfit predict`` and ``huberfit eval``. Bad files raise ``DataError`` naming the file,
+column and line. Readers (pandas, pyarrow) are imported lazily. numpy otherwise.
 """
 
 from __future__ import annotations
@@ -11,227 +11,14 @@ from __future__ import annotations
 import csv
 import difflib
 import glob
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
-from huberfit.config import DataConfig
 from huberfit.errors import DataError
 
-TORCH_DTYPES = {"float32": torch.float32, "float64": torch.float64}
 DATA_SUFFIXES = {"csv": (".csv",), "parquet": (".parquet", ".pq")}
-
-
-@dataclass
-class Scaling:
-    """Per-column affine maps: standardized = (original - mean) / scale.
-
-    ``x_mean``/``x_scale`` have one entry per feature; a zero-variance feature keeps scale 1.
-    Without standardization every mean is 0 and every scale 1.
-    """
-
-    x_mean: list[float]
-    x_scale: list[float]
-    y_mean: float
-    y_scale: float
-
-    def to_original(self, weight: list[float], bias: float) -> tuple[list[float], float]:
-        """Map coefficients fitted on standardized data back to original units."""
-        w = [self.y_scale * wi / si for wi, si in zip(weight, self.x_scale, strict=True)]
-        b = (
-            self.y_mean
-            + self.y_scale * bias
-            - sum(wi * mi for wi, mi in zip(w, self.x_mean, strict=True))
-        )
-        return w, b
-
-    def apply_x(self, X: np.ndarray) -> np.ndarray:
-        return (X - np.asarray(self.x_mean)) / np.asarray(self.x_scale)
-
-    def as_dict(self) -> dict[str, list[float] | float]:
-        return {
-            "x_mean": self.x_mean,
-            "x_scale": self.x_scale,
-            "y_mean": self.y_mean,
-            "y_scale": self.y_scale,
-        }
-
-
-@dataclass
-class Dataset:
-    """A split, scaled regression problem. Shapes: X ``(n, n_features)``, y ``(n, 1)``."""
-
-    X_train: torch.Tensor
-    y_train: torch.Tensor
-    X_val: torch.Tensor | None
-    y_val: torch.Tensor | None
-    feature_names: list[str]
-    scaling: Scaling
-    source: str
-    n_rows: int
-    true_weights: list[float] | None = None
-    true_bias: float | None = None
-    outliers_train: np.ndarray | None = None  # bool per training row (synthetic only)
-    outliers_val: np.ndarray | None = None
-    notes: list[str] = field(default_factory=list)  # warnings for the console
-    stream: Any = None  # a stream.StreamInfo when the rows are streamed (X_*: samples)
-
-
-# ----------------------------------------------------------------------------- public
-
-
-def load_dataset(cfg: DataConfig, seed: int, dtype: str = "float32", bias: bool = True) -> Dataset:
-    """Build the dataset the config describes: rows, seeded split, standardization.
-
-    ``bias=False`` standardizes by scale only (no centering), so that the model without an
-    intercept keeps exactly the same minimizer.
-    """
-    notes: list[str] = []
-    truth_w = truth_b = None
-    outliers = None
-    if cfg.source == "synthetic":
-        X, y, truth_w, truth_b, outliers = make_synthetic(cfg, seed)
-        names = [f"x{i}" for i in range(X.shape[1])]
-        n_f = cfg.n_features
-        source = f"synthetic ({cfg.n_samples} rows, {n_f} feature{'s' * (n_f != 1)})"
-    else:
-        # parsed straight into the training dtype (float32 parses ~10% faster); the
-        # statistics below are computed in float64 either way
-        parse_dtype = np.float32 if dtype == "float32" else np.float64
-        X, y, names, dropped = read_tables(
-            resolve_files(cfg.path or "", cfg.source), cfg.source, cfg.target, cfg.features,
-            cfg.missing, parse_dtype,
-        )  # fmt: skip
-        if dropped:
-            notes.append(f"dropped {dropped} rows with missing or non-finite cells")
-        source = f"{cfg.path} ({X.shape[0]} rows)"
-    train_idx, val_idx = split_indices(X.shape[0], cfg.val_fraction, seed, where=source)
-    scaling, scale_notes = fit_scaling(X[train_idx], y[train_idx], cfg.standardize, center=bias)
-    notes += [f"feature '{names[i]}' {msg}" for i, msg in scale_notes]
-    tdtype = TORCH_DTYPES[dtype]
-
-    def tensors(idx: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        Xs = scaling.apply_x(X[idx])
-        ys = (y[idx] - scaling.y_mean) / scaling.y_scale
-        return _tensor(Xs, tdtype), _tensor(ys.reshape(-1, 1), tdtype)
-
-    X_train, y_train = tensors(train_idx)
-    X_val, y_val = tensors(val_idx) if len(val_idx) else (None, None)
-    return Dataset(
-        X_train=X_train,
-        y_train=y_train,
-        X_val=X_val,
-        y_val=y_val,
-        feature_names=names,
-        scaling=scaling,
-        source=source,
-        n_rows=int(X.shape[0]),
-        true_weights=truth_w,
-        true_bias=truth_b,
-        outliers_train=None if outliers is None else outliers[train_idx],
-        outliers_val=None if outliers is None else outliers[val_idx],
-        notes=notes,
-    )
-
-
-def _tensor(a: np.ndarray, dtype: torch.dtype) -> torch.Tensor:
-    return torch.from_numpy(np.ascontiguousarray(a)).to(dtype).contiguous()
-
-
-def make_synthetic(
-    cfg: DataConfig, seed: int
-) -> tuple[np.ndarray, np.ndarray, list[float], float, np.ndarray]:
-    """``y = X @ w + b + N(0, noise_std**2)``, then exactly ``round(fraction * n)`` outliers.
-
-    Returns ``X (n, f)``, ``y (n,)``, the true ``w`` and ``b``, and the outlier mask. Drawn
-    with numpy's PCG64 from ``seed``: the same seed and config give bit-identical data.
-    """
-    rng = np.random.default_rng([seed, 0])
-    n, f = cfg.n_samples, cfg.n_features
-    if cfg.true_weights is not None:
-        w = np.asarray(cfg.true_weights, dtype=np.float64)
-    else:  # round numbers are easier to recognise in a summary
-        w = np.round(rng.uniform(-3.0, 3.0, size=f), 1)
-    X = rng.standard_normal((n, f))
-    y = X @ w + cfg.true_bias + cfg.noise_std * rng.standard_normal(n)
-    n_out = int(round(cfg.outlier_fraction * n))
-    mask = np.zeros(n, dtype=bool)
-    if n_out:
-        rows = rng.choice(n, size=n_out, replace=False)
-        sign = rng.choice([-1.0, 1.0], size=n_out)
-        size = cfg.outlier_scale * rng.uniform(0.5, 1.5, size=n_out)
-        y[rows] += sign * size
-        mask[rows] = True
-    return X, y, [float(v) for v in w], float(cfg.true_bias), mask
-
-
-def in_validation(rows: np.ndarray, seed: int, val_fraction: float) -> np.ndarray:
-    """Whether each global row index is a validation row: a seeded hash of the index
-    (splitmix64) below ``val_fraction``. The same rows in every epoch and every run, in
-    memory or streamed, whatever order the rows are read in."""
-    if val_fraction <= 0:
-        return np.zeros(len(rows), dtype=bool)
-    return row_hash(rows, seed) < val_fraction
-
-
-def row_hash(rows: np.ndarray, seed: int) -> np.ndarray:
-    """A uniform number in [0, 1) per row index, from ``seed``."""
-    with np.errstate(over="ignore"):
-        z = rows.astype(np.uint64) + np.uint64(0x9E3779B97F4A7C15) * np.uint64(seed + 1)
-        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-        z = z ^ (z >> np.uint64(31))
-    return (z >> np.uint64(11)).astype(np.float64) * (1.0 / (1 << 53))
-
-
-def split_indices(
-    n: int, val_fraction: float, seed: int, where: str = "data"
-) -> tuple[np.ndarray, np.ndarray]:
-    """Train/validation row indices by ``in_validation`` (about ``val_fraction`` of the
-    rows; at least one when it is > 0: then the row with the smallest hash)."""
-    rows = np.arange(n)
-    val = in_validation(rows, seed, val_fraction)
-    if val_fraction > 0 and not val.any() and n:
-        val[np.argmin(row_hash(rows, seed))] = True
-    if n - int(val.sum()) < 2:
-        needed = 2 + (1 if val_fraction > 0 else 0)
-        raise DataError(
-            f"{where}: {n} rows are too few for data.val_fraction={val_fraction}; "
-            f"need at least {needed} rows (2 to train on)"
-        )
-    return np.flatnonzero(~val), np.flatnonzero(val)
-
-
-def fit_scaling(
-    X: np.ndarray, y: np.ndarray, standardize: bool, center: bool = True
-) -> tuple[Scaling, list[tuple[int, str]]]:
-    """Standardization statistics from the training rows; zero-variance columns keep scale 1."""
-    f = X.shape[1]
-    if not standardize:
-        return Scaling([0.0] * f, [1.0] * f, 0.0, 1.0), []
-    notes: list[tuple[int, str]] = []
-    if center:
-        x_mean, y_mean = X.mean(axis=0), float(y.mean())
-        x_std, y_std = X.std(axis=0), float(y.std())
-    else:  # scale only: root mean square, so no intercept is introduced
-        x_mean, y_mean = np.zeros(f), 0.0
-        x_std, y_std = np.sqrt((X**2).mean(axis=0)), float(np.sqrt((y**2).mean()))
-    x_scale = x_std.copy()
-    for i in np.flatnonzero(~(x_std > 0)):
-        x_scale[i] = 1.0
-        notes.append((int(i), "has zero variance in the training rows; left unscaled"))
-    return (
-        Scaling(
-            [float(v) for v in x_mean],
-            [float(v) for v in x_scale],
-            y_mean,
-            y_std if y_std > 0 else 1.0,
-        ),
-        notes,
-    )
 
 
 # ----------------------------------------------------------------------------- files
@@ -267,9 +54,9 @@ def read_table(
 ) -> tuple[np.ndarray, np.ndarray | None, list[str], int]:
     """Read a CSV or Parquet table into ``X (n, f)``, ``y (n,)`` (None if absent and not
     required), the feature names and the number of rows dropped for missing cells."""
-    file = _check_file(path)
-    columns = _read_header(file, source)
-    features, has_target = _check_columns(file, columns, target, features, require_target)
+    file = check_file(path)
+    columns = read_header(file, source)
+    features, has_target = check_columns(file, columns, target, features, require_target)
     wanted = features + ([target] if has_target else [])
     frame = _read_frame(file, source, columns, wanted, dtype)
     values, dropped = _to_numeric(frame, wanted, file, source, missing, dtype)
@@ -281,7 +68,7 @@ def read_table(
     return X, y, list(features), dropped
 
 
-def _check_columns(
+def check_columns(
     file: Path,
     columns: list[str],
     target: str | None,
@@ -370,14 +157,13 @@ def _glob_source(path: str, source: str) -> list[str]:
 
 
 def _file_chunks(file: Path, features, target, chunk_rows: int, require_target: bool):
-    file = _check_file(str(file))
+    file = check_file(str(file))
     source = source_of(file)
-    columns = _read_header(file, source)
-    features, has_target = _check_columns(file, columns, target, features, require_target)
+    columns = read_header(file, source)
+    features, has_target = check_columns(file, columns, target, features, require_target)
     wanted = features + ([target] if has_target else [])
     offset = 0
-    for frame in _frames(file, source, chunk_rows):
-        frame.columns = [str(c).strip() for c in frame.columns]
+    for frame in _frames(file, source, columns, chunk_rows):
         values, _ = _to_numeric(
             frame[wanted].copy(), wanted, file, source, "error", np.float64, offset
         )
@@ -389,7 +175,8 @@ def _file_chunks(file: Path, features, target, chunk_rows: int, require_target: 
         raise DataError(f"{file}: has a header but no data rows")
 
 
-def _frames(file: Path, source: str, chunk_rows: int):
+def _frames(file: Path, source: str, columns: list[str], chunk_rows: int):
+    """The file's rows in frames of ``chunk_rows``, named by ``read_header``'s columns."""
     if source == "parquet":
         import pyarrow as pa
         import pyarrow.parquet as pq
@@ -404,13 +191,14 @@ def _frames(file: Path, source: str, chunk_rows: int):
 
     try:
         yield from pd.read_csv(
-            file, chunksize=chunk_rows, encoding="utf-8-sig", skipinitialspace=True, engine="c"
-        )
+            file, chunksize=chunk_rows, encoding="utf-8-sig", skipinitialspace=True, engine="c",
+            header=0, names=columns,
+        )  # fmt: skip
     except pd.errors.ParserError as exc:
         raise DataError(f"{file}: malformed CSV: {exc}") from None
 
 
-def _check_file(path: str) -> Path:
+def check_file(path: str) -> Path:
     file = Path(path)
     if not file.exists():
         raise DataError(f"data file not found: {file}")
@@ -421,7 +209,7 @@ def _check_file(path: str) -> Path:
     return file
 
 
-def _read_header(file: Path, source: str) -> list[str]:
+def read_header(file: Path, source: str) -> list[str]:
     if source == "parquet":
         import pyarrow as pa
         import pyarrow.parquet as pq

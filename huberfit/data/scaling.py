@@ -1,0 +1,133 @@
+"""Scaling: standardization statistics of the training rows, and the affine map they give.
+
+One variance merge serves every path: ``Moments`` merges per-chunk counts, means and
+summed squared deviations with Chan et al.'s parallel algorithm, so the in-memory load (one
+chunk), the streamed scan (one chunk per record batch), ``huberfit eval`` and the scores
+of several processes all compute a variance the same way, without the cancellation of
+running sums of squares. numpy only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass
+class Scaling:
+    """Per-column affine maps: standardized = (original - mean) / scale.
+
+    ``x_mean``/``x_scale`` have one entry per feature; a zero-variance feature keeps scale 1.
+    Without standardization every mean is 0 and every scale 1.
+    """
+
+    x_mean: list[float]
+    x_scale: list[float]
+    y_mean: float
+    y_scale: float
+
+    def to_original(self, weight: list[float], bias: float) -> tuple[list[float], float]:
+        """Map coefficients fitted on standardized data back to original units."""
+        w = [self.y_scale * wi / si for wi, si in zip(weight, self.x_scale, strict=True)]
+        b = (
+            self.y_mean
+            + self.y_scale * bias
+            - sum(wi * mi for wi, mi in zip(w, self.x_mean, strict=True))
+        )
+        return w, b
+
+    def apply_x(self, X: np.ndarray) -> np.ndarray:
+        return (X - np.asarray(self.x_mean)) / np.asarray(self.x_scale)
+
+    def apply(self, rows: np.ndarray) -> np.ndarray:
+        """Standardize ``rows (n, f + 1)``: the features, then the target."""
+        shift = np.array([*self.x_mean, self.y_mean])
+        return (rows - shift) / np.array([*self.x_scale, self.y_scale])
+
+    def as_dict(self) -> dict[str, list[float] | float]:
+        return {
+            "x_mean": self.x_mean,
+            "x_scale": self.x_scale,
+            "y_mean": self.y_mean,
+            "y_scale": self.y_scale,
+        }
+
+
+@dataclass
+class Moments:
+    """Count, mean and summed squared deviations (``m2``) per column, merged chunk by
+    chunk with Chan et al.'s parallel algorithm."""
+
+    n: int = 0
+    mean: np.ndarray | float = 0.0
+    m2: np.ndarray | float = 0.0
+
+    @classmethod
+    def of(cls, a: np.ndarray) -> Moments:
+        """The moments of one chunk ``a (n,)`` or ``(n, columns)``."""
+        if len(a) == 0:
+            return cls()
+        mean = a.mean(axis=0)
+        return cls(len(a), mean, ((a - mean) ** 2).sum(axis=0))
+
+    def add(self, a: np.ndarray) -> None:
+        self.merge(Moments.of(a))
+
+    def merge(self, other: Moments) -> None:
+        if other.n == 0:
+            return
+        if self.n == 0:
+            self.n, self.mean, self.m2 = other.n, other.mean, other.m2
+            return
+        delta = other.mean - self.mean
+        total = self.n + other.n
+        self.mean = self.mean + delta * (other.n / total)
+        self.m2 = self.m2 + other.m2 + delta**2 * (self.n * other.n / total)
+        self.n = total
+
+    @property
+    def std(self) -> np.ndarray | float:
+        """The population standard deviation (``ddof=0``, as ``np.std``)."""
+        return np.sqrt(self.m2 / self.n)
+
+
+def fit_scaling(
+    X: np.ndarray, y: np.ndarray, standardize: bool, center: bool = True
+) -> tuple[Scaling, list[tuple[int, str]]]:
+    """Standardization statistics from the training rows ``X (n, f)``, ``y (n,)``."""
+    if not standardize:
+        return scaling_from(None, X.shape[1], False, center)
+    if center:
+        return scaling_from((Moments.of(X), Moments.of(y)), X.shape[1], True, True)
+    return scaling_from((Moments.of(X * X), Moments.of(y * y)), X.shape[1], True, False)
+
+
+def scaling_from(
+    moments: tuple[Moments, Moments] | None, n_features: int, standardize: bool, center: bool
+) -> tuple[Scaling, list[tuple[int, str]]]:
+    """The ``Scaling`` of the features' and the target's moments (of their squares when
+    ``center`` is off: root-mean-square scaling introduces no intercept), and a note per
+    zero-variance feature, which keeps scale 1."""
+    f = n_features
+    if not standardize or moments is None:
+        return Scaling([0.0] * f, [1.0] * f, 0.0, 1.0), []
+    mx, my = moments
+    if center:
+        x_mean, x_std = np.asarray(mx.mean), np.asarray(mx.std)
+        y_mean, y_std = float(my.mean), float(my.std)
+    else:
+        x_mean, x_std = np.zeros(f), np.sqrt(np.asarray(mx.mean))
+        y_mean, y_std = 0.0, float(np.sqrt(my.mean))
+    x_scale = np.where(x_std > 0, x_std, 1.0)
+    notes = [
+        (int(i), "has zero variance in the training rows; left unscaled")
+        for i in np.flatnonzero(~(x_std > 0))
+    ]
+    scaling = Scaling(
+        [float(v) for v in x_mean],
+        [float(v) for v in x_scale],
+        y_mean,
+        y_std if y_std > 0 else 1.0,
+    )
+    return scaling, notes
