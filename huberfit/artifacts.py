@@ -77,16 +77,6 @@ def _json_safe(value: Any) -> Any:
     return value
 
 
-def read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise RunError(f"cannot read {path}: {exc}") from None
-    if not isinstance(data, dict):
-        raise RunError(f"{path}: not a huberfit metrics file")
-    return data
-
-
 def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
     import torch
 

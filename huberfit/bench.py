@@ -132,17 +132,6 @@ def _sync(device: torch.device) -> None:
         torch.mps.synchronize()
 
 
-def time_median(fn: Callable[[], Any], repeats: int, warmup: int = 1) -> dict[str, float]:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return {"median": statistics.median(times), "min": min(times), "max": max(times)}
-
-
 def _interleaved(slow: Callable[[], None], fast: Callable[[], None], repeats: int):
     """Time ``repeats`` epochs of ``slow`` with three of ``fast`` after each, so both see the
     same machine (a shared one drifts between busy and quiet over seconds); medians."""

@@ -94,9 +94,10 @@ def train_run(
     loss_fn = spec.build(config.loss.delta / data.scaling.y_scale)
     optimizer = build_optimizer(config, model)
     scheduler = build_scheduler(config, optimizer)
-    initial = read_coefficients(model)  # before any restore: a function of the seed alone
+    weights, bias = read_coefficients(model)  # before any restore: a function of the seed
     state = restore(resume, model, optimizer, scheduler) if resume else TrainState()
-    train, val = make_batches(config, data, device, *_rank(dist))
+    rank, world = (0, 1) if dist is None else (dist.rank, dist.world)
+    train, val = make_batches(config, data, device, rank, world)
     steps = train.steps_per_epoch(config.train.grad_accum_steps)
     settings = fit_settings(config, steps, data.scaling.y_scale**spec.power, console)
     scorer = Scorer(loss_fn, data, spec.power, dist)
@@ -112,19 +113,14 @@ def train_run(
                          reducer=dist)  # fmt: skip
         # 5. final metrics in original units, checkpoint, pictures
         metrics = final_metrics(config, data, device, model, result, scorer, train, val)
-        metrics.update(run_dir=str(run.dir), started=started, initial_weights=[*initial[0],
-                       initial[1]], batch_order_digest=train.order_digest(),
-                       world_size=_rank(dist)[1])  # fmt: skip
+        metrics.update(run_dir=str(run.dir), started=started, initial_weights=[*weights, bias],
+                       batch_order_digest=train.order_digest(), world_size=world)  # fmt: skip
         run.save(checkpoint_payload(config, data, model, optimizer, scheduler, result.state,
-                                    metrics["world_size"]), metrics)  # fmt: skip
+                                    world), metrics)  # fmt: skip
         if run.main and config.output.images and result.status != "diverged":
             run.pictures(figures())
         run.finish(metrics, hparams_of(config, data), ticked)
     return Outcome(run.dir, metrics, result, model)
-
-
-def _rank(dist: Any) -> tuple[int, int]:
-    return (0, 1) if dist is None else (dist.rank, dist.world)
 
 
 def fit_settings(

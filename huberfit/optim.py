@@ -28,6 +28,7 @@ class _Optimizer:
 
     def __init__(self, params: list[torch.Tensor], **defaults: Any) -> None:
         self.params = list(params)
+        self._all = list(range(len(self.params)))
         self.param_groups = [{"params": self.params, **defaults}]
         self.state: dict[int, dict[str, Any]] = {}
         self.steps = 0
@@ -44,8 +45,12 @@ class _Optimizer:
                 p.grad.zero_()
 
     def _grads(self) -> tuple[list[int], list[torch.Tensor], list[torch.Tensor]]:
-        idx = [i for i, p in enumerate(self.params) if p.grad is not None]
-        return idx, [self.params[i] for i in idx], [self.params[i].grad for i in idx]
+        """The indices, parameters and gradients of the parameters that have a gradient."""
+        grads = [p.grad for p in self.params]
+        if all(gr is not None for gr in grads):  # the usual case (`in` would compare tensors)
+            return self._all, self.params, grads
+        idx = [i for i, gr in enumerate(grads) if gr is not None]
+        return idx, [self.params[i] for i in idx], [grads[i] for i in idx]
 
     def state_dict(self) -> dict[str, Any]:
         group = {k: v for k, v in self.group.items() if k != "params"}
@@ -90,11 +95,12 @@ class SGD(_Optimizer):
         idx, params, grads = self._grads()
         if not params:
             return
-        bufs = [self.state.get(i, {}).get("momentum_buffer") for i in idx]
-        sgd(params, grads, bufs, weight_decay=g["weight_decay"], momentum=g["momentum"],
-            lr=g["lr"], dampening=0.0, nesterov=g["nesterov"], maximize=False,
-            foreach=False)  # fmt: skip
-        if g["momentum"]:  # the kernel creates the buffers on the first step
+        momentum = g["momentum"]
+        bufs = [self.state.get(i, {}).get("momentum_buffer") for i in idx] if momentum else None
+        sgd(params, grads, bufs or [None] * len(params), weight_decay=g["weight_decay"],
+            momentum=momentum, lr=g["lr"], dampening=0.0, nesterov=g["nesterov"],
+            maximize=False, foreach=False)  # fmt: skip
+        if momentum:  # the kernel creates the buffers on the first step
             for i, buf in zip(idx, bufs, strict=True):
                 self.state.setdefault(i, {})["momentum_buffer"] = buf
         self.steps += 1

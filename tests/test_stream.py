@@ -173,3 +173,34 @@ def test_predict_and_eval_read_folders_and_globs(parts, runner):
     r = runner.invoke(app, ["predict", "--run", str(run_dir), "--input", str(tmp_path / "pq"),
                             "--output", str(tmp_path / "p.parquet")])  # fmt: skip
     assert r.exit_code == 0 and len(pd.read_parquet(tmp_path / "p.parquet")) == len(frame)
+
+
+def test_quirky_csv_headers_read_alike_on_every_path(tmp_path, runner):
+    """One header reader for all paths: a BOM, CRLF line ends, quoted names with spaces in
+    and after them, spaces after commas in cells. In memory and streamed, training sees the
+    same columns and rows; predict and eval read the same file back."""
+    rng = np.random.default_rng(3)
+    X = rng.normal(size=(300, 2))
+    y = X @ [1.5, -2.0] + 0.5 + rng.normal(scale=0.1, size=300)
+    lines = ['\ufeff"x 1", "x2",y'] + [f"{a:.17g}, {b:.17g},{c:.17g}" for (a, b), c in zip(X, y)]
+    path = tmp_path / "quirks.csv"
+    path.write_bytes("\r\n".join(lines).encode() + b"\r\n")
+    common = ["data.source=csv", f"data.path={path}", "data.target=y", "dtype=float64",
+              "optimizer.name=lbfgs", "optimizer.lr=1", "train.epochs=30"]  # fmt: skip
+    memory = _train(tmp_path, *common, "data.streaming=false")
+    streamed = _train(tmp_path, *common, "data.streaming=true")
+    assert list(memory["coefficients"]) == list(streamed["coefficients"]) == ["x 1", "x2"]
+    assert streamed["n_train"] == memory["n_train"] and streamed["n_val"] == memory["n_val"]
+    A, yy = train_rows([*common, "data.streaming=false"])
+    assert_same_optimum(_coef(streamed), _coef(memory), A, yy, "huber")
+    run_dir = memory["run_dir"]
+    r = runner.invoke(app, ["predict", "--run", run_dir, "--input", str(path),
+                            "--output", str(tmp_path / "p.csv")])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    out = pd.read_csv(tmp_path / "p.csv")
+    assert list(out.columns) == ["x 1", "x2", "y", "prediction"]
+    w, b = _coef(memory)[:2], _coef(memory)[2]
+    np.testing.assert_allclose(out["prediction"], X @ w + b, rtol=1e-12, atol=1e-12)
+    r = runner.invoke(app, ["eval", "--run", run_dir, "--input", str(path), "--json"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["rows"] == 300
