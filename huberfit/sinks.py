@@ -8,7 +8,6 @@ Must not import data, losses, model or train.
 
 from __future__ import annotations
 
-import io
 import math
 import re
 import struct
@@ -65,7 +64,6 @@ class ConsoleSink:
         self.epochs = epochs
         self.progress: Progress | None = None
         self.task = None
-        self.last_loss = math.nan
         self.steps_per_epoch = 0
         self.epoch_info = ""  # the last epoch's validation loss and speed, beside the loss
         self._shown: set[str] = set()
@@ -96,7 +94,6 @@ class ConsoleSink:
         self.progress.start()
 
     def step(self, step: int, train_loss: float) -> None:
-        self.last_loss = train_loss
         if self.progress is None or self.steps_per_epoch <= 0:
             return
         now = time.monotonic()
@@ -545,11 +542,6 @@ def hparam_metrics(metrics: dict[str, Any]) -> dict[str, float]:
         "val/r2": val.get("r2"),
     }
     return {k: v for k, v in out.items() if v is not None}
-
-
-def plain_console(width: int = 100) -> Console:
-    """A colourless console writing into a string buffer (tests, captured output)."""
-    return Console(width=width, file=io.StringIO(), color_system=None)
 
 
 RUN_COLUMNS = [  # (header, cell of a row), most important first: narrow screens drop the last

@@ -1,40 +1,146 @@
-"""huberfit bench runs end to end on a small problem and reports every figure (timings are
-never asserted: these machines are shared)."""
+"""huberfit bench runs end to end on a small problem and reports every figure consistently:
+what was generated is what is reported, each ratio is the quotient of the timings it names,
+the table shows the timings, and the readers it times read the same numbers. Timings
+themselves are never asserted: these machines are shared."""
 
 from __future__ import annotations
 
 import json
+import math
+import os
+import re
+
+import numpy as np
+import pytest
 
 from huberfit.cli import app
 
 
+@pytest.mark.slow
 def test_bench_reports_every_measurement(runner):
     r = runner.invoke(app, ["bench", "--rows", "20000", "--features", "4", "--batch-size", "512",
                             "--epochs", "1", "--json"])  # fmt: skip
     assert r.exit_code == 0, r.output
     data = json.loads(r.stdout)
-    assert set(data["timings"]) >= {"tutorial", "engine", "engine_tb", "engine_no_tb",
-                                    "huber_loss_custom", "huber_loss_torch", "lbfgs"}  # fmt: skip
-    assert set(data["ratios"]) == {"engine_speedup_vs_tutorial", "custom_loss_vs_F_huber_loss",
-                                   "tensorboard_overhead", "tensorboard_time_in_sink"}  # fmt: skip
-    assert data["timings"]["lbfgs"]["relative_gap"] < 1e-6
-    assert len(data["table"]) == 8
-    table = runner.invoke(app, ["bench", "--rows", "20000", "--features", "4", "--epochs", "1"])
-    assert table.exit_code == 0 and "tutorial loop" in table.output
+    # what was asked for is what was measured
+    assert (data["rows"], data["features"], data["batch_size"], data["epochs"]) == (
+        20000, 4, 512, 1,
+    )  # fmt: skip
+    from huberfit.device import resolve_device
+
+    assert data["device"] == str(resolve_device("auto"))
+    t = data["timings"]
+    assert set(t) == {"tutorial", "engine", "engine_tb", "engine_no_tb", "huber_loss_custom",
+                      "huber_loss_torch", "lbfgs"}  # fmt: skip
+    for key in ("tutorial", "engine"):  # medians of repeats lie between their extremes
+        assert t[key]["min"] <= t[key]["median"] <= t[key]["max"], t[key]
+    for key in ("engine_tb", "engine_no_tb"):
+        assert t[key]["min"] <= t[key]["median"], t[key]
+    # each ratio is the quotient of the timings it is named after
+    ratios = data["ratios"]
+    assert ratios == {
+        "engine_speedup_vs_tutorial": pytest.approx(
+            t["tutorial"]["median"] / t["engine"]["median"]
+        ),
+        "custom_loss_vs_F_huber_loss": pytest.approx(
+            t["huber_loss_custom"]["median"] / t["huber_loss_torch"]["median"]
+        ),
+        "tensorboard_overhead": pytest.approx(t["engine_tb"]["min"] / t["engine_no_tb"]["min"] - 1),
+        "tensorboard_time_in_sink": pytest.approx(
+            t["engine_tb"]["in_sink"] / t["engine_no_tb"]["min"]
+        ),
+    }
+    # L-BFGS stopped because it reached the gap, not at its 200-iteration cap
+    assert t["lbfgs"]["relative_gap"] < 1e-6
+    assert 1 <= t["lbfgs"]["iterations"] < 200 and t["lbfgs"]["iterations"] == int(
+        t["lbfgs"]["iterations"]
+    )
+    # the table shows those figures: seconds, rows / seconds, the ratios
+    table = {row["what"]: row for row in data["table"]}
+    assert len(table) == len(data["table"]) == 8
+    for what, key, stat in [
+        ("(a) tutorial loop, per epoch", "tutorial", "median"),
+        ("(b) huberfit engine, per epoch", "engine", "median"),
+        ("(d) engine + TensorBoard, fastest epoch", "engine_tb", "min"),
+        ("(d) engine, TensorBoard off, fastest epoch", "engine_no_tb", "min"),
+    ]:
+        assert table[what]["seconds"] == f"{t[key][stat]:.4f}"
+        assert table[what]["samples_per_second"] == f"{20000 / t[key][stat]:,.0f}"
+    speedup = ratios["engine_speedup_vs_tutorial"]
+    assert table["(b) huberfit engine, per epoch"]["ratio"] == f"{speedup:.1f}x faster"
+    lbfgs_row = table["(e) L-BFGS to 1e-6 rel. gap"]
+    assert lbfgs_row["ratio"] == f"{int(t['lbfgs']['iterations'])} iterations"
+    human = runner.invoke(app, ["bench", "--rows", "20000", "--features", "4", "--epochs", "1"])
+    assert human.exit_code == 0, human.output
+    # the table on stdout (the progress lines on stderr name "tutorial loop" too)
+    shown = human.stdout
+    assert shown.startswith("huberfit bench: 20,000 x 4, batch 4096, float32")
+    for what in table:
+        assert re.search(rf"^│ {re.escape(what)} +│", shown, re.M), what
+    assert f"; {data['threads']} threads; median of 1 epoch\n" in shown
+    assert "note: 1 timed epoch on a shared machine" in shown
 
 
-def test_bench_csv(runner):
+def test_bench_csv_times_two_readers_of_the_same_numbers(runner, monkeypatch):
+    """Both readers it times read the file it wrote, and read the same numbers: huberfit's
+    reader (features, target) equals pandas' frame; the bytes reported are that file's."""
+    import pandas as pd
+
+    from huberfit.data import tables
+
+    read = {"huberfit": [], "pandas": []}
+    real_read_table, real_read_csv = tables.read_table, pd.read_csv
+    inside = []  # huberfit's reader calls pandas itself: those calls are not the bench's
+
+    def read_table(path, *args, **kwargs):
+        inside.append(path)
+        try:
+            X, y, names, dropped = real_read_table(path, *args, **kwargs)
+        finally:
+            inside.pop()
+        read["huberfit"].append((path, X, y, names, dropped))
+        return X, y, names, dropped
+
+    def read_csv(path, *args, **kwargs):
+        frame = real_read_csv(path, *args, **kwargs)
+        if not inside:
+            read["pandas"].append((str(path), frame, os.path.getsize(path)))
+        return frame
+
+    monkeypatch.setattr(tables, "read_table", read_table)
+    monkeypatch.setattr(pd, "read_csv", read_csv)
     r = runner.invoke(app, ["bench", "--csv", "--rows", "5000", "--json"])
     assert r.exit_code == 0, r.output
     data = json.loads(r.stdout)
-    assert data["huberfit"] > 0 and data["pandas"] > 0
+    assert len(read["huberfit"]) == len(read["pandas"]) == 3  # alternating, 3 repeats each
+    assert len({p for p, *_ in read["huberfit"] + read["pandas"]}) == 1  # the same file
+    path, frame, size = read["pandas"][0]
+    assert data["bytes"] == size
+    assert frame.shape == (5000, 17) and list(frame.columns) == [f"x{i}" for i in range(16)] + ["y"]
+    for _, X, y, names, dropped in read["huberfit"]:
+        assert names == [f"x{i}" for i in range(16)] and dropped == 0
+        assert X.dtype == np.float32 and X.shape == (5000, 16)
+        np.testing.assert_array_equal(X, frame[names].to_numpy(np.float32))
+        np.testing.assert_array_equal(np.asarray(y).reshape(-1), frame["y"].to_numpy(np.float32))
+    assert math.isfinite(data["huberfit"]) and math.isfinite(data["pandas"])
+    assert data["host"]
 
 
+@pytest.mark.slow
 def test_bench_streaming_measures_a_child_run(runner, tmp_path):
+    import pyarrow.parquet as pq
+
+    folder = tmp_path / "data"
     r = runner.invoke(app, ["bench", "--stream-gb", "0.005", "--budget-mb", "1", "--folder",
-                            str(tmp_path / "data"), "--json"])  # fmt: skip
+                            str(folder), "--json"])  # fmt: skip
     assert r.exit_code == 0, r.output
     data = json.loads(r.stdout)
-    assert data["streamed"] and data["rows"] > 30_000
+    files = sorted(folder.glob("*.parquet"))  # kept with --folder
+    assert files
+    # the rows and bytes reported are those generated: 0.005 GB of 17 float64 columns
+    written = sum(pq.ParquetFile(f).metadata.num_rows for f in files)
+    assert written == int(0.005e9 / (8 * 17))
+    assert data["rows"] == written  # the child trained on every row (train + validation)
+    assert data["bytes"] == sum(f.stat().st_size for f in files)
+    assert data["streamed"] and data["budget_mb"] == 1  # a 1 MB budget forces streaming
     assert data["peak_rss_mb"] > 0 and data["baseline_rss_mb"] > 0
-    assert list((tmp_path / "data").glob("*.parquet"))  # kept with --folder

@@ -34,6 +34,7 @@ def compare(tmp_path, *overrides, losses=("huber", "mse", "l1"), deltas=()):
     )
 
 
+@pytest.mark.slow
 def test_same_start_same_order_and_robust_losses_win(tmp_path):
     result = compare(tmp_path)
     rows = {r["label"]: r for r in result.rows}
@@ -46,6 +47,7 @@ def test_same_start_same_order_and_robust_losses_win(tmp_path):
     assert "recovered the true coefficients best" in result.verdict
 
 
+@pytest.mark.slow
 def test_layout_and_tensorboard_sees_one_run_per_loss(tmp_path):
     result = compare(tmp_path, deltas=(0.5, 2))
     parent = result.parent
@@ -74,6 +76,7 @@ def test_layout_and_tensorboard_sees_one_run_per_loss(tmp_path):
         assert {"loss", "delta"} <= {h.name for h in infos if h.differs}
 
 
+@pytest.mark.slow
 def test_trained_to_convergence_the_gap_is_zero(tmp_path):
     result = compare(
         tmp_path, "optimizer.name=lbfgs", "optimizer.lr=1", "dtype=float64", "train.epochs=100"

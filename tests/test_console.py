@@ -3,9 +3,18 @@ into a plain console and read back."""
 
 from __future__ import annotations
 
+import io
 import math
 
-from huberfit.sinks import plain_console, render_comparison, render_runs, render_summary
+from rich.console import Console
+
+from huberfit.sinks import render_comparison, render_runs, render_summary
+
+
+def plain_console(width: int = 100) -> Console:
+    """A colourless console writing into a string buffer."""
+    return Console(width=width, file=io.StringIO(), color_system=None)
+
 
 METRICS = {
     "status": "completed", "loss": "huber", "delta": 1.0, "optimizer": "sgd", "epochs": 3,

@@ -15,7 +15,10 @@ import numpy as np
 import pytest
 from conftest import assert_same_optimum, train_rows
 
-pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="torchrun with gloo on POSIX")
+pytestmark = [
+    pytest.mark.skipif(sys.platform == "win32", reason="torchrun with gloo on POSIX"),
+    pytest.mark.slow,  # every test starts torchrun and its worker processes: seconds each
+]
 
 COMMON = ["dtype=float64", "train.batch_size=50", "train.grad_accum_steps=3",
           "optimizer.momentum=0.9", "output.images=false", "data.n_samples=1000"]  # fmt: skip
@@ -98,17 +101,17 @@ def test_killing_one_rank_stops_the_others(tmp_path):
     )
     try:
         deadline = time.time() + 60
-        workers: list[int] = []
         while time.time() < deadline and not list((tmp_path / "k").glob("*/config.yaml")):
             time.sleep(0.2)
         workers = _children(p.pid)
         assert len(workers) == 2, workers
         time.sleep(1.0)
         os.kill(workers[1], signal.SIGKILL)
-        start = time.time()
-        p.wait(timeout=60)
+        # the job ends by itself (HUBERFIT_DIST_TIMEOUT=20 bounds the surviving rank's
+        # wait): a hang fails here as TimeoutExpired; how long it took is not asserted
+        _, stderr = p.communicate(timeout=90)
         assert p.returncode != 0
-        assert time.time() - start < 30
+        assert "SIGKILL" in stderr, stderr[-2000:]  # torchrun names the rank that died
         for pid in workers:  # no worker is left waiting
             with pytest.raises(ProcessLookupError):
                 os.kill(pid, 0)

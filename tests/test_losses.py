@@ -174,11 +174,17 @@ def _mask_huber_with_bug(pred, true, delta):
 
 def test_the_masking_bug_is_wrong_and_not_in_the_registry():
     pred, true = _inputs(torch.float64, 1.0)
+    huber = build_loss("huber", 1.0)
     buggy = _mask_huber_with_bug(pred, true, 1.0)
     assert not torch.isclose(buggy, F.huber_loss(pred, true), rtol=1e-3)
-    # with large residuals it runs off to -inf, then nan once inf meets 0 * inf
-    big = _mask_huber_with_bug(torch.zeros(4, 1), torch.tensor([[1e200], [0.0], [2.0], [3.0]]), 1.0)
-    assert not math.isfinite(float(big))
+    assert not torch.isclose(huber(pred, true), buggy, rtol=1e-3)  # the registry's is not it
+    # with large residuals the bug runs off to -inf, then nan once inf meets 0 * inf; the
+    # registry's Huber stays finite and equal to torch's
+    zeros = torch.zeros(4, 1, dtype=torch.float64)
+    big = torch.tensor([[1e200], [0.0], [2.0], [3.0]], dtype=torch.float64)
+    assert not math.isfinite(float(_mask_huber_with_bug(zeros, big, 1.0)))
+    assert math.isfinite(float(huber(zeros, big)))
+    torch.testing.assert_close(huber(zeros, big), F.huber_loss(zeros, big), rtol=1e-15, atol=0)
     for name in LOSSES:
         loss = build_loss(name, 1.0)
         torch.testing.assert_close(

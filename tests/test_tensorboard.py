@@ -106,7 +106,9 @@ def test_hparams_in_the_run_folder_with_the_same_keys_for_every_loss(tmp_path):
 
 def test_tensorboard_off_writes_no_events(tmp_path):
     out = train(tmp_path, "output.tensorboard=false")
-    assert not list(out.run_dir.glob("events.out.tfevents.*"))
+    assert (out.run_dir / "metrics.json").is_file()  # the run was written, events aside
+    assert not list(out.run_dir.rglob("events.out.tfevents.*"))
+    assert not [p for p in out.run_dir.iterdir() if p.is_dir()]  # no val/ or truth/ side runs
 
 
 def _free_port() -> int:
@@ -122,6 +124,7 @@ def _get(url: str, body: dict | None = None):
         return json.loads(resp.read())
 
 
+@pytest.mark.slow
 def test_a_real_tensorboard_server_serves_each_run(tmp_path):
     runs = tmp_path / "runs"
     a = train(runs, "name=alpha", "data.n_features=1")

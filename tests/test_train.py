@@ -8,7 +8,6 @@ import math
 import signal
 import subprocess
 import sys
-import threading
 import time
 
 import numpy as np
@@ -54,6 +53,7 @@ def lbfgs(*more):
 # ----------------------------------------------------------------------------- oracles
 
 
+@pytest.mark.slow
 def test_mse_reaches_lstsq(tmp_path):
     out = run(tmp_path, *lbfgs("loss.name=mse", "data.outlier_fraction=0", "data.val_fraction=0"))
     from huberfit.data.synthetic import make_synthetic
@@ -215,15 +215,9 @@ def test_identical_configs_identical_metrics(tmp_path):
 
 def test_resume_is_bit_identical(tmp_path):
     straight = run(tmp_path, "train.epochs=6", "optimizer.momentum=0.9", "scheduler.name=cosine")
-
-    class StopAfter:
-        def __init__(self, event):
-            self.event = event
-
     cfg = load_config(None, ["train.epochs=6", "optimizer.momentum=0.9", "scheduler.name=cosine",
                              "output.tensorboard=false", "output.images=false"])  # fmt: skip
     console = quiet()
-    stopper = threading.Event()
     original_epoch = console.epoch
 
     def epoch_then_stop(report):
@@ -236,7 +230,6 @@ def test_resume_is_bit_identical(tmp_path):
     console.epoch = epoch_then_stop
     first = train_run(cfg, console, runs_dir=str(tmp_path / "b"))
     assert first.metrics["status"] == "interrupted" and first.metrics["epochs"] == 2
-    assert not stopper.is_set()
     from huberfit.artifacts import load_resume
 
     cfg2, ckpt = load_resume(str(first.run_dir), [])
@@ -275,6 +268,7 @@ def test_huber_and_l1_do_not_diverge_where_mse_does(tmp_path):
         assert m["status"] == "completed"
 
 
+@pytest.mark.slow
 def test_sigint_saves_and_exits_130(tmp_path):
     cmd = [sys.executable, "-m", "huberfit", "train", "--runs-dir", str(tmp_path),
            "train.epochs=100000", "data.n_samples=200", "output.images=false"]  # fmt: skip
@@ -291,6 +285,24 @@ def test_sigint_saves_and_exits_130(tmp_path):
     assert metrics["status"] == "interrupted" and metrics["epochs"] >= 3
     assert (run_dir / "checkpoint.pt").exists()
     assert f"huberfit train --resume {run_dir}" in stderr
+
+
+@pytest.mark.slow
+def test_the_cli_exits_normally_so_atexit_handlers_run(tmp_path):
+    """Profilers and coverage write their data from atexit handlers: a training command
+    must end with the interpreter's normal exit, not ``os._exit``."""
+    marker = tmp_path / "atexit-ran"
+    code = (
+        "import atexit, sys\n"
+        f"atexit.register(lambda: open({str(marker)!r}, 'w').write('yes'))\n"
+        f"sys.argv = ['huberfit', 'train', '--quiet', '--runs-dir', {str(tmp_path)!r},\n"
+        "            'train.epochs=1', 'data.n_samples=100', 'output.images=false']\n"
+        "from huberfit.cli import main\n"
+        "main()\n"
+    )
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    assert marker.read_text() == "yes"
 
 
 def test_explicit_unavailable_device_names_the_available_ones(runner, tmp_path):
@@ -313,10 +325,13 @@ def test_mps_with_float64_is_refused(runner):
 def test_auto_device_is_said(runner, tmp_path):
     r = runner.invoke(app, ["train", "--runs-dir", str(tmp_path), "train.epochs=1",
                             "output.images=false"])  # fmt: skip
-    assert r.exit_code == 0
-    assert "device: cpu (auto)" in r.output or torch.cuda.is_available()
+    assert r.exit_code == 0, r.output
+    from huberfit.device import resolve_device
+
+    assert f"device: {resolve_device('auto')} (auto)" in r.output
 
 
+@pytest.mark.slow
 def test_json_prints_only_metrics(tmp_path):
     p = subprocess.run([sys.executable, "-m", "huberfit", "train", "--json", "--runs-dir",
                         str(tmp_path), "train.epochs=2", "output.images=false"],

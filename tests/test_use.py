@@ -111,6 +111,7 @@ def test_eval_recomputed_independently(trained, tmp_path, runner):
     )
     assert scores["objective"] == pytest.approx(np.mean(huber), rel=1e-9)
     r = runner.invoke(app, ["eval", "--run", str(run_dir), "--input", str(tmp_path / "test.csv")])
+    assert r.exit_code == 0, r.output
     assert "R^2" in r.output and "objective: huber (delta 1)" in r.output
     test.drop(columns=["target"]).to_csv(tmp_path / "nolabel.csv", index=False)
     r = runner.invoke(
@@ -149,6 +150,7 @@ def test_incompatible_checkpoint_format(trained, tmp_path, runner):
     assert r.exit_code == 1 and "format 99 is not supported" in r.output
 
 
+@pytest.mark.slow
 def test_runs_lists_every_kind_of_folder(tmp_path, runner):
     runs = tmp_path / "runs"
     base = ["--runs-dir", str(runs), "--quiet", "output.images=false", "data.n_samples=200"]
