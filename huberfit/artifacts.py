@@ -121,10 +121,12 @@ def load_checkpoint(run_dir: str | Path) -> dict[str, Any]:
 
 def checkpoint_payload(
     config: Any, data: Any, model: Any, optimizer: Any, scheduler: Any, state: Any,
-    world_size: int = 1,
+    world_size: int = 1, loss: Any = None,
 ) -> dict[str, Any]:  # fmt: skip
     """Everything ``--resume`` needs to continue bit-exactly, and ``predict`` to predict:
-    the config, model, optimizer, scheduler, loop state, RNG, features and scaling."""
+    the config (as given), model, optimizer, scheduler, loop state, RNG, features, scaling
+    and the loss as trained (``loss``: its resolved settings, e.g. the number that
+    ``loss.delta: auto`` became; default: the config's)."""
     import torch
 
     from huberfit import __version__
@@ -139,7 +141,7 @@ def checkpoint_payload(
         "feature_names": list(data.feature_names),
         "scaling": data.scaling.as_dict(),
         "target": config.data.target,
-        "loss": {"name": config.loss.name, "delta": config.loss.delta},
+        "loss": (loss or config.loss).model_dump(mode="json"),
         "rng": {"torch": torch.get_rng_state()},
         "world_size": world_size,
     }

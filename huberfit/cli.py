@@ -216,8 +216,14 @@ def _report(metrics, run_dir, quiet: bool, json_out: bool) -> None:
 
 def _exit_for(metrics, run_dir, main: bool) -> None:
     from huberfit.errors import DivergedError
+    from rich.text import Text
+
+    from huberfit.metrics import gap_warning
 
     status = metrics["status"]
+    warning = gap_warning(metrics)
+    if warning and main:
+        err.print(Text(warning, style="yellow"), soft_wrap=False)
     if status == "diverged":
         raise DivergedError(f"{metrics['message']} (run folder kept: {run_dir})")
     if status == "interrupted":

@@ -85,15 +85,28 @@ class ModelConfig(_Section):
 
 class LossConfig(_Section):
     # Keep in step with losses.LOSSES (a test checks): the schema must stay torch-free.
-    name: Literal["huber", "mse", "l1"] = Field("huber", description="huber | mse | l1")
-    delta: PositiveFloat = Field(1.0, description="Huber threshold in target units")
+    name: Literal["huber", "mse", "l1", "quantile"] = Field(
+        "huber", description="huber | mse | l1 | quantile"
+    )
+    delta: PositiveFloat | Literal["auto"] = Field(
+        1.0,
+        description="Huber threshold in target units, or auto: 1.345 x the residuals' robust "
+        "scale (normalised MAD of a least-squares fit, as statsmodels' RLM with HuberT)",
+    )
+    quantile: float = Field(
+        0.5, gt=0, lt=1, description="quantile loss only: tau, the share of rows below the fit"
+    )
 
-    @field_validator("delta")
+    @field_validator("delta", mode="before")
     @classmethod
-    def _finite_delta(cls, delta: float) -> float:
-        if delta != delta or delta == float("inf"):
-            raise ValueError("must be a finite number")
-        return delta
+    def _number_or_auto(cls, delta: Any) -> float | str:
+        if delta == "auto":
+            return delta
+        if isinstance(delta, bool) or not isinstance(delta, int | float):
+            raise ValueError("must be a number > 0 or auto")
+        if not (0 < delta < float("inf")):
+            raise ValueError("must be a finite number > 0 or auto")
+        return float(delta)
 
 
 class OptimizerConfig(_Section):

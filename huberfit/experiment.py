@@ -21,7 +21,7 @@ from huberfit.config import Config, validate_config
 from huberfit.data.dataset import Dataset, load_data, make_batches
 from huberfit.device import resolve_device
 from huberfit.errors import ConfigError
-from huberfit.losses import LOSSES, optimality_gap
+from huberfit.losses import LOSSES
 from huberfit.metrics import (
     HPARAMS_FIRST,
     Scorer,
@@ -31,6 +31,7 @@ from huberfit.metrics import (
     final_metrics,
     hparams_of,
     original_units,
+    resolve_delta,
     run_title,
     true_params,
 )
@@ -87,11 +88,13 @@ def train_run(
     device, data = prepared.device, prepared.data
     for note in data.notes:
         console.note(f"warning: {note}")
+    saved = config  # as given: config.yaml and the checkpoint keep loss.delta: auto
+    config, scale = resolve_delta(config, data)
     # 2. model and loss (in standardized units), optimizer, scheduler, batches
     spec = LOSSES[config.loss.name]
     model = build_model(len(data.feature_names), config.model.bias, config.seed,
                         data.X_train.dtype).to(device)  # fmt: skip
-    loss_fn = spec.build(config.loss.delta / data.scaling.y_scale)
+    loss_fn = spec.build(config.loss.delta / data.scaling.y_scale, config.loss.quantile)
     optimizer = build_optimizer(config, model)
     scheduler = build_scheduler(config, optimizer)
     weights, bias = read_coefficients(model)  # before any restore: a function of the seed
@@ -103,7 +106,7 @@ def train_run(
     scorer = Scorer(loss_fn, data, spec.power, dist)
     figures = lambda: pictures(config, data, scorer.params(model))  # noqa: E731
     # 3. the run folder and its sinks, closed on every path out
-    with open_run(config, console, run_dir=run_dir, runs_dir=runs_dir, dist=dist,
+    with open_run(saved, console, run_dir=run_dir, runs_dir=runs_dir, dist=dist,
                   truth=true_params(data), figures=figures, truth_run=truth_run) as run:  # fmt: skip
         # 4. train until done, stopped early, diverged or interrupted
         console.start(state.epoch, steps)
@@ -112,11 +115,11 @@ def train_run(
                          scorer.evaluator(val), scheduler=scheduler, state=state, stop=stop,
                          reducer=dist)  # fmt: skip
         # 5. final metrics in original units, checkpoint, pictures
-        metrics = final_metrics(config, data, device, model, result, scorer, train, val)
+        metrics = final_metrics(config, data, device, model, result, scorer, train, val, scale)
         metrics.update(run_dir=str(run.dir), started=started, initial_weights=[*weights, bias],
                        batch_order_digest=train.order_digest(), world_size=world)  # fmt: skip
-        run.save(checkpoint_payload(config, data, model, optimizer, scheduler, result.state,
-                                    world), metrics)  # fmt: skip
+        run.save(checkpoint_payload(saved, data, model, optimizer, scheduler, result.state,
+                                    world, config.loss), metrics)  # fmt: skip
         if run.main and config.output.images and result.status != "diverged":
             run.pictures(figures())
         run.finish(metrics, hparams_of(config, data), ticked)
@@ -162,8 +165,10 @@ def pictures(config: Config, data: Dataset, params: dict[str, float]) -> list[tu
 
 # ----------------------------------------------------------------------------- comparison
 
-COMPARE_DEFAULTS = [
+COMPARE_DEFAULTS = [  # the built-in comparison: each loss trained to its certified optimum
     "name=compare",
+    "dtype=float64",
+    "optimizer.name=lbfgs",
     "data.n_samples=1000",
     "data.n_features=1",
     "data.true_weights=[2.0]",
@@ -195,7 +200,6 @@ def compare_losses(
     data = prepared.data
     prefix = "" if config.name.startswith("compare") else "compare-"  # not compare-compare-
     parent = make_run_dir(runs_dir or config.output.runs_dir, config.name, prefix=prefix)
-    X, y = original_units(data, data.X_train, data.y_train)
     several_deltas = len({d for _, n, d in labels if LOSSES[n].uses_delta}) > 1
     differ = ["loss"] + ["delta"] * several_deltas
     ticked = differ + [k for k in HPARAMS_FIRST if k not in differ][: 5 - len(differ)]
@@ -203,17 +207,13 @@ def compare_losses(
     for label, name, delta in labels:
         console.note(f"{label}: training")
         raw = config.model_dump(mode="json")
-        raw["loss"], raw["name"] = {"name": name, "delta": delta}, label
+        raw["loss"], raw["name"] = {**raw["loss"], "name": name, "delta": delta}, label
         child = validate_config(raw, f"compare-losses {label}")
         (parent / label).mkdir()
         outcome = train_run(child, console, prepared=prepared, run_dir=parent / label,
                             ticked=ticked, truth_run=False)  # fmt: skip
         last_step = max(last_step, outcome.result.state.step)
-        m = outcome.metrics
-        gap = optimality_gap(name, X, y, list(m["coefficients"].values()), m["intercept"],
-                             delta, config.model.bias)  # fmt: skip
-        rows.append(comparison_row(label, m, gap))
-        write_json(parent / label / "metrics.json", {**m, "optimality": gap})
+        rows.append(comparison_row(label, outcome.metrics))
     truth = true_params(data)
     if truth is not None and config.output.tensorboard:  # one truth beside every run
         from huberfit.sinks import write_truth_run

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from huberfit import reference
@@ -187,7 +188,20 @@ class MSELoss(nn.MSELoss):
 
 class L1Loss(nn.L1Loss):
     """``nn.L1Loss`` (mean of ``|r|``) with the fused path's gradient ``sign(r)``
-    (0 at ``r == 0``, as torch's)."""
+    (0 at ``r == 0``, as torch's).
+
+    ``smoothing`` (0 by default) rounds the kink for full-batch L-BFGS, which assumes a
+    smooth objective: ``|r|`` becomes ``r**2 / (2 mu)`` within ``mu`` of 0 and
+    ``|r| - mu/2`` beyond (Huber's loss over ``mu``). ``train.fit`` lowers it step by step
+    and then solves the exact vertex; see ``train._Run.lbfgs_epoch``.
+    """
+
+    smoothing = 0.0
+
+    def forward(self, y_pred: torch.Tensor, y_true: torch.Tensor) -> torch.Tensor:
+        if self.smoothing > 0:
+            return F.huber_loss(y_pred, y_true, delta=self.smoothing) / self.smoothing
+        return super().forward(y_pred, y_true)
 
     def sum_and_grad(
         self, y_pred: torch.Tensor, y_true: torch.Tensor
@@ -195,6 +209,51 @@ class L1Loss(nn.L1Loss):
         """Sum of ``|r|`` and its gradient ``sign(r)`` (1-D inputs; overwrites ``y_pred``)."""
         d = y_pred.sub_(y_true)
         return d.abs().sum(), d.sign_()
+
+
+class QuantileLoss(nn.Module):
+    r"""Pinball (quantile) loss of the residual ``r = y_true - y_pred``, averaged:
+
+    .. math:: \rho_\tau(r) = \max(\tau r, (\tau - 1) r) = |r|/2 + (\tau - 1/2)\,r
+
+    Its minimizer puts a share ``quantile`` (tau) of the rows below the fitted line: the
+    ``tau``-th conditional quantile (scikit-learn's ``QuantileRegressor``). ``tau = 0.5``
+    is half of L1. ``smoothing`` rounds the kink of ``|r|`` as ``L1Loss`` does.
+
+    Args:
+        quantile: tau, in (0, 1).
+    """
+
+    smoothing = 0.0
+
+    def __init__(self, quantile: float = 0.5) -> None:
+        super().__init__()
+        quantile = float(quantile)
+        if not 0 < quantile < 1:
+            raise ValueError(f"QuantileLoss quantile must be in (0, 1); got {quantile}")
+        self.quantile = quantile
+
+    def forward(self, y_pred: torch.Tensor, y_true: torch.Tensor) -> torch.Tensor:
+        r = y_true - y_pred
+        if self.smoothing > 0:
+            mu = self.smoothing
+            return (
+                0.5 * F.huber_loss(y_pred, y_true, delta=mu) / mu + (self.quantile - 0.5) * r.mean()
+            )
+        return torch.maximum(self.quantile * r, (self.quantile - 1) * r).mean()
+
+    def extra_repr(self) -> str:
+        return f"quantile={self.quantile}"
+
+    def sum_and_grad(
+        self, y_pred: torch.Tensor, y_true: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Summed pinball loss and its gradient w.r.t. ``y_pred``: ``1 - tau`` where
+        ``d = y_pred - y_true > 0``, ``-tau`` where it is < 0, and at 0 their mean
+        ``1/2 - tau`` (as autograd gives for ``forward``; 1-D inputs; overwrites ``y_pred``)."""
+        d = y_pred.sub_(y_true)
+        total = torch.where(d > 0, (1 - self.quantile) * d, -self.quantile * d).sum()
+        return total, d.sign_().mul_(0.5).add_(0.5 - self.quantile)
 
 
 # ----------------------------------------------------------------------------- registry
@@ -205,36 +264,44 @@ class LossSpec:
     """A loss, declared once: everything the rest of huberfit asks of it.
 
     Args:
-        build: ``build(delta) -> nn.Module``, the training loss (a mean over rows).
+        build: ``build(delta, quantile) -> nn.Module``, the training loss (a mean over rows).
         power: how the loss scales with the target's units (2 for squared losses, 1 for
             L1): training on a target divided by ``s`` multiplies the loss by ``s**-power``,
             which is how losses are reported back in original units.
         uses_delta: whether ``loss.delta`` means anything to it.
-        objective: ``objective(r, delta) -> float``, the mean loss of float64 residuals
-            (``huberfit eval``, optimality gaps, the bench).
-        reference: ``reference(A, y, delta) -> beta``, the exact minimizer of ``objective``
-            over the design ``A`` (intercept column last); None when there is none.
+        uses_quantile: whether ``loss.quantile`` does.
+        objective: ``objective(r, delta, quantile) -> float``, the mean loss of float64
+            residuals (``huberfit eval``, optimality gaps, the bench).
+        reference: ``reference(A, y, delta, quantile) -> reference.Optimum``, the certified
+            minimizer of ``objective`` over the design ``A`` (intercept column last); None
+            when there is none (then no gap is reported and compare-losses refuses it).
     """
 
-    build: Callable[[float], nn.Module]
+    build: Callable[[float, float], nn.Module]
     power: int
     uses_delta: bool
     objective: Callable[..., float]
-    reference: Callable[..., np.ndarray] | None = None
+    reference: Callable[..., reference.Optimum] | None = None
+    uses_quantile: bool = False
 
 
 LOSSES: dict[str, LossSpec] = {
     "huber": LossSpec(
-        HuberLoss, power=2, uses_delta=True,
+        lambda delta, quantile: HuberLoss(delta), power=2, uses_delta=True,
         objective=reference.huber_objective, reference=reference.solve_huber,
     ),
     "mse": LossSpec(
-        lambda delta: MSELoss(), power=2, uses_delta=False,
+        lambda delta, quantile: MSELoss(), power=2, uses_delta=False,
         objective=reference.mse_objective, reference=reference.solve_mse,
     ),
     "l1": LossSpec(
-        lambda delta: L1Loss(), power=1, uses_delta=False,
+        lambda delta, quantile: L1Loss(), power=1, uses_delta=False,
         objective=reference.l1_objective, reference=reference.solve_l1,
+    ),
+    "quantile": LossSpec(
+        lambda delta, quantile: QuantileLoss(quantile), power=1, uses_delta=False,
+        objective=reference.quantile_objective, reference=reference.solve_quantile,
+        uses_quantile=True,
     ),
 }  # fmt: skip
 
@@ -246,29 +313,48 @@ def loss_spec(name: str) -> LossSpec:
     return LOSSES[name]
 
 
-def build_loss(name: str, delta: float = 1.0) -> nn.Module:
-    """Build the loss ``name`` (``delta`` is used only by losses that declare it)."""
-    return loss_spec(name).build(delta)
+def build_loss(name: str, delta: float = 1.0, quantile: float = 0.5) -> nn.Module:
+    """Build the loss ``name`` (``delta``/``quantile`` used only by losses that declare them)."""
+    return loss_spec(name).build(delta, quantile)
 
 
-def optimality_gap(
-    name: str, X: np.ndarray, y: np.ndarray, w, b: float, delta: float = 1.0, bias: bool = True
-) -> dict:
-    """Objective of ``(w, b)`` on ``X (n, f)``, ``y (n,)`` (original units), of the exact
-    optimum, and the gap (absolute and relative). A loss without a reference solver is an
-    error here, never silently compared with another loss's optimum."""
+def optimum_of(
+    name: str, X: np.ndarray, y: np.ndarray, delta: float = 1.0, quantile: float = 0.5,
+    bias: bool = True,
+) -> tuple[np.ndarray, float, reference.Optimum]:  # fmt: skip
+    """The certified optimum of loss ``name`` on ``X (n, f)``, ``y (n,)`` (original units):
+    ``(weights, intercept, Optimum)``. A loss without a reference solver is an error here,
+    never silently compared with another loss's optimum."""
     spec = loss_spec(name)
     if spec.reference is None:
         raise ConfigError(f"loss {name!r} has no exact reference solver, so no optimality gap")
-    beta = spec.reference(reference.design(X, bias), y, delta)
-    ref_w, ref_b = (beta[:-1], float(beta[-1])) if bias else (beta, 0.0)
-    f = spec.objective(y - X @ np.asarray(w) - b, delta)
-    f_star = spec.objective(y - X @ ref_w - ref_b, delta)
+    opt = spec.reference(reference.design(X, bias), y, delta, quantile)
+    if bias:
+        return opt.beta[:-1], float(opt.beta[-1]), opt
+    return opt.beta, 0.0, opt
+
+
+def optimality_gap(
+    name: str, X: np.ndarray, y: np.ndarray, w, b: float, delta: float = 1.0,
+    quantile: float = 0.5, bias: bool = True,
+) -> dict:  # fmt: skip
+    """Objective of ``(w, b)`` on ``X (n, f)``, ``y (n,)`` (original units), of the certified
+    optimum, and the gap (absolute and relative)."""
+    spec = loss_spec(name)
+    ref_w, ref_b, opt = optimum_of(name, X, y, delta, quantile, bias)
+    f = spec.objective(y - X @ np.asarray(w) - b, delta, quantile)
+    f_star = opt.objective
     return {
         "objective": f,
         "optimum": f_star,
         "gap": f - f_star,
-        "relative_gap": (f - f_star) / f_star if f_star > 0 else f - f_star,
+        "relative_gap": relative_gap(f, f_star),
         "optimum_coefficients": [float(v) for v in ref_w],
         "optimum_intercept": ref_b,
+        "certificate": opt.certificate,
     }
+
+
+def relative_gap(f: float, f_star: float) -> float:
+    """``(f - f*) / f*``; the absolute gap when the optimum is 0 (a perfect fit)."""
+    return (f - f_star) / f_star if f_star > 0 else f - f_star

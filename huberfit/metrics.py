@@ -21,12 +21,18 @@ from huberfit.config import Config
 from huberfit.data.batches import BatchSource
 from huberfit.data.dataset import Dataset
 from huberfit.data.scaling import Moments
-from huberfit.losses import LOSSES
+from huberfit.errors import ConfigError
+from huberfit.losses import LOSSES, optimum_of, relative_gap
 from huberfit.model import read_coefficients
+from huberfit.reference import HUBER_T, NotCertified, design, robust_scale
 from huberfit.sinks import coefficient_error
 
 RESIDUAL_ROWS = 100_000  # residuals kept for histograms, per scoring
 HPARAMS_FIRST = ["loss", "delta", "optimizer", "lr", "batch_size"]  # see hparams_of
+# A run whose objective is more than this above its loss's certified optimum (relative)
+# says it has not converged. float32 L-BFGS ends ~1e-7 above it, float64 ~1e-14; SGD
+# with default settings 1e-4..1e-2.
+GAP_WARNING = 1e-5
 
 
 class Scorer:
@@ -123,12 +129,74 @@ def original_units(
     return Xo, yo
 
 
+def resolve_delta(config: Config, data: Dataset) -> tuple[Config, float | None]:
+    """``loss.delta: auto``: the config with delta = 1.345 x the robust scale of a
+    least-squares fit's residuals on the training rows (streamed: on the sample of them
+    kept in memory), and that scale; any other config as it is, and None."""
+    if config.loss.delta != "auto":
+        return config, None
+    X, y = original_units(data, data.X_train, data.y_train)
+    scale = robust_scale(X, y, config.model.bias)
+    if not scale > 0:
+        raise ConfigError(
+            "loss.delta: auto: the residuals' robust scale is 0 (over half the training rows "
+            "lie exactly on a least-squares fit); give loss.delta a number"
+        )
+    loss = config.loss.model_copy(update={"delta": HUBER_T * scale})
+    return config.model_copy(update={"loss": loss}), scale
+
+
+def optimality(config: Config, data: Dataset, params: dict[str, float]) -> dict[str, Any]:
+    """The certified optimum of the run's loss on its training rows, and the run's gap to
+    it, as ``metrics.json`` holds them; and standard errors of the run's coefficients.
+    Streamed data has no reference (it would need every row in memory)."""
+    if data.stream is not None:
+        return {"optimum": None, "gap": None, "converged": None,
+                "optimum_note": "streamed data: no reference optimum (it needs every row in memory)"}  # fmt: skip
+    from huberfit.inference import standard_errors
+
+    c, spec = config.loss, LOSSES[config.loss.name]
+    X, y = original_units(data, data.X_train, data.y_train)
+    w, b = np.array([params[k] for k in data.feature_names]), params["intercept"]
+    out: dict[str, Any] = {"optimum": None, "gap": None, "converged": None}
+    try:
+        ref_w, ref_b, opt = optimum_of(c.name, X, y, c.delta, c.quantile, config.model.bias)
+    except NotCertified as exc:
+        out["optimum_note"] = f"no certified optimum: {exc}"
+    else:
+        f = spec.objective(y - X @ w - b, c.delta, c.quantile)
+        rel = relative_gap(f, opt.objective)
+        out["optimum"] = {"objective": opt.objective,
+                          "coefficients": dict(zip(data.feature_names, map(float, ref_w), strict=True)),
+                          "intercept": ref_b, "certificate": opt.certificate}  # fmt: skip
+        out["gap"] = {"absolute": f - opt.objective, "relative": rel, "threshold": GAP_WARNING}
+        out["converged"] = bool(rel <= GAP_WARNING)
+    beta = np.r_[w, b] if config.model.bias else w
+    se = standard_errors(c.name, design(X, config.model.bias), y, beta, data.feature_names,
+                         c.delta, c.quantile, config.model.bias)  # fmt: skip
+    out.update(se or {"standard_errors": None, "intervals95": None})
+    return out
+
+
+def gap_warning(metrics: dict[str, Any]) -> str | None:
+    """The one line a run that has not reached its loss's optimum ends with."""
+    gap = metrics.get("gap")
+    if not gap or metrics.get("converged") is not False or metrics["status"] == "diverged":
+        return None
+    return (
+        f"warning: not converged: the training objective is {gap['relative']:.3g} above its "
+        f"loss's certified optimum (relative; threshold {GAP_WARNING:g}); train longer "
+        "(train.epochs), tune optimizer.lr, or use optimizer.name=lbfgs with dtype=float64"
+    )
+
+
 def final_metrics(
     config: Config, data: Dataset, device: torch.device, model: nn.Linear, result: Any,
-    scorer: Scorer, train: BatchSource, val: BatchSource | None,
+    scorer: Scorer, train: BatchSource, val: BatchSource | None, scale: float | None = None,
 ) -> dict[str, Any]:  # fmt: skip
     """``metrics.json``: the contract other tools read (see the README)."""
     params = scorer.params(model)
+    optimal = optimality(config, data, params)
     intercept = params.pop("intercept")
     train_scores, _ = scorer.score(model, train, "train")
     val_scores = scorer.score(model, val)[0] if val is not None else None
@@ -139,6 +207,8 @@ def final_metrics(
         "message": result.message or None,
         "loss": config.loss.name,
         "delta": config.loss.delta if LOSSES[config.loss.name].uses_delta else None,
+        "scale": scale,
+        "quantile": config.loss.quantile if LOSSES[config.loss.name].uses_quantile else None,
         "optimizer": config.optimizer.name,
         "lr": config.optimizer.lr,
         "device": str(device),
@@ -158,6 +228,7 @@ def final_metrics(
         "true_coefficients": None,
         "true_intercept": None,
         "coefficient_error": None,
+        **optimal,
         "best_epoch": result.state.best_epoch if result.state.best_epoch > 0 else None,
         "train": train_scores,
         "val": val_scores,
@@ -212,23 +283,26 @@ def run_title(config: Config) -> str:
 # ----------------------------------------------------------------------------- comparison
 
 
-def comparison_row(label: str, m: dict[str, Any], gap: dict[str, Any]) -> dict[str, Any]:
+def comparison_row(label: str, m: dict[str, Any]) -> dict[str, Any]:
     """One run's line in ``comparison.json`` and the comparison table."""
-    val = m.get("val") or {}
+    val, gap, opt = m.get("val") or {}, m.get("gap") or {}, m.get("optimum") or {}
     return {
         "label": label,
         "loss": m["loss"],
         "delta": m["delta"],
+        "quantile": m.get("quantile"),
         "status": m["status"],
-        "train_objective": gap["objective"],
-        "optimum": gap["optimum"],
-        "optimality_gap": gap["gap"],
-        "relative_gap": gap["relative_gap"],
+        "train_objective": m["train"]["loss"],
+        "optimum": opt.get("objective"),
+        "optimality_gap": gap.get("absolute"),
+        "relative_gap": gap.get("relative"),
+        "converged": m.get("converged"),
         "val_mse": val.get("mse"),
         "val_mae": val.get("mae"),
         "coefficient_error": m.get("coefficient_error"),
         "coefficients": m["coefficients"],
         "intercept": m["intercept"],
+        "standard_errors": m.get("standard_errors"),
         "epochs": m["epochs"],
         "seconds": m["seconds"],
         "initial_weights": m["initial_weights"],
@@ -238,16 +312,53 @@ def comparison_row(label: str, m: dict[str, Any], gap: dict[str, Any]) -> dict[s
 
 
 def comparison_verdict(rows: list[dict[str, Any]], synthetic: bool) -> str:
+    """A winner only when every run reached its own loss's optimum: otherwise the table
+    compares how far each optimizer got, not the losses."""
+    short = [r for r in rows if not r["converged"]]
+    if short:
+        gaps = ", ".join(f"{r['label']} ({_gap_text(r)})" for r in short)
+        return (
+            f"no verdict: {gaps} did not reach its loss's optimum (threshold {GAP_WARNING:g}), "
+            "so the table compares optimizers as much as losses; rerun with "
+            "optimizer.name=lbfgs dtype=float64 (or more epochs)"
+        )
     if synthetic:
         best = min(rows, key=lambda r: r["coefficient_error"])
-        return (
+        verdict = (
             f"{best['label']} recovered the true coefficients best "
             f"(coefficient error {best['coefficient_error']:.4g})"
         )
-    if all(r["val_mae"] is not None for r in rows):
+    elif all(r["val_mae"] is not None for r in rows):
         best = min(rows, key=lambda r: r["val_mae"])
-        return f"{best['label']} had the lowest validation MAE ({best['val_mae']:.4g})"
-    return (
-        "no validation set (data.val_fraction: 0): no winner by validation error; compare "
-        "each loss's objective and optimality gap (comparison table, comparison.json)"
+        verdict = f"{best['label']} had the lowest validation MAE ({best['val_mae']:.4g})"
+    else:
+        return (
+            "every run reached its optimum; no validation set (data.val_fraction: 0), so no "
+            "winner by validation error: compare the coefficients (comparison.json)"
+        )
+    alike = [r["label"] for r in rows if r is not best and _within_uncertainty(best, r)]
+    if alike:
+        verdict += (
+            f"; but its coefficients differ from {', '.join(alike)}'s by less than their "
+            "95% uncertainty"
+        )
+    return verdict
+
+
+def _gap_text(row: dict[str, Any]) -> str:
+    if row["relative_gap"] is None:
+        return "no certified optimum"
+    return f"relative gap {row['relative_gap']:.2g}"
+
+
+def _within_uncertainty(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """Whether every coefficient of two fits differs by less than 1.96 times the standard
+    error of the difference (the two treated as independent)."""
+    sa, sb = a.get("standard_errors"), b.get("standard_errors")
+    if not sa or not sb:
+        return False
+    ca = {**a["coefficients"], "intercept": a["intercept"]}
+    cb = {**b["coefficients"], "intercept": b["intercept"]}
+    return all(
+        abs(ca[k] - cb[k]) < 1.959963984540054 * math.hypot(sa[k], sb[k]) for k in sa if k in cb
     )

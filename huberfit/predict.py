@@ -42,6 +42,7 @@ class TrainedRun:
     y_scale: float
     loss: str
     delta: float
+    quantile: float
 
     def predict(self, X: np.ndarray) -> np.ndarray:
         """Predictions in original units for ``X (n, n_features)`` in original units."""
@@ -69,6 +70,7 @@ def load_run(run_dir: str | Path) -> TrainedRun:
             y_scale=float(scaling["y_scale"]),
             loss=ckpt["loss"]["name"],
             delta=float(ckpt["loss"]["delta"]),
+            quantile=float(ckpt["loss"].get("quantile", 0.5)),
         )
     except (KeyError, TypeError, AttributeError, ValueError) as exc:
         raise RunError(f"{run_dir}: checkpoint is missing or has a bad entry ({exc})") from None
@@ -159,13 +161,14 @@ def evaluate_file(run: TrainedRun, input_path: str, target: str | None = None) -
         r = y - run.predict(X)
         sq += float(r @ r)
         ab += float(np.abs(r).sum())
-        obj += spec.objective(r, run.delta) * len(y)
+        obj += spec.objective(r, run.delta, run.quantile) * len(y)
         moments.add(y)
     n, m2 = moments.n, float(moments.m2)
     return {
         "rows": n,
         "loss": run.loss,
         "delta": run.delta if spec.uses_delta else None,
+        "quantile": run.quantile if spec.uses_quantile else None,
         "objective": obj / n,
         "mse": sq / n,
         "mae": ab / n,

@@ -72,6 +72,17 @@ def quantile_objective(r: np.ndarray, delta: float = 1.0, quantile: float = 0.5)
     return float(np.mean(r * (quantile - (r < 0))))
 
 
+def robust_scale(X: np.ndarray, y: np.ndarray, bias: bool = True) -> float:
+    """The residuals' robust scale: the normalised MAD about 0 of a least-squares fit,
+    ``median(|r|) / 0.6745`` (statsmodels ``RLM``'s ``scale.mad(resid, center=0)``)."""
+    A = design(X, bias)
+    r = np.asarray(y, dtype=np.float64) - A @ np.linalg.lstsq(A, y, rcond=None)[0]
+    return float(np.median(np.abs(r)) / 0.6744897501960817)  # norm.ppf(3/4)
+
+
+HUBER_T = 1.345  # HuberT's tuning constant: 95% efficiency at the normal
+
+
 def design(X: np.ndarray, bias: bool) -> np.ndarray:
     """``X`` with a column of ones appended when the model has an intercept."""
     X = np.asarray(X, dtype=np.float64)
@@ -181,14 +192,18 @@ def _gradient_certificate(A, y, beta, psi: np.ndarray, curved: np.ndarray) -> di
     cert = {"kind": "gradient at rounding level", "max_gradient": float(np.abs(grad).max()),
             "ratio_to_rounding_bound": ratio}  # fmt: skip
     if not ratio <= 1.0:
-        raise NotCertified(f"the reference optimum's gradient is {ratio:.3g} times its rounding bound")
+        raise NotCertified(
+            f"the reference optimum's gradient is {ratio:.3g} times its rounding bound"
+        )
     return cert
 
 
 # ----------------------------------------------------------------------------- linear programs
 
 
-def solve_quantile(A: np.ndarray, y: np.ndarray, delta: float = 1.0, quantile: float = 0.5) -> Optimum:
+def solve_quantile(
+    A: np.ndarray, y: np.ndarray, delta: float = 1.0, quantile: float = 0.5
+) -> Optimum:
     """The minimizer of the mean pinball loss at ``quantile`` (HiGHS, made exact, certified
     by LP duality)."""
     y = np.asarray(y, dtype=np.float64)

@@ -183,7 +183,7 @@ def loss_label(metrics: dict[str, Any]) -> str:
 
 COMPARE_COLUMNS = [  # (header, row key, lower is better?)
     ("objective", "train_objective", None),
-    ("gap", "optimality_gap", True),
+    ("rel. gap", "relative_gap", True),
     ("val MSE", "val_mse", True),
     ("val MAE", "val_mae", True),
     ("coef err", "coefficient_error", True),
@@ -200,7 +200,7 @@ def render_comparison(
     for _, key, lower in COMPARE_COLUMNS:
         values = [r[key] for r in rows if r[key] is not None]
         if lower and values:
-            best[key] = min(values, key=abs) if key == "optimality_gap" else min(values)
+            best[key] = min(values)
     coefs = {r["label"]: " ".join(f"{v:.4g}" for v in [*r["coefficients"].values(), r["intercept"]])
              for r in rows}  # fmt: skip
     table = _comparison_table(rows, best, coefs)
@@ -213,8 +213,9 @@ def render_comparison(
     epochs = sorted({r["epochs"] for r in rows})
     seconds = sum(r["seconds"] for r in rows)
     note = (
-        "* best in its column. gap: the training objective minus the exact optimum of the "
-        f"same loss on the training rows (see README). epochs: {', '.join(map(str, epochs))}; "
+        "* best in its column. rel. gap: the training objective's distance above the certified "
+        "optimum of the same loss on the training rows, relative to it (see README); "
+        f"objectives are in each loss's own units. epochs: {', '.join(map(str, epochs))}; "
         f"{seconds:.2g} s of training in all"
     )
     console.print(Text(note), soft_wrap=False)  # prose wraps at the terminal's width

@@ -26,6 +26,10 @@ if TYPE_CHECKING:
     from huberfit.data.batches import BatchSource
 
 LBFGS_OBJECTIVE_SCALE = 1e8
+# Losses with a kink (l1, quantile) under L-BFGS: the kink is rounded over SMOOTHING_START
+# (standardized target units) in the first epoch and ten times less each epoch after, to
+# SMOOTHING_END; then the exact vertex finishes (see _Run.finish_vertex).
+SMOOTHING_START, SMOOTHING_END = 1.0, 1e-9
 
 # ----------------------------------------------------------------------------- results
 
@@ -55,6 +59,7 @@ class TrainState:
     best_weights: dict[str, torch.Tensor] | None = None
     last_finite_loss: float | None = None
     lbfgs_stalls: int = 0
+    smoothing: float | None = None  # the current rounding of a kinked loss (L-BFGS)
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -154,10 +159,8 @@ def fit(
                 )
                 break
             if run.converged():
-                message = (
-                    f"L-BFGS converged: the objective stopped falling "
-                    f"(epoch {state.epoch} of {settings.epochs})"
-                )
+                message = run.message or "L-BFGS converged: the objective stopped falling"
+                message += f" (epoch {state.epoch} of {settings.epochs})"
                 break
             if run.stop_agreed(stop):
                 status = "interrupted"
@@ -189,6 +192,11 @@ class _Run:
         self.history: list[EpochReport] = []
         self.prev_lbfgs: float | None = None
         self.reducer: Reducer | None = None
+        self.message = ""
+        self.smooth = self.is_lbfgs and hasattr(loss_fn, "smoothing")
+        if self.smooth:
+            state.smoothing = SMOOTHING_START if state.smoothing is None else state.smoothing
+            loss_fn.smoothing = state.smoothing
 
     # -- mini-batch optimizers --------------------------------------------------------
 
@@ -352,7 +360,7 @@ class _Run:
         self.opt.step(closure)
         st = self.state
         st.step += 1
-        with torch.no_grad():
+        with torch.no_grad(), self._exact_loss():
             value = float(objective(backward=False)) / LBFGS_OBJECTIVE_SCALE
         self._check_finite(value)
         for p in self.params:
@@ -366,21 +374,100 @@ class _Run:
         self.opt.zero_grad(set_to_none=True)
         return self._end_epoch(n, time.perf_counter() - t0, grad_norm)
 
+    @contextlib.contextmanager
+    def _exact_loss(self):
+        """The loss without its smoothing, for what is reported."""
+        if not self.smooth:
+            yield
+            return
+        self.loss_fn.smoothing = 0.0
+        try:
+            yield
+        finally:
+            self.loss_fn.smoothing = self.state.smoothing
+
     def converged(self) -> bool:
         """L-BFGS only: stop once two epochs in a row no longer lower the objective at all.
 
         torch's own stopping tests (and the fixed tolerance inside its strong-Wolfe search)
         fire 1e-4..1e-3 short of the optimum on real data; repeating the step until the
-        objective stalls at the dtype's precision reaches it.
+        objective stalls at the dtype's precision reaches it. A kinked loss instead lowers
+        its smoothing each epoch and ends with the exact vertex (``finish_vertex``).
         """
         if not self.is_lbfgs or self.last is None:
             return False
+        if self.smooth:
+            return self._lower_smoothing()
         value = self.last.train_loss
         prev, self.prev_lbfgs = self.prev_lbfgs, value
         if prev is None:
             return False
         self.state.lbfgs_stalls = self.state.lbfgs_stalls + 1 if value >= prev else 0
         return self.state.lbfgs_stalls >= 2
+
+    def _lower_smoothing(self) -> bool:
+        st = self.state
+        if st.smoothing > SMOOTHING_END * 1.5:
+            st.smoothing /= 10
+            self.loss_fn.smoothing = st.smoothing
+            self.opt.state.clear()  # the curvature pairs describe the previous smoothing
+            return False
+        self.message = self.finish_vertex()
+        return True
+
+    @torch.no_grad()
+    def finish_vertex(self) -> str:
+        """1. The rows nearest the fit: an optimum of a loss made of linear pieces passes
+        exactly through as many rows as the model has parameters, and once the smoothing is
+        small those are the rows it nearly interpolates. 2. Solve the parameters from
+        them in float64. 3. Keep that vertex if its exact objective is no higher."""
+        if self.reducer is not None:
+            return "L-BFGS on the smoothed loss (several processes: no exact vertex step)"
+        W, b = self.model.weight, self.model.bias
+        p = W.numel() + (b is not None)
+        pool = max(64 * p, 512)  # candidates: ties (repeated rows) can make the nearest dependent
+        near: list[torch.Tensor] = []
+        for X, y in self.batches.full_chunks():
+            r = (y - self.model(X)).abs().reshape(-1)
+            keep = torch.topk(r, min(pool, len(r)), largest=False).indices
+            near.append(torch.cat([X[keep], y[keep]], dim=1).double())
+        rows = torch.cat(near)
+        gap = (rows[:, -1:] - self._predict64(rows[:, :-1])).abs().reshape(-1)
+        rows = rows[torch.argsort(gap, stable=True)]
+        if b is not None:
+            rows = torch.cat([rows[:, :-1], torch.ones_like(rows[:, :1]), rows[:, -1:]], 1)
+        rows = _independent_rows(rows, p)
+        A = rows[:, :-1]
+        try:
+            beta = torch.linalg.solve(A, rows[:, -1])
+        except RuntimeError:  # singular: the rows do not determine a vertex
+            return "L-BFGS on the smoothed loss; its nearest rows determine no vertex"
+        before = self._objective_now()
+        saved = [t.detach().clone() for t in (W, b) if t is not None]
+        W.copy_(beta[: W.numel()].view_as(W))
+        if b is not None:
+            b.copy_(beta[-1:].view_as(b))
+        if self._objective_now() > before:
+            for t, old in zip([t for t in (W, b) if t is not None], saved, strict=True):
+                t.copy_(old)
+            return "L-BFGS on the smoothed loss; the exact vertex was no better, kept"
+        return (
+            f"L-BFGS with the kink smoothed from {SMOOTHING_START:g} to {SMOOTHING_END:g} "
+            f"(x0.1 an epoch), then the exact vertex through the {p} rows it fits"
+        )
+
+    def _predict64(self, X: torch.Tensor) -> torch.Tensor:
+        w = self.model.weight.double().reshape(-1, 1)
+        out = X @ w
+        return out + self.model.bias.double() if self.model.bias is not None else out
+
+    def _objective_now(self) -> float:
+        total, n = 0.0, 0
+        with self._exact_loss():
+            for X, y in self.batches.full_chunks():
+                total += float(self.loss_fn(self.model(X), y)) * X.shape[0]
+                n += X.shape[0]
+        return total / max(n, 1)
 
     # -- end of epoch -----------------------------------------------------------------
 
@@ -427,6 +514,24 @@ class _Run:
         if st.best_weights is not None:
             self.model.load_state_dict(st.best_weights)
         return True
+
+
+def _independent_rows(rows: torch.Tensor, p: int) -> torch.Tensor:
+    """The first ``p`` rows (in order) whose design parts (all columns but the last) are
+    linearly independent, by Gram-Schmidt; fewer if there are not ``p`` such rows."""
+    basis: list[torch.Tensor] = []
+    chosen = []
+    for i, row in enumerate(rows[:, :-1]):
+        v = row.clone()
+        for q in basis:
+            v -= (q @ v) * q
+        norm = float(v.norm())
+        if norm > 1e-8 * float(row.norm()):
+            basis.append(v / norm)
+            chosen.append(i)
+            if len(chosen) == p:
+                break
+    return rows[chosen]
 
 
 def _windows(items, k: int, skip: int):

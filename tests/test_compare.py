@@ -19,7 +19,7 @@ from huberfit.sinks import ConsoleSink
 
 def solve(name, X, y, delta=1.0, bias=True):
     """The loss's declared reference solver, as ``(weights, intercept)``."""
-    beta = LOSSES[name].reference(design(X, bias), y, delta)
+    beta = LOSSES[name].reference(design(X, bias), y, delta).beta
     return (beta[:-1], float(beta[-1])) if bias else (beta, 0.0)
 
 

@@ -39,7 +39,7 @@ def test_summary_shows_fitted_beside_true_and_where_to_look():
 
 
 def _row(label, gap, mae, err):
-    return {"label": label, "delta": 1.0, "train_objective": 1.0, "optimality_gap": gap,
+    return {"label": label, "delta": 1.0, "train_objective": 1.0, "relative_gap": gap,
             "val_mse": 2.0, "val_mae": mae, "coefficient_error": err,
             "coefficients": {"x0": 2.0}, "intercept": 1.0, "epochs": 5, "seconds": 0.1}  # fmt: skip
 
@@ -55,7 +55,7 @@ def test_comparison_marks_the_best_of_each_column():
     lines = console.file.getvalue().splitlines()
     huber = next(line for line in lines if line.strip().startswith("huber"))
     mse = next(line for line in lines if line.strip().startswith("mse"))
-    assert "0.04*" in huber and "-2e-07*" in mse  # smallest error; gap closest to zero
+    assert "0.04*" in huber and "-2e-07*" in mse  # smallest error; smallest relative gap
     assert "2.4*" in mse
     assert any(line.startswith("verdict: huber") for line in lines)
 

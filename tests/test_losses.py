@@ -159,7 +159,8 @@ def test_bad_reduction_and_unknown_loss():
 def test_registry_builds_the_custom_module():
     assert isinstance(build_loss("huber", 2.0), HuberLoss)
     assert build_loss("huber", 2.0).delta == 2.0
-    assert set(LOSSES) == {"huber", "mse", "l1"}
+    assert set(LOSSES) == {"huber", "mse", "l1", "quantile"}
+    assert build_loss("quantile", quantile=0.9).quantile == 0.9
 
 
 def _mask_huber_with_bug(pred, true, delta):
@@ -189,7 +190,12 @@ def test_the_masking_bug_is_wrong_and_not_in_the_registry():
         loss = build_loss(name, 1.0)
         torch.testing.assert_close(
             loss(pred, true),
-            {"huber": F.huber_loss, "mse": F.mse_loss, "l1": F.l1_loss}[name](pred, true),
+            {
+                "huber": F.huber_loss,
+                "mse": F.mse_loss,
+                "l1": F.l1_loss,
+                "quantile": lambda p, t: 0.5 * F.l1_loss(p, t),
+            }[name](pred, true),  # tau 0.5
         )
 
 
