@@ -215,9 +215,9 @@ def _report(metrics, run_dir, quiet: bool, json_out: bool) -> None:
 
 
 def _exit_for(metrics, run_dir, main: bool) -> None:
-    from huberfit.errors import DivergedError
     from rich.text import Text
 
+    from huberfit.errors import DivergedError
     from huberfit.metrics import gap_warning
 
     status = metrics["status"]
