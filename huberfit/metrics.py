@@ -253,7 +253,7 @@ def hparams_of(config: Config, data: Dataset) -> dict[str, Any]:
         "delta": config.loss.delta,
         "optimizer": config.optimizer.name,
         "lr": config.optimizer.lr,
-        "batch_size": t.batch_size if t.batch_size is not None else data.X_train.shape[0],
+        "batch_size": t.batch_size if t.batch_size is not None else _train_rows(data),
         "grad_accum_steps": t.grad_accum_steps,
         "epochs": t.epochs,
         "seed": config.seed,
@@ -262,6 +262,11 @@ def hparams_of(config: Config, data: Dataset) -> dict[str, Any]:
         "n_samples": data.n_rows,
         "outlier_fraction": d.outlier_fraction if d.source == "synthetic" else 0.0,
     }
+
+
+def _train_rows(data: Dataset) -> int:
+    """All the training rows (streamed, ``X_train`` holds only a sample of them)."""
+    return data.stream.n_train if data.stream is not None else data.X_train.shape[0]
 
 
 def delta_label(loss: str, delta: float) -> str:

@@ -165,6 +165,7 @@ def evaluate_file(run: TrainedRun, input_path: str, target: str | None = None) -
         moments.add(y)
     n, m2 = moments.n, float(moments.m2)
     return {
+        **_run_uncertainty(run.run_dir),
         "rows": n,
         "loss": run.loss,
         "delta": run.delta if spec.uses_delta else None,
@@ -174,3 +175,16 @@ def evaluate_file(run: TrainedRun, input_path: str, target: str | None = None) -
         "mae": ab / n,
         "r2": 1.0 - sq / m2 if m2 > 0 else math.nan,
     }
+
+
+def _run_uncertainty(run_dir: Path) -> dict[str, Any]:
+    """The trained coefficients' standard errors and 95% intervals, as the run's
+    ``metrics.json`` has them (from its training rows), for ``huberfit eval --json``."""
+    import json
+
+    try:
+        metrics = json.loads((Path(run_dir) / "metrics.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    keys = ("standard_errors", "standard_errors_hc3", "intervals95", "standard_error_method")
+    return {k: metrics[k] for k in keys if isinstance(metrics, dict) and metrics.get(k)}

@@ -104,7 +104,13 @@ def solve_huber(A: np.ndarray, y: np.ndarray, delta: float = 1.0, quantile: floa
     """The minimizer of the mean Huber loss: Newton on standardized columns, certified."""
     y = np.asarray(y, dtype=np.float64)
     S, to_original = _standardized(A)
-    beta = to_original(_huber_newton(S, y, delta, np.linalg.lstsq(S, y, rcond=None)[0]))
+    start = np.linalg.lstsq(S, y, rcond=None)[0]
+    quad = np.abs(y - S @ start) <= delta
+    if np.linalg.matrix_rank(S[quad]) < S.shape[1]:
+        # too few rows within delta of the least-squares fit for Newton's quadratic to
+        # have a minimum: start from the L1 fit, which passes through p rows (r = 0)
+        start = _highs(S, y, 0.5)
+    beta = to_original(_huber_newton(S, y, delta, start))
     quad = np.abs(y - A @ beta) <= delta
     beta = _refine(A, y, beta, quad, delta)  # the same quadratic, in the original columns
     r = y - A @ beta

@@ -147,6 +147,7 @@ def render_summary(metrics: dict[str, Any], run_dir: str, console: Console) -> N
         lines.append(str(metrics["message"]))
     if metrics.get("coefficient_error") is not None:
         lines.append(f"coefficient error vs truth (L2): {metrics['coefficient_error']:.4g}")
+    lines.append(optimum_line(metrics))
     lines.append(f"run folder: {run_dir}")
     lines.append(f"look at it: tensorboard --logdir {run_dir}")
     for line in lines:
@@ -159,6 +160,9 @@ def coefficient_table(metrics: dict[str, Any]) -> Table:
     table = Table(title="coefficients (original units)", title_justify="left")
     table.add_column("parameter")
     table.add_column("fitted", justify="right")
+    se = metrics.get("standard_errors")
+    if se:
+        table.add_column("std err", justify="right")
     truth = metrics.get("true_coefficients")
     fitted = {**metrics["coefficients"], "intercept": metrics["intercept"]}
     if truth is not None:
@@ -167,6 +171,8 @@ def coefficient_table(metrics: dict[str, Any]) -> Table:
         table.add_column("fitted - true", justify="right")
     for name, value in fitted.items():
         cells = [name, f"{value:.6g}"]
+        if se:
+            cells.append(_short(se.get(name)))
         if truth is not None:
             true = truth.get(name)
             diff = None if true is None else value - true
@@ -176,9 +182,30 @@ def coefficient_table(metrics: dict[str, Any]) -> Table:
 
 
 def loss_label(metrics: dict[str, Any]) -> str:
-    """``huber, delta 1`` / ``mse`` / ``l1``: the loss as a person names it."""
-    delta = metrics.get("delta")
-    return f"{metrics['loss']}, delta {delta:g}" if delta is not None else str(metrics["loss"])
+    """``huber, delta 1`` / ``huber, delta 1.62 (auto)`` / ``quantile, tau 0.9`` / ``mse``:
+    the loss as a person names it."""
+    delta, tau = metrics.get("delta"), metrics.get("quantile")
+    if delta is not None:
+        return f"{metrics['loss']}, delta {delta:.4g}" + (" (auto)" if metrics.get("scale") else "")
+    if tau is not None:
+        return f"{metrics['loss']}, tau {tau:g}"
+    return str(metrics["loss"])
+
+
+def optimum_line(metrics: dict[str, Any]) -> str:
+    """How far the run is from its loss's certified optimum on the training rows."""
+    opt, gap = metrics.get("optimum"), metrics.get("gap")
+    if not opt or not gap:
+        return f"optimum: {metrics.get('optimum_note') or 'not computed'}"
+    verdict = "converged" if metrics.get("converged") else "NOT converged"
+    line = (
+        f"optimum (certified): {opt['objective']:.6g}   relative gap {gap['relative']:.2g}: "
+        f"{verdict} (threshold {gap['threshold']:g})"
+    )
+    scale = metrics.get("scale")
+    if scale:
+        line += f"\ndelta: auto = 1.345 x the residuals' robust scale {scale:.4g}"
+    return line
 
 
 COMPARE_COLUMNS = [  # (header, row key, lower is better?)
@@ -270,8 +297,12 @@ def _fmt(value: Any) -> str:
 def summary_markdown(metrics: dict[str, Any]) -> str:
     """The final summary as a markdown table (for TensorBoard's TEXT tab)."""
     lines = ["| key | value |", "|---|---|"]
-    for key in ("status", "loss", "delta", "optimizer", "epochs", "steps", "seconds"):
+    for key in ("status", "loss", "delta", "quantile", "optimizer", "epochs", "steps", "seconds"):
         lines.append(f"| {key} | {_fmt(metrics.get(key))} |")
+    gap = metrics.get("gap")
+    if gap:
+        lines.append(f"| relative gap to the optimum | {_fmt(gap['relative'])} |")
+        lines.append(f"| converged | {_fmt(metrics.get('converged'))} |")
     for split in ("train", "val"):
         for k, v in (metrics.get(split) or {}).items():
             lines.append(f"| {split} {k} | {_fmt(v)} |")
@@ -464,6 +495,8 @@ class TensorBoardSink:
         """Summary text and hparams (into this run's own folder). ``ticked``: the hparams
         shown by default in the HPARAMS tab (it shows five; default: the first five)."""
         self.text("summary", summary_markdown(metrics), self.last_step)
+        if metrics.get("gap"):  # how far the final weights are from the loss's optimum
+            self._scalars({"metrics/gap": metrics["gap"]["relative"]}, self.last_step)
         if self.truth_events is not None:  # the truth spans the whole x-axis of its charts
             self._scalars({f"params/{k}": v for k, v in self.truth.items()}, self.last_step,
                           self.truth_events)  # fmt: skip
@@ -540,6 +573,7 @@ def hparam_metrics(metrics: dict[str, Any]) -> dict[str, float]:
         "val/mae": val.get("mae"),
         "val/mse": val.get("mse"),
         "loss/epoch": train.get("loss"),
+        "metrics/gap": (metrics.get("gap") or {}).get("relative"),
         "val/r2": val.get("r2"),
     }
     return {k: v for k, v in out.items() if v is not None}
@@ -603,8 +637,19 @@ def render_scores(scores: dict[str, Any], console: Console) -> None:
     table = Table(box=box.SIMPLE_HEAD, title="scores (original units)", title_justify="left")
     table.add_column("metric")
     table.add_column("value", justify="right")
-    loss = scores["loss"] + (f" (delta {scores['delta']:g})" if scores.get("delta") else "")
+    loss = scores["loss"] + (f" (delta {scores['delta']:.4g})" if scores.get("delta") else "")
+    loss += f" (tau {scores['quantile']:g})" if scores.get("quantile") else ""
     for name, value in (("rows", scores["rows"]), (f"objective: {loss}", scores["objective"]),
                         ("MSE", scores["mse"]), ("MAE", scores["mae"]), ("R^2", scores["r2"])):  # fmt: skip
         table.add_row(name, _fmt(value))
     console.print(table)
+    se, ci = scores.get("standard_errors"), scores.get("intervals95") or {}
+    if se:
+        table = Table(box=box.SIMPLE_HEAD, title="the trained coefficients' uncertainty "
+                      "(from the run's training rows)", title_justify="left")  # fmt: skip
+        for col in ("parameter", "std err", "95% interval"):
+            table.add_column(col, justify="left" if col == "parameter" else "right")
+        for name, value in se.items():
+            low, high = ci.get(name, (None, None))
+            table.add_row(name, _short(value), f"{_short(low)} .. {_short(high)}")
+        console.print(table)

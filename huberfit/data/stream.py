@@ -74,7 +74,7 @@ def open_pieces(files: list[str], source: str, names: list[str], typed: list[str
         else:
             dataset = ds.dataset(files, format=_csv_format(names, typed))
     except (pa.ArrowInvalid, OSError) as exc:
-        raise DataError(_arrow_message(exc, files[0])) from None
+        raise DataError(_arrow_message(exc, files[0], names)) from None
     pieces = []
     for fragment in dataset.get_fragments():
         if source == "parquet":
