@@ -258,6 +258,8 @@ def _exact_vertex(A, y, beta: np.ndarray, tau: float) -> tuple[np.ndarray, dict[
     if on.sum() < p:
         on[np.argsort(np.abs(y - A @ beta), kind="stable")[:p]] = True
     exact = np.linalg.lstsq(A[on], y[on], rcond=None)[0]
+    for _ in range(2):  # iterative refinement: the solve loses digits to conditioning
+        exact = exact + np.linalg.lstsq(A[on], y[on] - A[on] @ exact, rcond=None)[0]
     r = y - A @ exact
     r[on] = 0.0  # interpolated, up to the rounding of that solve
     lo, hi = -(1 - tau) / n, tau / n
