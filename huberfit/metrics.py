@@ -254,6 +254,7 @@ def hparams_of(config: Config, data: Dataset) -> dict[str, Any]:
         "optimizer": config.optimizer.name,
         "lr": config.optimizer.lr,
         "batch_size": t.batch_size if t.batch_size is not None else _train_rows(data),
+        "quantile": config.loss.quantile,
         "grad_accum_steps": t.grad_accum_steps,
         "epochs": t.epochs,
         "seed": config.seed,

@@ -197,10 +197,10 @@ def optimum_line(metrics: dict[str, Any]) -> str:
     opt, gap = metrics.get("optimum"), metrics.get("gap")
     if not opt or not gap:
         return f"optimum: {metrics.get('optimum_note') or 'not computed'}"
-    verdict = "converged" if metrics.get("converged") else "NOT converged"
+    verdict = "converged (<" if metrics.get("converged") else "NOT converged (>"
     line = (
         f"optimum (certified): {opt['objective']:.6g}   relative gap {gap['relative']:.2g}: "
-        f"{verdict} (threshold {gap['threshold']:g})"
+        f"{verdict} {gap['threshold']:g})"
     )
     scale = metrics.get("scale")
     if scale:

@@ -185,7 +185,7 @@ def test_every_run_reports_its_gap_and_a_short_run_says_it_has_not_converged(tmp
     r = runner.invoke(app, ["train", "--runs-dir", str(tmp_path), "optimizer.name=lbfgs",
                             "dtype=float64", "output.images=false"])  # fmt: skip
     assert r.exit_code == 0, r.output
-    assert "converged (threshold 1e-05)" in r.stdout and "NOT" not in r.stdout
+    assert "converged (< 1e-05)" in r.stdout and "NOT" not in r.stdout
     assert "warning: not converged" not in r.stderr
 
 

@@ -82,7 +82,7 @@ def test_hparams_in_the_run_folder_with_the_same_keys_for_every_loss(tmp_path):
     from tensorboard.plugins.hparams import plugin_data_pb2
 
     keys = []
-    for loss in ("huber", "mse", "l1"):
+    for loss in ("huber", "mse", "l1", "quantile"):
         out = train(tmp_path, f"loss.name={loss}")
         # no timestamped subfolder: only the validation and truth side runs
         assert {p.name for p in out.run_dir.iterdir() if p.is_dir()} == {"val", "truth"}
@@ -95,12 +95,12 @@ def test_hparams_in_the_run_folder_with_the_same_keys_for_every_loss(tmp_path):
         metric_tags = [m.name.tag for m in exp.experiment.metric_infos]
         # every final metric, the most telling first (TensorBoard ticks the first five)
         assert metric_tags == ["val/loss", "params/coefficient_error", "val/mae", "val/mse",
-                               "loss/epoch", "val/r2"]  # fmt: skip
+                               "loss/epoch", "metrics/gap", "val/r2"]  # fmt: skip
         # TensorBoard ticks the five hparams it sorts first: (not differs, name)
         infos = sorted(exp.experiment.hparam_infos, key=lambda h: (not h.differs, h.name))
         assert {h.name for h in infos[:5]} == {"loss", "delta", "optimizer", "lr", "batch_size"}
-    assert keys[0] == keys[1] == keys[2]
-    assert {"loss", "delta", "optimizer", "lr", "batch_size", "grad_accum_steps", "epochs",
+    assert keys[0] == keys[1] == keys[2] == keys[3]
+    assert {"loss", "delta", "quantile", "optimizer", "lr", "batch_size", "grad_accum_steps", "epochs",
             "seed", "dtype", "data_source", "n_samples", "outlier_fraction"} <= keys[0]  # fmt: skip
 
 
