@@ -244,7 +244,9 @@ def compare_losses(
         "-c",
         help="YAML config file; default: the built-in comparison (1 feature, 15% outliers).",
     ),
-    losses: str = typer.Option("huber,mse,l1", "--losses", help="Comma-separated losses."),
+    losses: str = typer.Option(
+        "huber,mse,l1", "--losses", help="Comma-separated: huber, mse, l1, quantile."
+    ),
     deltas: str = typer.Option("", "--deltas", help="Huber deltas, e.g. 0.5,1,2: one run each."),
     runs_dir: str | None = typer.Option(None, "--runs-dir", help="Parent folder of run folders."),
     name: str | None = typer.Option(

@@ -224,9 +224,10 @@ def render_comparison(
     The fitted coefficients are a column when the terminal is wide enough, else a list
     under the table."""
     best = {}
+    settled = all(r.get("converged") for r in rows)  # gaps all at rounding: no star there
     for _, key, lower in COMPARE_COLUMNS:
         values = [r[key] for r in rows if r[key] is not None]
-        if lower and values:
+        if lower and values and not (key == "relative_gap" and settled):
             best[key] = min(values)
     coefs = {r["label"]: " ".join(f"{v:.4g}" for v in [*r["coefficients"].values(), r["intercept"]])
              for r in rows}  # fmt: skip

@@ -119,3 +119,12 @@ def test_cli_compare_and_bad_flags(runner, tmp_path):
     assert r.exit_code == 1 and "unknown loss 'hinge'" in r.output
     r = runner.invoke(app, ["compare-losses", "--deltas", "1,x"])
     assert r.exit_code == 1 and "--deltas" in r.output
+
+
+def test_compare_yaml_is_the_built_in_comparison():
+    """configs/compare.yaml spells out COMPARE_DEFAULTS: the same config either way."""
+    from pathlib import Path
+
+    shipped = load_config(Path(__file__).resolve().parents[1] / "configs" / "compare.yaml")
+    built_in = load_config(None, COMPARE_DEFAULTS)
+    assert shipped.model_dump() == built_in.model_dump()
