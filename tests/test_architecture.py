@@ -14,6 +14,7 @@ ONLY = {
     "errors": set(),
     "device": {"errors"},
     "reference": set(),
+    "inference": set(),
     "model": set(),
     "plots": set(),
 }

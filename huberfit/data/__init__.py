@@ -9,6 +9,7 @@
                against, and its in-memory, sharded and streamed sources
     dataset.py the wiring: ``load_data(config) -> Dataset``, in memory or streamed
 
-Each stage imports only the stages before it. This package must not import losses,
-model, train or sinks; nothing here is imported by ``huberfit --help``.
+Each stage imports only the stages above it in this list (the streamed source reads its
+rows through split and scaling, which it needs for its one pass). This package must not
+import losses, model, train or sinks; nothing here is imported by ``huberfit --help``.
 """
