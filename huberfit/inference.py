@@ -110,6 +110,8 @@ def _quantile_robust(A, y, r, xtx_inv, tau: float):
     z = norm.inv_cdf(tau)
     shape = 1.5 * norm.pdf(z) ** 2 / (2 * z**2 + 1)
     hs = n ** (-1 / 3) * norm.inv_cdf(0.975) ** (2 / 3) * shape ** (1 / 3)  # Hall-Sheather
+    if not 0 < tau - hs < tau + hs < 1:  # too few rows for that bandwidth (statsmodels: nan)
+        return "", None, Z95
     h = min(np.std(y), iqr / 1.34) * (norm.inv_cdf(tau + hs) - norm.inv_cdf(tau - hs))
     u = r / h
     density = float(np.sum(0.75 * (1 - u**2) * (np.abs(u) <= 1))) / (n * h)

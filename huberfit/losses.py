@@ -174,6 +174,10 @@ class HuberLoss(nn.Module):
         c = d.clamp(-self.delta, self.delta)
         return torch.dot(d.sub_(c, alpha=0.5), c), c
 
+    def curvature(self, y_pred: torch.Tensor, y_true: torch.Tensor) -> torch.Tensor:
+        """The second derivative per row w.r.t. ``y_pred``: 1 within delta, 0 beyond (1-D)."""
+        return ((y_pred - y_true).abs() <= self.delta).to(y_pred.dtype)
+
 
 class MSELoss(nn.MSELoss):
     """``nn.MSELoss`` (mean of ``r**2``) with the fused path's closed-form gradient."""
@@ -184,6 +188,10 @@ class MSELoss(nn.MSELoss):
         """Sum of ``r**2`` and its gradient ``2 r`` (1-D inputs; overwrites ``y_pred``)."""
         d = y_pred.sub_(y_true)
         return torch.dot(d, d), d.mul_(2.0)
+
+    def curvature(self, y_pred: torch.Tensor, y_true: torch.Tensor) -> torch.Tensor:
+        """The second derivative per row w.r.t. ``y_pred``: 2 (1-D)."""
+        return torch.full_like(y_pred, 2.0)
 
 
 class L1Loss(nn.L1Loss):
