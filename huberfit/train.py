@@ -434,7 +434,7 @@ class _Run:
         for X, y in self.batches.full_chunks():
             r = (y - self.model(X)).abs().reshape(-1)
             keep = torch.topk(r, min(pool, len(r)), largest=False).indices
-            near.append(torch.cat([X[keep], y[keep]], dim=1).double())
+            near.append(torch.cat([X[keep], y[keep]], dim=1).cpu().double())
         rows = torch.cat(near)
         gap = (rows[:, -1:] - self._predict64(rows[:, :-1])).abs().reshape(-1)
         rows = rows[torch.argsort(gap, stable=True)]
@@ -451,7 +451,7 @@ class _Run:
         W.copy_(beta[: W.numel()].view_as(W))
         if b is not None:
             b.copy_(beta[-1:].view_as(b))
-        if self._objective_now() > before:
+        if self._objective_now() > before * (1 + 64 * torch.finfo(W.dtype).eps):
             for t, old in zip([t for t in (W, b) if t is not None], saved, strict=True):
                 t.copy_(old)
             return "L-BFGS on the smoothed loss; the exact vertex was no better, kept"
@@ -475,12 +475,12 @@ class _Run:
             H = torch.zeros(p, p, dtype=torch.float64)
             g = torch.zeros(p, dtype=torch.float64)
             for X, y in self.batches.full_chunks():
-                A = X.double().cpu()
+                A = X.cpu().double()  # float64 on the CPU: MPS has no float64
                 if b is not None:
                     A = torch.cat([A, torch.ones_like(A[:, :1])], 1)
                 pred, true = (
-                    self._predict64(X.double()).reshape(-1).cpu(),
-                    y.double().reshape(-1).cpu(),
+                    self._predict64(A[:, : W.numel()]).reshape(-1),
+                    y.cpu().double().reshape(-1),
                 )
                 curv = self.loss_fn.curvature(pred, true)
                 _, grad = self.loss_fn.sum_and_grad(pred.clone(), true)
@@ -506,9 +506,11 @@ class _Run:
         )
 
     def _predict64(self, X: torch.Tensor) -> torch.Tensor:
-        w = self.model.weight.double().reshape(-1, 1)
+        """Predictions for float64 CPU rows ``X``, from the weights in float64 on the CPU."""
+        w = self.model.weight.detach().cpu().double().reshape(-1, 1)
         out = X @ w
-        return out + self.model.bias.double() if self.model.bias is not None else out
+        b = self.model.bias
+        return out + b.detach().cpu().double() if b is not None else out
 
     def _objective_now(self) -> float:
         total, n = 0.0, 0
