@@ -471,5 +471,9 @@ def _exit(code: object) -> None:
     if "torch" in sys.modules:
         import gc
 
+        if "pyarrow" in sys.modules:
+            # collect first: garbage holding an Arrow reader must go while Arrow is alive
+            # (frozen, it would be freed at teardown, where Arrow aborts the process)
+            gc.collect()
         gc.freeze()
     sys.exit(code)

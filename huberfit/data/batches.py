@@ -215,25 +215,36 @@ class StreamBatches:
 
 
 def _prefetch(items: Iterator[Any], depth: int) -> Iterator[Any]:
-    """Produce ``items`` in a background thread, ``depth`` ahead; errors re-raised here."""
+    """Produce ``items`` in a background thread, ``depth`` ahead; errors re-raised here.
+
+    However the consumer leaves (exhausted, an error, a generator closed early), the
+    worker closes ``items`` and is joined: an Arrow reader left half-read in a stray
+    thread aborts the process when the interpreter tears Arrow down at exit."""
     q: queue.Queue = queue.Queue(maxsize=depth)
     done = object()
     stop = threading.Event()
 
+    def put(item: Any) -> bool:
+        while not stop.is_set():
+            try:
+                q.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
     def work() -> None:
         try:
             for item in items:
-                while not stop.is_set():
-                    try:
-                        q.put(item, timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-                if stop.is_set():
+                if not put(item):
                     return
-            q.put(done)
+            put(done)
         except BaseException as exc:  # handed to the consumer
-            q.put(exc)
+            put(exc)
+        finally:
+            close = getattr(items, "close", None)
+            if close is not None:
+                close()
 
     thread = threading.Thread(target=work, daemon=True)
     thread.start()
@@ -247,3 +258,4 @@ def _prefetch(items: Iterator[Any], depth: int) -> Iterator[Any]:
             yield item
     finally:
         stop.set()
+        thread.join()
