@@ -24,7 +24,7 @@ from huberfit.errors import HuberfitError
 
 app = typer.Typer(
     name="huberfit",
-    help="Linear-regression training experiments in PyTorch: Huber, MSE and L1 losses.",
+    help="Linear-regression training experiments in PyTorch: Huber, MSE, L1 and quantile losses.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,

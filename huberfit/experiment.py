@@ -195,7 +195,7 @@ def compare_losses(
     """Train the same data, split, initial weights and batch order once per loss (and per
     delta of the losses that use one), each into ``<parent>/<label>``; report each one's
     optimality gap."""
-    labels = comparison_labels(losses, deltas, config.loss.delta)
+    labels = comparison_labels(losses, deltas, config.loss.delta, config.loss.quantile)
     prepared = prepare(config)  # one dataset for every run
     data = prepared.data
     prefix = "" if config.name.startswith("compare") else "compare-"  # not compare-compare-
@@ -227,9 +227,13 @@ def compare_losses(
 
 
 def comparison_labels(
-    losses: list[str], deltas: list[float], default_delta: float
+    losses: list[str], deltas: list[float], default_delta: float | str, quantile: float = 0.5
 ) -> list[tuple[str, str, float]]:
     """``(label, loss, delta)`` per run: ``huber``, ``mse``, ``l1``, ``huber-d0.5``..."""
+    if not losses:
+        raise ConfigError("--losses: name at least one loss (huber, mse, l1, quantile)")
+    if deltas and not any(LOSSES.get(n) and LOSSES[n].uses_delta for n in losses):
+        raise ConfigError("--deltas: none of --losses uses a delta (huber does)")
     labels = []
     for name in losses:
         if name not in LOSSES:
@@ -239,6 +243,8 @@ def comparison_labels(
                               "measure its optimality gap against")  # fmt: skip
         if LOSSES[name].uses_delta and deltas:
             labels += [(delta_label(name, d), name, d) for d in deltas]
+        elif LOSSES[name].uses_quantile:  # quantile-q0.9: which quantile, in every label
+            labels.append((f"{name}-q{quantile:g}", name, default_delta))
         else:
             labels.append((name, name, default_delta))
     if len({lab for lab, _, _ in labels}) != len(labels):

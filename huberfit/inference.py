@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 Z95 = 1.959963984540054  # the standard normal's 97.5% quantile
+EPS = np.finfo(np.float64).eps
 
 
 def standard_errors(
@@ -37,8 +38,8 @@ def standard_errors(
     "standard_error_method": ...}``
     for the coefficients ``beta`` (intercept last, named ``intercept``) of ``loss`` fitted
     on the design ``A (n, p)`` and targets ``y (n,)``; ``standard_errors_hc3`` too for MSE.
-    None when they are not defined (fewer rows than parameters, a singular design, no rows
-    in Huber's quadratic zone)."""
+    None for fewer rows than parameters or a singular design; ``standard_errors: None``
+    with a ``standard_error_note`` saying why when the estimator is not defined."""
     n, p = A.shape
     if n <= p:
         return None
@@ -54,13 +55,17 @@ def standard_errors(
     elif loss == "huber":
         method, se, crit = _huber_h1(r, xtx_inv, delta, bias)
     elif loss in ("quantile", "l1"):
-        method, se, crit = _quantile_robust(
-            A, y, r, xtx_inv, quantile if loss == "quantile" else 0.5
-        )
+        # an exact LP vertex passes through p rows; their residuals are rounding (+-1e-14),
+        # whose signs would pick each row's weight at random: they are 0, counted below
+        # the fit as statsmodels' `e > 0` counts a zero
+        on_fit = np.abs(r) <= 64 * EPS * (np.abs(y) + np.abs(A) @ np.abs(beta))
+        r = np.where(on_fit, 0.0, r)
+        tau = quantile if loss == "quantile" else 0.5
+        method, se, crit = _quantile_robust(A, y, r, xtx_inv, tau)
     else:
         return None
     if se is None or not np.all(np.isfinite(se)):
-        return None
+        return {"standard_errors": None, "intervals95": None, "standard_error_note": method}
     return {
         "standard_error_method": method,
         "standard_errors": _named(labels, se),
@@ -95,7 +100,7 @@ def _huber_h1(r, xtx_inv, delta: float, bias: bool):
     dpsi = (np.abs(r) <= delta).astype(float)
     m = dpsi.mean()
     if m == 0:
-        return "", None, Z95
+        return "not defined: no row within delta of the fit", None, Z95
     k = 1 + (p - bias + 1) / n * dpsi.var() / m**2  # statsmodels: (df_model + 1) / nobs
     cov = k**2 * (psi @ psi / (n - p)) / m**2 * xtx_inv
     return "Huber H1 (statsmodels RLM's default; normal intervals)", np.sqrt(np.diag(cov)), Z95
@@ -111,12 +116,12 @@ def _quantile_robust(A, y, r, xtx_inv, tau: float):
     shape = 1.5 * norm.pdf(z) ** 2 / (2 * z**2 + 1)
     hs = n ** (-1 / 3) * norm.inv_cdf(0.975) ** (2 / 3) * shape ** (1 / 3)  # Hall-Sheather
     if not 0 < tau - hs < tau + hs < 1:  # too few rows for that bandwidth (statsmodels: nan)
-        return "", None, Z95
+        return f"not defined: {n} rows are too few for the bandwidth at tau {tau:g}", None, Z95
     h = min(np.std(y), iqr / 1.34) * (norm.inv_cdf(tau + hs) - norm.inv_cdf(tau - hs))
     u = r / h
     density = float(np.sum(0.75 * (1 - u**2) * (np.abs(u) <= 1))) / (n * h)
     if not density > 0:
-        return "", None, Z95
+        return "not defined: no residual density at 0 (the kernel saw no rows)", None, Z95
     d = np.where(r > 0, (tau / density) ** 2, ((1 - tau) / density) ** 2)
     cov = xtx_inv @ ((A * d[:, None]).T @ A) @ xtx_inv
     method = ("quantile sandwich, Epanechnikov kernel, Hall-Sheather bandwidth "

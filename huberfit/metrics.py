@@ -179,15 +179,18 @@ def optimality(config: Config, data: Dataset, params: dict[str, float]) -> dict[
 
 
 def gap_warning(metrics: dict[str, Any]) -> str | None:
-    """The one line a run that has not reached its loss's optimum ends with."""
+    """The line (under 80 characters) a run that has not reached its loss's optimum ends
+    with, saying what to change for the optimizer it used."""
     gap = metrics.get("gap")
     if not gap or metrics.get("converged") is not False or metrics["status"] == "diverged":
         return None
-    return (
-        f"warning: not converged: the training objective is {gap['relative']:.3g} above its "
-        f"loss's certified optimum (relative; threshold {GAP_WARNING:g}); train longer "
-        "(train.epochs), tune optimizer.lr, or use optimizer.name=lbfgs with dtype=float64"
-    )
+    if metrics["optimizer"] != "lbfgs":
+        change = "more train.epochs, or optimizer.name=lbfgs dtype=float64"
+    elif metrics["dtype"] != "float64":
+        change = "try dtype=float64"
+    else:
+        change = "raise optimizer.max_iter or train.epochs"
+    return f"warning: not converged (relative gap {gap['relative']:.2g}): {change}"
 
 
 def final_metrics(
@@ -278,10 +281,12 @@ def delta_label(loss: str, delta: float) -> str:
 def run_title(config: Config) -> str:
     """A picture's title: the loss (with its delta), after the run's name unless the name is
     the loss's own label (as in a comparison: ``huber``, ``huber-d0.5``)."""
-    name, delta = config.loss.name, config.loss.delta
-    uses_delta = LOSSES[name].uses_delta
-    loss = f"{name} (delta {delta:g})" if uses_delta else name
-    if config.name in (name, delta_label(name, delta) if uses_delta else name):
+    name, delta, tau = config.loss.name, config.loss.delta, config.loss.quantile
+    spec = LOSSES[name]
+    loss = f"{name} (delta {delta:.4g})" if spec.uses_delta else name
+    loss = f"{name} (tau {tau:g})" if spec.uses_quantile else loss
+    own = {name, f"{name}-q{tau:g}"} | ({delta_label(name, delta)} if spec.uses_delta else set())
+    if config.name in own:
         return loss
     return f"{config.name}: {loss}"
 
@@ -324,10 +329,12 @@ def comparison_verdict(rows: list[dict[str, Any]], synthetic: bool) -> str:
     if short:
         gaps = ", ".join(f"{r['label']} ({_gap_text(r)})" for r in short)
         return (
-            f"no verdict: {gaps} did not reach its loss's optimum (threshold {GAP_WARNING:g}), "
-            "so the table compares optimizers as much as losses; rerun with "
-            "optimizer.name=lbfgs dtype=float64 (or more epochs)"
+            f"no verdict: {gaps} did not reach the optimum of {'its' if len(short) == 1 else 'their'} "
+            f"loss (threshold {GAP_WARNING:g}), so the table compares optimizers as much as "
+            "losses; rerun with optimizer.name=lbfgs dtype=float64 (or more epochs)"
         )
+    if len(rows) == 1:
+        return f"one loss only ({rows[0]['label']}): nothing to compare it with"
     if synthetic:
         best = min(rows, key=lambda r: r["coefficient_error"])
         verdict = (
@@ -345,8 +352,8 @@ def comparison_verdict(rows: list[dict[str, Any]], synthetic: bool) -> str:
     alike = [r["label"] for r in rows if r is not best and _within_uncertainty(best, r)]
     if alike:
         verdict += (
-            f"; but its coefficients differ from {', '.join(alike)}'s by less than their "
-            "95% uncertainty"
+            f"; {' and '.join(alike)} came within 1.96 standard errors of it on every "
+            "coefficient, so these data do not tell them apart"
         )
     return verdict
 
@@ -358,13 +365,17 @@ def _gap_text(row: dict[str, Any]) -> str:
 
 
 def _within_uncertainty(a: dict[str, Any], b: dict[str, Any]) -> bool:
-    """Whether every coefficient of two fits differs by less than 1.96 times the standard
-    error of the difference (the two treated as independent)."""
+    """Whether every coefficient of ``b`` lies within 1.96 standard errors of ``a``'s, using
+    the smaller of the two fits' standard errors (two fits of the same rows are not
+    independent, and an outlier-inflated standard error must not make a worse fit look
+    alike)."""
     sa, sb = a.get("standard_errors"), b.get("standard_errors")
     if not sa or not sb:
         return False
     ca = {**a["coefficients"], "intercept": a["intercept"]}
     cb = {**b["coefficients"], "intercept": b["intercept"]}
     return all(
-        abs(ca[k] - cb[k]) < 1.959963984540054 * math.hypot(sa[k], sb[k]) for k in sa if k in cb
+        abs(ca[k] - cb[k]) < 1.959963984540054 * min(sa[k], sb[k])
+        for k in sa
+        if k in cb and k in sb
     )

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 import numpy as np
 from matplotlib.figure import Figure
 
-COLORS = {"huber": "tab:blue", "mse": "tab:red", "l1": "tab:green"}
+COLORS = {"huber": "tab:blue", "mse": "tab:red", "l1": "tab:green", "quantile": "tab:brown"}
 VARIANTS = ["tab:purple", "tab:cyan", "tab:olive", "tab:brown", "tab:pink", "tab:gray"]
 ROBUST_SPAN = 8.0  # a robust range: median +- this many robust standard deviations (MAD)
 

@@ -143,15 +143,18 @@ def render_summary(metrics: dict[str, Any], run_dir: str, console: Console) -> N
         + (f"   {sps:,.0f} samples/s" if sps else "")
         + f"   device: {metrics['device']}",
     ]
-    if metrics.get("message") and metrics["status"] != "diverged":  # diverged: the error says
-        lines.append(str(metrics["message"]))
+    message = metrics.get("message") if metrics["status"] != "diverged" else None
+    if message:  # why it stopped (a diverged run's error says it)
+        lines.append(str(message))
     if metrics.get("coefficient_error") is not None:
         lines.append(f"coefficient error vs truth (L2): {metrics['coefficient_error']:.4g}")
     lines.append(optimum_line(metrics))
+    if metrics.get("standard_error_note"):
+        lines.append(f"standard errors: {metrics['standard_error_note']}")
     lines.append(f"run folder: {run_dir}")
     lines.append(f"look at it: tensorboard --logdir {run_dir}")
-    for line in lines:
-        console.print(Text(line))
+    for line in lines:  # prose wraps at word breaks; a path is never broken
+        console.print(Text(line), soft_wrap="/" in line)
 
 
 def coefficient_table(metrics: dict[str, Any]) -> Table:
@@ -186,7 +189,7 @@ def loss_label(metrics: dict[str, Any]) -> str:
     the loss as a person names it."""
     delta, tau = metrics.get("delta"), metrics.get("quantile")
     if delta is not None:
-        return f"{metrics['loss']}, delta {delta:.4g}" + (" (auto)" if metrics.get("scale") else "")
+        return f"{metrics['loss']}, delta {delta:.4g}" + (", auto" if metrics.get("scale") else "")
     if tau is not None:
         return f"{metrics['loss']}, tau {tau:g}"
     return str(metrics["loss"])

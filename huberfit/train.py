@@ -22,13 +22,16 @@ from typing import TYPE_CHECKING, Any, Protocol
 import torch
 from torch import nn
 
+from huberfit.finish import simplex_finish
+
 if TYPE_CHECKING:
     from huberfit.data.batches import BatchSource
 
 LBFGS_OBJECTIVE_SCALE = 1e8
 # Losses with a kink (l1, quantile) under L-BFGS: the kink is rounded over SMOOTHING_START
 # (standardized target units) in the first epoch and ten times less each epoch after, to
-# SMOOTHING_END; then the exact vertex finishes (see _Run.finish_vertex).
+# SMOOTHING_END; then the exact finish: a vertex, and simplex pivots to an optimal one
+# (see _Run.finish_vertex and huberfit.finish).
 SMOOTHING_START, SMOOTHING_END = 1.0, 1e-9
 
 # ----------------------------------------------------------------------------- results
@@ -410,6 +413,7 @@ class _Run:
         return True
 
     def _lower_smoothing(self) -> bool:
+        """One smoothing level per epoch; after the last, the exact finish."""
         st = self.state
         if st.smoothing > SMOOTHING_END * 1.5:
             st.smoothing /= 10
@@ -423,29 +427,32 @@ class _Run:
     def finish_vertex(self) -> str:
         """1. The rows nearest the fit: an optimum of a loss made of linear pieces passes
         exactly through as many rows as the model has parameters, and once the smoothing is
-        small those are the rows it nearly interpolates. 2. Solve the parameters from
-        them in float64. 3. Keep that vertex if its exact objective is no higher."""
+        small those are (nearly) the rows it nearly interpolates. 2. The vertex through
+        ``p`` linearly independent ones, in float64. 3. In memory: simplex pivots from
+        there to an optimal vertex (``finish.simplex_finish``). 4. Kept unless it raises
+        the objective beyond rounding."""
         if self.reducer is not None:
-            return "L-BFGS on the smoothed loss (several processes: no exact vertex step)"
+            return "L-BFGS on the smoothed loss (several processes: no exact finish)"
         W, b = self.model.weight, self.model.bias
         p = W.numel() + (b is not None)
-        pool = max(64 * p, 512)  # candidates: ties (repeated rows) can make the nearest dependent
-        near: list[torch.Tensor] = []
-        for X, y in self.batches.full_chunks():
-            r = (y - self.model(X)).abs().reshape(-1)
-            keep = torch.topk(r, min(pool, len(r)), largest=False).indices
-            near.append(torch.cat([X[keep], y[keep]], dim=1).cpu().double())
-        rows = torch.cat(near)
-        gap = (rows[:, -1:] - self._predict64(rows[:, :-1])).abs().reshape(-1)
-        rows = rows[torch.argsort(gap, stable=True)]
-        if b is not None:
-            rows = torch.cat([rows[:, :-1], torch.ones_like(rows[:, :1]), rows[:, -1:]], 1)
-        rows = _independent_rows(rows, p)
-        A = rows[:, :-1]
-        try:
-            beta = torch.linalg.solve(A, rows[:, -1])
-        except RuntimeError:  # singular: the rows do not determine a vertex
+        pool = max(64 * p, 512)  # candidates: ties (repeated rows) can make some dependent
+        in_memory = getattr(self.batches, "in_memory", False)
+        A, y = self._rows64() if in_memory else self._nearest_rows64(pool)
+        near = torch.argsort((y - A @ self._beta64()).abs(), stable=True)[:pool]
+        basis = near[_independent_rows(A[near], p)]
+        if len(basis) < p:
             return "L-BFGS on the smoothed loss; its nearest rows determine no vertex"
+        tau = float(getattr(self.loss_fn, "quantile", 0.5))
+        if in_memory:
+            beta, pivots, optimal = simplex_finish(A, y, tau, basis)
+            how = f"{pivots} simplex pivot{'s' * (pivots != 1)} to an optimal vertex"
+            if not optimal:
+                how = f"{pivots} simplex pivots, stopped short of an optimal vertex"
+        else:
+            beta, how = (
+                torch.linalg.solve(A[basis], y[basis]),
+                "the vertex through the nearest rows",
+            )
         before = self._objective_now()
         saved = [t.detach().clone() for t in (W, b) if t is not None]
         W.copy_(beta[: W.numel()].view_as(W))
@@ -454,11 +461,39 @@ class _Run:
         if self._objective_now() > before * (1 + 64 * torch.finfo(W.dtype).eps):
             for t, old in zip([t for t in (W, b) if t is not None], saved, strict=True):
                 t.copy_(old)
-            return "L-BFGS on the smoothed loss; the exact vertex was no better, kept"
+            return f"L-BFGS on the smoothed loss; the exact finish ({how}) was no better, kept"
         return (
-            f"L-BFGS with the kink smoothed from {SMOOTHING_START:g} to {SMOOTHING_END:g} "
-            f"(x0.1 an epoch), then the exact vertex through the {p} rows it fits"
+            f"L-BFGS, kink smoothed {SMOOTHING_START:g} to {SMOOTHING_END:g} (x0.1 an epoch), "
+            f"then exact: {how}"
         )
+
+    def _rows64(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """All of this process's rows as a float64 CPU design (a column of ones last when
+        the model has an intercept) and target."""
+        chunks = [(X.cpu().double(), y.cpu().double()) for X, y in self.batches.full_chunks()]
+        Xs, ys = zip(*chunks, strict=True)
+        A, y = torch.cat(Xs), torch.cat(ys).reshape(-1)
+        if self.model.bias is not None:
+            A = torch.cat([A, torch.ones_like(A[:, :1])], 1)
+        return A, y
+
+    def _nearest_rows64(self, pool: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Streamed: the ``pool`` rows of each chunk nearest the fit (bounded memory)."""
+        As, ys = [], []
+        for X, y in self.batches.full_chunks():
+            keep = torch.topk((y - self.model(X)).abs().reshape(-1), min(pool, len(X)),
+                              largest=False).indices  # fmt: skip
+            As.append(X[keep].cpu().double())
+            ys.append(y[keep].cpu().double().reshape(-1))
+        A, y = torch.cat(As), torch.cat(ys)
+        if self.model.bias is not None:
+            A = torch.cat([A, torch.ones_like(A[:, :1])], 1)
+        return A, y
+
+    def _beta64(self) -> torch.Tensor:
+        w = self.model.weight.detach().cpu().double().reshape(-1)
+        b = self.model.bias
+        return torch.cat([w, b.detach().cpu().double().reshape(-1)]) if b is not None else w
 
     @torch.no_grad()
     def finish_newton(self, steps: int = 3) -> str:
@@ -567,12 +602,12 @@ class _Run:
         return True
 
 
-def _independent_rows(rows: torch.Tensor, p: int) -> torch.Tensor:
-    """The first ``p`` rows (in order) whose design parts (all columns but the last) are
-    linearly independent, by Gram-Schmidt; fewer if there are not ``p`` such rows."""
+def _independent_rows(A: torch.Tensor, p: int) -> torch.Tensor:
+    """Indices of the first ``p`` rows of ``A`` (in order) that are linearly independent,
+    by Gram-Schmidt; fewer if there are not ``p`` such rows."""
     basis: list[torch.Tensor] = []
-    chosen = []
-    for i, row in enumerate(rows[:, :-1]):
+    chosen: list[int] = []
+    for i, row in enumerate(A):
         v = row.clone()
         for q in basis:
             v -= (q @ v) * q
@@ -582,7 +617,7 @@ def _independent_rows(rows: torch.Tensor, p: int) -> torch.Tensor:
             chosen.append(i)
             if len(chosen) == p:
                 break
-    return rows[chosen]
+    return torch.tensor(chosen, dtype=torch.long)
 
 
 def _windows(items, k: int, skip: int):

@@ -15,6 +15,7 @@ ONLY = {
     "device": {"errors"},
     "reference": set(),
     "inference": set(),
+    "finish": set(),
     "model": set(),
     "plots": set(),
 }

@@ -37,6 +37,7 @@ class BatchSource(Protocol):
 
     device: torch.device
     n: int
+    in_memory: bool  # every row in one tensor (exact finishes may use them all at once)
 
     def steps_per_epoch(self, accum: int = 1) -> int: ...
     def epoch(self, epoch: int) -> Iterable[tuple[Any, int]]: ...
@@ -64,6 +65,7 @@ class InMemoryBatches:
         self.XY = torch.cat([X, y.reshape(-1, 1).to(X.dtype)], dim=1)
         self.X, self.y = self.XY[:, : self.f], self.XY[:, self.f :]
         self.device = X.device
+        self.in_memory = True
         self.batch_size = min(batch_size or self.n, self.n)
         self.seed = seed
 
@@ -132,6 +134,7 @@ class StreamBatches:
                  world: int = 1) -> None:  # fmt: skip
         self.info, self.split, self.device, self.dtype = info, split, device, dtype
         self.rank, self.world = rank, world
+        self.in_memory = False
         self.n = info.n_train if split == "train" else info.n_val
         self.batch_size = min(batch_size or self.n, max(self.n, 1))
         if self.batch_size < world:
