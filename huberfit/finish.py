@@ -10,7 +10,8 @@ Roberts' algorithm for least absolute deviations, generalised to tau):
    Moving ``beta`` so that basis row ``j`` leaves the fit upwards changes the loss at rate
    ``tau - z_j``, downwards at ``1 - tau + z_j``: the vertex is optimal iff every ``z_j``
    lies in ``[tau - 1, tau]`` (the LP's dual box).
-2. Otherwise move along the most negative of those edges. The loss along it is convex and
+2. Otherwise move along the steepest of those edges (by Bland's rule once a step of 0 has
+   been taken, so that degenerate vertices cannot make it cycle). The loss along it is convex and
    piecewise linear, its slope rising by ``|a_i.d|`` as each row ``i`` is crossed: stop at
    the row where the slope turns non-negative; it enters the basis and ``j`` leaves.
 
@@ -34,7 +35,7 @@ def simplex_finish(
     ``max_pivots`` ran out or a basis became singular (then ``beta`` is the last vertex).
     """
     n, p = A.shape
-    basis = basis.clone()
+    basis, bland = basis.clone(), False
     try:
         beta = torch.linalg.solve(A[basis], y[basis])
     except RuntimeError:
@@ -56,9 +57,15 @@ def simplex_finish(
         # 1. the cheapest way off this vertex: its rate of change of the loss
         up, down = tau - z, (1 - tau) + z  # leave the fit upwards / downwards
         rate, sign = torch.minimum(up, down), torch.where(up <= down, 1.0, -1.0)
-        j = int(torch.argmin(rate))
-        if float(rate[j]) >= -1e-9:  # within rounding of the dual box: optimal
+        falling = torch.nonzero(rate < -1e-9).reshape(-1)  # beyond rounding of the box
+        if len(falling) == 0:
             return beta, pivot, True
+        on_fit = r == 0
+        if int(on_fit.sum()) > p and _degenerate_optimal(A, r, tau, on_fit):
+            return beta, pivot, True
+        # the steepest edge; after a degenerate pivot (a step of 0, possible where rows
+        # repeat), Bland's rule (the lowest row index), which cannot cycle
+        j = int(falling[torch.argmin(basis[falling])]) if bland else int(torch.argmin(rate))
         if pivot == max_pivots:
             return beta, pivot, False
         # 2. along that edge: row j's residual grows with sign s, the other basis rows stay 0
@@ -81,6 +88,24 @@ def simplex_finish(
             if bool((slope >= 0).any())
             else int(order[-1])
         )
+        bland = bland or float(t[k]) == 0.0
         beta = beta + t[k] * d
         basis[j] = k
     return beta, max_pivots, False
+
+
+def _degenerate_optimal(A: torch.Tensor, r: torch.Tensor, tau: float, on_fit: torch.Tensor) -> bool:
+    """A degenerate vertex (more than ``p`` rows on the fit) is optimal iff some dual point
+    gives every row on the fit a value in ``[tau - 1, tau]`` with ``A.T z = 0``: bounded
+    least squares over those rows (SciPy's BVLS), instead of one basis's ``z``, which may
+    leave the box at an optimal vertex and send the pivots round in a cycle."""
+    from scipy.optimize import lsq_linear
+
+    off = ~on_fit
+    psi = torch.where(r[off] > 0, tau, tau - 1.0).to(A.dtype)
+    target = -(A[off].T @ psi)
+    fit = lsq_linear(A[on_fit].T.numpy(), target.numpy(), bounds=(tau - 1, tau),
+                     method="bvls", tol=1e-15)  # fmt: skip
+    size = float((A[off].abs().T @ psi.abs()).max()) + 1.0
+    miss = A[on_fit].T.numpy() @ fit.x - target.numpy()
+    return float(abs(miss).max()) <= 1e-9 * size
