@@ -43,51 +43,48 @@ def simplex_finish(
     for pivot in range(max_pivots + 1):
         r = y - A @ beta
         # rows on the fit besides the basis (ties, repeated rows) have residual 0, not
-        # rounding noise: they count as below it, and as crossed at once by an edge that
-        # lifts the fit off them (step 2)
+        # rounding noise
         r = torch.where(r.abs() <= 64 * EPS * (y.abs() + A.abs() @ beta.abs()), 0.0, r)
         in_basis = torch.zeros(n, dtype=torch.bool)
         in_basis[basis] = True
+        zero = (r == 0) & ~in_basis
         psi = torch.where(r > 0, tau, tau - 1.0).to(A.dtype)
-        psi[in_basis] = 0.0
+        psi[in_basis | zero] = 0.0
         try:
-            z = torch.linalg.solve(A[basis].T, -(A.T @ psi))
-        except RuntimeError:
+            inv = torch.linalg.inv(A[basis])  # column j: the edge that lifts row j's residual
+        except RuntimeError:  # a numerically singular basis
             return beta, pivot, False
-        # 1. the cheapest way off this vertex: its rate of change of the loss
-        up, down = tau - z, (1 - tau) + z  # leave the fit upwards / downwards
+        z = -(inv.T @ (A.T @ psi))
+        # 1. each edge's rate of change of the loss, row j leaving the fit upwards or
+        # downwards: tau - z_j or 1 - tau + z_j, plus each other row on the fit, which the
+        # edge puts above it (adding tau |a.d|) or below it (adding (1 - tau) |a.d|)
+        ad_zero = A[zero] @ inv  # (zeros, p): a_i . d of each "down" edge, d = inv e_j
+        up = tau - z + (tau * ad_zero.clamp(min=0) + (1 - tau) * (-ad_zero).clamp(min=0)).sum(0)
+        down = (
+            1 - tau + z + (tau * (-ad_zero).clamp(min=0) + (1 - tau) * ad_zero.clamp(min=0)).sum(0)
+        )
         rate, sign = torch.minimum(up, down), torch.where(up <= down, 1.0, -1.0)
-        falling = torch.nonzero(rate < -1e-9).reshape(-1)  # beyond rounding of the box
+        falling = torch.nonzero(rate < -1e-9).reshape(-1)  # beyond rounding
         if len(falling) == 0:
-            return beta, pivot, True
-        on_fit = r == 0
-        if int(on_fit.sum()) > p and _degenerate_optimal(A, r, tau, on_fit):
-            return beta, pivot, True
-        # the steepest edge; after a degenerate pivot (a step of 0, possible where rows
-        # repeat), Bland's rule (the lowest row index), which cannot cycle
-        j = int(falling[torch.argmin(basis[falling])]) if bland else int(torch.argmin(rate))
+            optimal = int(zero.sum()) == 0 or _degenerate_optimal(A, r, tau, zero | in_basis)
+            return beta, pivot, optimal
         if pivot == max_pivots:
             return beta, pivot, False
-        # 2. along that edge: row j's residual grows with sign s, the other basis rows stay 0
-        e = torch.zeros(p, dtype=A.dtype)
-        e[j] = -float(sign[j])
-        try:
-            d = torch.linalg.solve(A[basis], e)
-        except RuntimeError:  # a numerically singular basis (degenerate, repeated rows)
-            return beta, pivot, False
+        # the steepest edge; Bland's rule (the lowest row index) after a step of 0
+        j = int(falling[torch.argmin(basis[falling])]) if bland else int(torch.argmin(rate))
+        # 2. along it: the loss is convex and piecewise linear; its slope rises by |a_i.d|
+        # as each row off the fit is crossed: stop where it turns non-negative
+        d = -float(sign[j]) * inv[:, j]
         ad = A @ d
-        t = torch.where(r == 0, 0.0, r / ad)  # where each row is crossed
-        ok = (~in_basis) & (ad != 0) & ((t > 0) | ((r == 0) & (ad < 0)))
+        t = r / ad  # where each row is crossed
+        ok = ~in_basis & ~zero & (ad != 0) & (t > 0)
         if not bool(ok.any()):
             return beta, pivot, False  # unbounded: cannot happen for a bounded-below loss
         cand = torch.nonzero(ok).reshape(-1)
         order = cand[torch.argsort(t[cand], stable=True)]
         slope = float(rate[j]) + torch.cumsum(ad[order].abs(), 0)
-        k = (
-            int(order[int(torch.nonzero(slope >= 0).reshape(-1)[0])])
-            if bool((slope >= 0).any())
-            else int(order[-1])
-        )
+        turn = torch.nonzero(slope >= 0).reshape(-1)
+        k = int(order[int(turn[0])] if len(turn) else order[-1])
         bland = bland or float(t[k]) == 0.0
         beta = beta + t[k] * d
         basis[j] = k
