@@ -158,9 +158,11 @@ def pictures(config: Config, data: Dataset, params: dict[str, float]) -> list[tu
     held_out = data.X_val is not None
     evaluated = original_units(data, data.X_val, data.y_val) if held_out else (X, y)
     truth = None if data.true_weights is None else (data.true_weights, data.true_bias or 0.0)
-    delta = config.loss.delta if LOSSES[config.loss.name].uses_delta else None
+    spec = LOSSES[config.loss.name]
+    delta = config.loss.delta if spec.uses_delta else None
+    tau = config.loss.quantile if spec.uses_quantile else None
     return plots.run_pictures(X, y, data.outliers_train, evaluated, (list(params.values()),
-                              intercept), truth, delta, run_title(config))  # fmt: skip
+                              intercept), truth, delta, run_title(config), tau)  # fmt: skip
 
 
 # ----------------------------------------------------------------------------- comparison

@@ -137,9 +137,12 @@ def predicted_figure(y_true: np.ndarray, y_pred: np.ndarray, title: str) -> Figu
     return fig
 
 
-def residual_figure(residuals: np.ndarray, delta: float | None, title: str) -> Figure:
+def residual_figure(
+    residuals: np.ndarray, delta: float | None, title: str, quantile: float | None = None
+) -> Figure:
     """Histogram of residuals (actual - predicted) over their robust range, so the bins
-    resolve the core; rows beyond it are counted at the edges. +-delta marked for Huber."""
+    resolve the core; rows beyond it are counted at the edges. +-delta marked for Huber;
+    for a quantile fit, 0 and the share of rows below the fit beside its target tau."""
     fig = Figure(figsize=(6.4, 4.0), dpi=100)
     ax = fig.add_subplot()
     r = np.asarray(residuals, dtype=float)
@@ -161,6 +164,14 @@ def residual_figure(residuals: np.ndarray, delta: float | None, title: str) -> F
                         f"(to {extreme:.3g}) {'->' if where == 'above' else ''}".strip(),
                         xy=(x, 0.96), xycoords="axes fraction", fontsize=8,
                         ha="left" if where == "below" else "right", color="0.3")  # fmt: skip
+    if quantile is not None:
+        ax.axvline(0.0, color="tab:orange", ls="--", lw=1)
+        below = float(np.mean(r < 0)) if len(r) else float("nan")
+        left = (0.0 - lo) / (hi - lo) > 0.5  # the label on the side with room
+        ax.annotate(f"{below:.1%} of these rows below the fit (tau {quantile:g})", xy=(0.0, 0.9),
+                    xycoords=("data", "axes fraction"), xytext=(-4 if left else 4, 0),
+                    textcoords="offset points", ha="right" if left else "left",
+                    fontsize=8, color="tab:orange")  # fmt: skip
     ax.set(xlabel="residual (actual - predicted)", ylabel="rows", title=title)
     fig.subplots_adjust(left=0.12, right=0.97, top=0.9, bottom=0.13)
     return fig
@@ -254,6 +265,7 @@ def run_pictures(
     truth: tuple[Sequence[float], float] | None,
     delta: float | None,
     title: str,
+    quantile: float | None = None,
 ) -> list[tuple[str, bytes]]:
     """A run's pictures as ``[(name, PNG bytes)]``, everything in original units.
 
@@ -270,7 +282,7 @@ def run_pictures(
         fit = fit_figure(X[:, 0], y, outliers, (float(w[0]), b), line, title)
     else:
         fit = predicted_figure(ye, pred, f"{title}: predicted vs actual")
-    residuals = residual_figure(ye - pred, delta, f"{title}: residuals")
+    residuals = residual_figure(ye - pred, delta, f"{title}: residuals", quantile)
     return [("fit", to_png(fit)), ("residuals", to_png(residuals))]
 
 

@@ -186,5 +186,8 @@ def _run_uncertainty(run_dir: Path) -> dict[str, Any]:
         metrics = json.loads((Path(run_dir) / "metrics.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return {}
-    keys = ("standard_errors", "standard_errors_hc3", "intervals95", "standard_error_method")
-    return {k: metrics[k] for k in keys if isinstance(metrics, dict) and metrics.get(k)}
+    keys = ("standard_errors", "standard_errors_hc3", "intervals95", "standard_error_method",
+            "converged")  # fmt: skip
+    if not isinstance(metrics, dict):
+        return {}
+    return {k: metrics[k] for k in keys if metrics.get(k) is not None}

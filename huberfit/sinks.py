@@ -246,7 +246,7 @@ def render_comparison(
     note = (
         "* best in its column. rel. gap: the training objective's distance above the certified "
         "optimum of the same loss on the training rows, relative to it (see README); "
-        f"objectives are in each loss's own units. epochs: {', '.join(map(str, epochs))}; "
+        f"objectives are in each loss's own units. epochs run: {', '.join(map(str, epochs))}; "
         f"{seconds:.2g} s of training in all"
     )
     console.print(Text(note), soft_wrap=False)  # prose wraps at the terminal's width
@@ -648,6 +648,9 @@ def render_scores(scores: dict[str, Any], console: Console) -> None:
         table.add_row(name, _fmt(value))
     console.print(table)
     se, ci = scores.get("standard_errors"), scores.get("intervals95") or {}
+    if se and scores.get("converged") is False:
+        console.print(Text("note: the run did not reach its loss's optimum (see its summary); "
+                           "these describe its coefficients, not the optimum's"), soft_wrap=False)  # fmt: skip
     if se:
         table = Table(box=box.SIMPLE_HEAD, title="the trained coefficients' uncertainty "
                       "(from the run's training rows)", title_justify="left")  # fmt: skip
