@@ -142,6 +142,7 @@ def checkpoint_payload(
         "scaling": data.scaling.as_dict(),
         "target": config.data.target,
         "loss": (loss or config.loss).model_dump(mode="json"),
+        "loss_source": _own_source(config.loss.name),
         "rng": {"torch": torch.get_rng_state()},
         "world_size": world_size,
     }
@@ -170,3 +171,22 @@ def load_resume(run_dir: str, overrides: list[str]) -> tuple[Any, dict[str, Any]
     raw = apply_overrides(dict(ckpt["config"]), overrides)
     source = f"{run_dir}/checkpoint.pt config"
     return validate_config(raw, source, overridden=override_keys(overrides)), ckpt
+
+
+def _own_source(name: str) -> dict[str, str] | None:
+    from huberfit.losses import own_source
+
+    return own_source(name)
+
+
+def check_same_loss(ckpt: dict[str, Any], name: str) -> None:
+    """Resuming a run of your own loss: its file must be the one it trained with."""
+    from huberfit.losses import own_source
+
+    then, now = ckpt.get("loss_source"), own_source(name)
+    if then and now and then.get("sha256") != now["sha256"]:
+        raise RunError(
+            f"loss.name: {now['file']} has changed since this run was trained (sha256 "
+            f"{then['sha256'][:12]} then, {now['sha256'][:12]} now); put it back as it was to "
+            "resume, or train a new run"
+        )

@@ -83,10 +83,20 @@ class ModelConfig(_Section):
     bias: bool = Field(True, description="fit an intercept")
 
 
+# Kept in step with losses.LOSSES by a test: the schema must stay torch-free.
+BUILTIN_LOSSES = ("huber", "mse", "l1", "quantile")
+# your own loss: a Python file and a class in it, or an importable module and a class
+_OWN_LOSS = re.compile(r"^(.+\.py|[A-Za-z_][\w.]*):[A-Za-z_]\w*$")
+
+
 class LossConfig(_Section):
-    # Keep in step with losses.LOSSES (a test checks): the schema must stay torch-free.
-    name: Literal["huber", "mse", "l1", "quantile"] = Field(
-        "huber", description="huber | mse | l1 | quantile"
+    name: str = Field(
+        "huber",
+        description="huber | mse | l1 | quantile, or your own loss module: "
+        "path/to/file.py:ClassName (relative to the config) or package.module:ClassName",
+    )
+    kwargs: dict[str, Any] = Field(
+        default_factory=dict, description="your own loss only: keyword arguments for its class"
     )
     delta: PositiveFloat | Literal["auto"] = Field(
         1.0,
@@ -96,6 +106,26 @@ class LossConfig(_Section):
     quantile: float = Field(
         0.5, gt=0, lt=1, description="quantile loss only: tau, the share of rows below the fit"
     )
+
+    @field_validator("name")
+    @classmethod
+    def _builtin_or_own(cls, name: str) -> str:
+        if name in BUILTIN_LOSSES or _OWN_LOSS.match(name):
+            return name
+        close = difflib.get_close_matches(name, BUILTIN_LOSSES, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ValueError(
+            f"must be one of {', '.join(BUILTIN_LOSSES)}, or your own loss as file.py:Class "
+            f"or package.module:Class{hint}"
+        )
+
+    @field_validator("kwargs")
+    @classmethod
+    def _kwargs_for_own_losses(cls, kwargs: dict[str, Any], info: Any) -> dict[str, Any]:
+        if kwargs and info.data.get("name") in BUILTIN_LOSSES:
+            raise ValueError("is for your own loss module only (built-in losses take "
+                             "loss.delta and loss.quantile)")  # fmt: skip
+        return kwargs
 
     @field_validator("delta", mode="before")
     @classmethod
@@ -335,13 +365,26 @@ def load_config(
         data = raw.get("data")
         if isinstance(data, dict) and isinstance(data.get("path"), str):
             data["path"] = _resolve_from(Path(path).parent, data["path"])
+        _resolve_loss_file(raw, Path(path).parent)
     raw = apply_overrides(raw, defaults or [])
     raw = apply_overrides(raw, overrides or [])
     data = raw.get("data")
     if "data.path" in override_keys(overrides or []) and isinstance(data, dict):
         if isinstance(data.get("path"), str):  # from the current folder, and said so when saved
             data["path"] = _resolve_from(Path.cwd(), data["path"])
+    if "loss.name" in override_keys(overrides or []):
+        _resolve_loss_file(raw, Path.cwd())
     return validate_config(raw, source, overridden=override_keys(overrides or []))
+
+
+def _resolve_loss_file(raw: dict[str, Any], folder: Path) -> None:
+    """``loss.name: my_loss.py:MyHuber``: the file taken from ``folder`` (the config's, or
+    the current one for an override), saved absolute."""
+    loss = raw.get("loss")
+    if isinstance(loss, dict) and isinstance(loss.get("name"), str):
+        file, sep, cls = loss["name"].rpartition(":")
+        if sep and file.endswith(".py"):
+            loss["name"] = f"{_resolve_from(folder, file)}:{cls}"
 
 
 def override_keys(overrides: list[str]) -> set[str]:

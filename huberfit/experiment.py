@@ -16,12 +16,18 @@ from typing import Any
 import torch
 from torch import nn
 
-from huberfit.artifacts import checkpoint_payload, make_run_dir, restore, write_json
+from huberfit.artifacts import (
+    check_same_loss,
+    checkpoint_payload,
+    make_run_dir,
+    restore,
+    write_json,
+)
 from huberfit.config import Config, validate_config
 from huberfit.data.dataset import Dataset, load_data, make_batches
 from huberfit.device import resolve_device
 from huberfit.errors import ConfigError
-from huberfit.losses import LOSSES
+from huberfit.losses import LOSSES, is_own, own_label, preflight, spec_of
 from huberfit.metrics import (
     HPARAMS_FIRST,
     Scorer,
@@ -58,11 +64,16 @@ class Outcome:
     model: nn.Linear = field(repr=False)
 
 
-def prepare(config: Config, dist: Any = None) -> Prepared:
+def prepare(config: Config, dist: Any = None, own_loss: bool | None = None) -> Prepared:
     """Resolve the device and load the data (the steps that can fail on user input).
-    Under torchrun every rank loads the same data and trains on its own device."""
+    Under torchrun every rank loads the same data and trains on its own device. With your
+    own loss module (``own_loss``; default: the config's) the target keeps its units."""
     device = dist.device if dist is not None else resolve_device(config.device, config.dtype)
-    return Prepared(device, load_data(config.data, config.seed, config.dtype, config.model.bias))
+    own = is_own(config.loss.name) if own_loss is None else own_loss
+    data = load_data(
+        config.data, config.seed, config.dtype, config.model.bias, scale_target=not own
+    )
+    return Prepared(device, data)
 
 
 def train_run(
@@ -91,13 +102,17 @@ def train_run(
     saved = config  # as given: config.yaml and the checkpoint keep loss.delta: auto
     config, scale = resolve_delta(config, data)
     # 2. model and loss (in standardized units), optimizer, scheduler, batches
-    spec = LOSSES[config.loss.name]
+    spec = spec_of(config.loss)
     model = build_model(len(data.feature_names), config.model.bias, config.seed,
                         data.X_train.dtype).to(device)  # fmt: skip
     loss_fn = spec.build(config.loss.delta / data.scaling.y_scale, config.loss.quantile)
+    if is_own(config.loss.name):  # the classic mistakes, caught before anything is written
+        preflight(loss_fn, own_label(config.loss.name), device, data.scaling.y_scale)
     optimizer = build_optimizer(config, model)
     scheduler = build_scheduler(config, optimizer)
     weights, bias = read_coefficients(model)  # before any restore: a function of the seed
+    if resume:
+        check_same_loss(resume, config.loss.name)
     state = restore(resume, model, optimizer, scheduler) if resume else TrainState()
     rank, world = (0, 1) if dist is None else (dist.rank, dist.world)
     train, val = make_batches(config, data, device, rank, world)
@@ -158,7 +173,7 @@ def pictures(config: Config, data: Dataset, params: dict[str, float]) -> list[tu
     held_out = data.X_val is not None
     evaluated = original_units(data, data.X_val, data.y_val) if held_out else (X, y)
     truth = None if data.true_weights is None else (data.true_weights, data.true_bias or 0.0)
-    spec = LOSSES[config.loss.name]
+    spec = spec_of(config.loss)
     delta = config.loss.delta if spec.uses_delta else None
     tau = config.loss.quantile if spec.uses_quantile else None
     return plots.run_pictures(X, y, data.outliers_train, evaluated, (list(params.values()),
@@ -198,11 +213,11 @@ def compare_losses(
     delta of the losses that use one), each into ``<parent>/<label>``; report each one's
     optimality gap."""
     labels = comparison_labels(losses, deltas, config.loss.delta, config.loss.quantile)
-    prepared = prepare(config)  # one dataset for every run
+    prepared = prepare(config, own_loss=any(is_own(n) for n in losses))  # one dataset for all
     data = prepared.data
     prefix = "" if config.name.startswith("compare") else "compare-"  # not compare-compare-
     parent = make_run_dir(runs_dir or config.output.runs_dir, config.name, prefix=prefix)
-    several_deltas = len({d for _, n, d in labels if LOSSES[n].uses_delta}) > 1
+    several_deltas = len({d for _, n, d in labels if n in LOSSES and LOSSES[n].uses_delta}) > 1
     differ = ["loss"] + ["delta"] * several_deltas
     ticked = differ + [k for k in HPARAMS_FIRST if k not in differ][: 5 - len(differ)]
     rows, last_step = [], 0
@@ -238,8 +253,12 @@ def comparison_labels(
         raise ConfigError("--deltas: none of --losses uses a delta (huber does)")
     labels = []
     for name in losses:
+        if is_own(name):  # your own loss: by its class name
+            labels.append((own_label(name), name, default_delta))
+            continue
         if name not in LOSSES:
-            raise ConfigError(f"--losses: unknown loss {name!r}; valid: {', '.join(LOSSES)}")
+            raise ConfigError(f"--losses: unknown loss {name!r}; valid: {', '.join(LOSSES)}, "
+                              "or your own as file.py:Class")  # fmt: skip
         if LOSSES[name].reference is None:
             raise ConfigError(f"--losses: loss {name!r} has no exact reference solver to "
                               "measure its optimality gap against")  # fmt: skip

@@ -7,10 +7,13 @@ Imports torch and ``reference``; must not import data, model, train or sinks.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -288,7 +291,7 @@ class LossSpec:
     build: Callable[[float, float], nn.Module]
     power: int
     uses_delta: bool
-    objective: Callable[..., float]
+    objective: Callable[..., float] | None
     reference: Callable[..., reference.Optimum] | None = None
     uses_quantile: bool = False
 
@@ -315,10 +318,156 @@ LOSSES: dict[str, LossSpec] = {
 
 
 def loss_spec(name: str) -> LossSpec:
-    """The declaration of the loss ``name``, or a ValueError listing the valid ones."""
-    if name not in LOSSES:
-        raise ValueError(f"unknown loss {name!r}; valid losses: {', '.join(LOSSES)}")
-    return LOSSES[name]
+    """The declaration of the loss ``name``: a built-in's, or for your own loss
+    (``file.py:Class``, ``package.module:Class``) one without objective or reference,
+    that builds nothing (see ``spec_of``); a ValueError for anything else."""
+    if name in LOSSES:
+        return LOSSES[name]
+    if is_own(name):
+        return LossSpec(_no_build, power=1, uses_delta=False, objective=None)
+    raise ValueError(f"unknown loss {name!r}; valid losses: {', '.join(LOSSES)}")
+
+
+def _no_build(delta: float, quantile: float) -> nn.Module:
+    raise RuntimeError("your own loss is built by spec_of(loss config), with its kwargs")
+
+
+def spec_of(loss: Any) -> LossSpec:
+    """The declaration for a ``config.loss`` section: a built-in's, or one that builds
+    your own loss module from its file or module with ``loss.kwargs``."""
+    if loss.name in LOSSES:
+        return LOSSES[loss.name]
+    kwargs = dict(loss.kwargs)
+    return LossSpec(lambda delta, quantile: load_own_loss(loss.name, kwargs), power=1,
+                    uses_delta=False, objective=None)  # fmt: skip
+
+
+def is_own(name: str) -> bool:
+    """Whether ``name`` names your own loss module rather than a built-in one."""
+    return ":" in name
+
+
+def own_label(name: str) -> str:
+    """Your own loss by its class name (runs, TensorBoard, comparisons): ``MyHuber``."""
+    return name.rpartition(":")[2] if is_own(name) else name
+
+
+def own_source(name: str) -> dict[str, str] | None:
+    """Where your own loss's code is, and a SHA-256 of its text (a resumed run must train
+    the same loss); None for a built-in."""
+    if not is_own(name):
+        return None
+    target = name.rpartition(":")[0]
+    file = Path(target) if target.endswith(".py") else _module_file(target)
+    text = file.read_bytes() if file is not None and file.is_file() else b""
+    return {"file": str(file), "sha256": hashlib.sha256(text).hexdigest()}
+
+
+def _module_file(module: str) -> Path | None:
+    import importlib.util
+
+    try:
+        spec = importlib.util.find_spec(module)
+    except (ImportError, ValueError):
+        return None
+    return Path(spec.origin) if spec is not None and spec.origin else None
+
+
+def load_own_loss(name: str, kwargs: dict[str, Any]) -> nn.Module:
+    """Import your own loss class (``path/to/file.py:Class`` or ``package.module:Class``)
+    and build it with ``kwargs``. The file is your code and runs as such, here, in this
+    process; every failure is one ``ConfigError`` line naming it."""
+    import importlib
+    import importlib.util
+
+    target, _, cls_name = name.rpartition(":")
+    try:
+        if target.endswith(".py"):
+            file = Path(target)
+            if not file.is_file():
+                raise ConfigError(f"loss.name: file not found: {file}")
+            spec = importlib.util.spec_from_file_location(f"huberfit_own_loss_{file.stem}", file)
+            module = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(module)
+        else:
+            module = importlib.import_module(target)
+    except ConfigError:
+        raise
+    except Exception as exc:  # the user's code: anything can happen while it loads
+        raise ConfigError(f"loss.name: {target} failed to load: {_first_line(exc)}") from None
+    cls = getattr(module, cls_name, None)
+    if cls is None:
+        found = [
+            k for k, v in vars(module).items() if isinstance(v, type) and issubclass(v, nn.Module)
+        ]
+        raise ConfigError(f"loss.name: {target} has no class {cls_name!r}"
+                          + (f"; it has {', '.join(found)}" if found else ""))  # fmt: skip
+    try:
+        loss = cls(**kwargs)
+    except Exception as exc:
+        raise ConfigError(
+            f"loss.kwargs: {own_label(name)}(**{kwargs}) failed: {_first_line(exc)}"
+        ) from None
+    if not callable(loss):
+        raise ConfigError(f"loss.name: {own_label(name)}() is not callable (an nn.Module?)")
+    return loss
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")
+
+
+def preflight(loss: nn.Module, label: str, device: torch.device, scale: float) -> None:
+    """Call the loss the way training will, on 64 rows of shape ``(64, 1)`` in float32 and
+    float64 on the run's device, with residuals from 1e-3 to 1e3 times the target's scale
+    (every branch of a piecewise loss), and turn each classic mistake into one line naming
+    its fix (a ``ConfigError``): a loss per row instead of a scalar, nan, a result cut off
+    the graph, tensors made on the wrong device or in the wrong dtype."""
+    mags = torch.logspace(-3, 3, 32, dtype=torch.float64) * scale
+    r = torch.cat([mags, -mags]).reshape(-1, 1)
+    for dtype in (torch.float32, torch.float64):
+        if device.type == "mps" and dtype == torch.float64:
+            continue
+        true = torch.zeros(64, 1, dtype=dtype, device=device)
+        pred = (true - r.to(device=device, dtype=dtype)).requires_grad_()
+        _check_call(loss, label, pred, true, dtype, device)
+
+
+def _check_call(loss, label: str, pred, true, dtype, device) -> None:
+    where = f"{label} (float{torch.finfo(dtype).bits} on {device.type})"
+    try:
+        out = loss(pred, true)
+    except RuntimeError as exc:
+        text = str(exc)
+        if "device" in text or "dtype" in text or "scalar type" in text or "Double" in text:
+            raise ConfigError(
+                f"{where}: {_first_line(exc)}; make tensors inside forward from the inputs "
+                "(torch.zeros_like(y_pred), y_pred.new_tensor(...)), not torch.tensor(...)"
+            ) from None
+        raise ConfigError(f"{where} raised {_first_line(exc)}") from None
+    except Exception as exc:
+        raise ConfigError(f"{where} raised {_first_line(exc)}") from None
+    if not torch.is_tensor(out):
+        raise ConfigError(f"{where} returned {type(out).__name__}, not a tensor: return the loss "
+                          "as a torch tensor (no .item(), no float())")  # fmt: skip
+    if out.dim() != 0:
+        raise ConfigError(f"{where} returned shape {tuple(out.shape)}, not a scalar: "
+                          "return loss.mean()")  # fmt: skip
+    if out.dtype != dtype or out.device.type != device.type:
+        raise ConfigError(f"{where} returned {out.dtype} on {out.device.type}: make tensors "
+                          "inside forward from the inputs (zeros_like, new_tensor)")  # fmt: skip
+    if not torch.isfinite(out):
+        raise ConfigError(f"{where} returned {float(out.detach())} on ordinary residuals "
+                          "(1e-3 to 1e3): a bug in the loss (a 0 * inf, a log of 0?)")  # fmt: skip
+    if out.grad_fn is None:
+        raise ConfigError(f"{where} is cut off the autograd graph, so nothing would train: "
+                          "keep it in torch ops (no .item(), NumPy or torch.tensor(result))")  # fmt: skip
+    (grad,) = torch.autograd.grad(out, pred)
+    if not torch.isfinite(grad).all():
+        raise ConfigError(f"{where}: its gradient is not finite on ordinary residuals")
+    if not bool((grad != 0).any()):
+        raise ConfigError(f"{where}: its gradient is zero everywhere, so nothing would train")
 
 
 def build_loss(name: str, delta: float = 1.0, quantile: float = 0.5) -> nn.Module:

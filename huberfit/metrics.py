@@ -22,7 +22,7 @@ from huberfit.data.batches import BatchSource
 from huberfit.data.dataset import Dataset
 from huberfit.data.scaling import Moments
 from huberfit.errors import ConfigError
-from huberfit.losses import LOSSES, optimum_of, relative_gap
+from huberfit.losses import optimum_of, own_label, own_source, relative_gap, spec_of
 from huberfit.model import read_coefficients
 from huberfit.reference import HUBER_T, NotCertified, design, robust_scale
 from huberfit.sinks import coefficient_error
@@ -155,7 +155,11 @@ def optimality(config: Config, data: Dataset, params: dict[str, float]) -> dict[
                 "optimum_note": "streamed data: no reference optimum (it needs every row in memory)"}  # fmt: skip
     from huberfit.inference import standard_errors
 
-    c, spec = config.loss, LOSSES[config.loss.name]
+    c, spec = config.loss, spec_of(config.loss)
+    if spec.reference is None:  # your own loss: nothing to certify against
+        return {"optimum": None, "gap": None, "converged": None, "standard_errors": None,
+                "intervals95": None, "optimum_note": "your own loss: no exact reference, "
+                "so its gap to the optimum is unknown"}  # fmt: skip
     X, y = original_units(data, data.X_train, data.y_train)
     w, b = np.array([params[k] for k in data.feature_names]), params["intercept"]
     out: dict[str, Any] = {"optimum": None, "gap": None, "converged": None}
@@ -208,10 +212,11 @@ def final_metrics(
         "name": config.name,
         "status": result.status,
         "message": result.message or None,
-        "loss": config.loss.name,
-        "delta": config.loss.delta if LOSSES[config.loss.name].uses_delta else None,
+        "loss": own_label(config.loss.name),  # your own loss by its class; loss_source: where
+        "delta": config.loss.delta if spec_of(config.loss).uses_delta else None,
         "scale": scale,
-        "quantile": config.loss.quantile if LOSSES[config.loss.name].uses_quantile else None,
+        "quantile": config.loss.quantile if spec_of(config.loss).uses_quantile else None,
+        "loss_source": own_source(config.loss.name),
         "optimizer": config.optimizer.name,
         "lr": config.optimizer.lr,
         "device": str(device),
@@ -282,8 +287,8 @@ def run_title(config: Config) -> str:
     """A picture's title: the loss (with its delta), after the run's name unless the name is
     the loss's own label (as in a comparison: ``huber``, ``huber-d0.5``)."""
     name, delta, tau = config.loss.name, config.loss.delta, config.loss.quantile
-    spec = LOSSES[name]
-    loss = f"{name} (delta {delta:.4g})" if spec.uses_delta else name
+    spec = spec_of(config.loss)
+    loss = f"{name} (delta {delta:.4g})" if spec.uses_delta else own_label(name)
     loss = f"{name} (tau {tau:g})" if spec.uses_quantile else loss
     own = {name, f"{name}-q{tau:g}"} | ({delta_label(name, delta)} if spec.uses_delta else set())
     if config.name in own:

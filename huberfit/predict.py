@@ -151,7 +151,7 @@ def evaluate_file(run: TrainedRun, input_path: str, target: str | None = None) -
     Streams the file; the target's variance (for R^2) is merged chunk by chunk
     (``scaling.Moments``), which stays accurate where sum-of-squares formulas cancel.
     """
-    from huberfit.losses import loss_spec
+    from huberfit.losses import loss_spec, own_label
 
     spec = loss_spec(run.loss)
     target = target or run.target
@@ -161,16 +161,17 @@ def evaluate_file(run: TrainedRun, input_path: str, target: str | None = None) -
         r = y - run.predict(X)
         sq += float(r @ r)
         ab += float(np.abs(r).sum())
-        obj += spec.objective(r, run.delta, run.quantile) * len(y)
+        if spec.objective is not None:  # your own loss: its code is not imported here
+            obj += spec.objective(r, run.delta, run.quantile) * len(y)
         moments.add(y)
     n, m2 = moments.n, float(moments.m2)
     return {
         **_run_uncertainty(run.run_dir),
         "rows": n,
-        "loss": run.loss,
+        "loss": own_label(run.loss),
         "delta": run.delta if spec.uses_delta else None,
         "quantile": run.quantile if spec.uses_quantile else None,
-        "objective": obj / n,
+        "objective": obj / n if spec.objective is not None else None,
         "mse": sq / n,
         "mae": ab / n,
         "r2": 1.0 - sq / m2 if m2 > 0 else math.nan,

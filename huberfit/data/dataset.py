@@ -9,7 +9,7 @@ contiguous, in the configured dtype, on the CPU.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -50,21 +50,28 @@ class Dataset:
     stream: StreamInfo | None = None
 
 
-def load_data(cfg: DataConfig, seed: int, dtype: str = "float32", bias: bool = True) -> Dataset:
+def load_data(
+    cfg: DataConfig, seed: int, dtype: str = "float32", bias: bool = True, scale_target: bool = True
+) -> Dataset:
     """The dataset the config describes: in memory, or streamed when ``data.streaming``
     says so (``auto``: when the files would not fit the memory budget).
 
     ``bias=False`` standardizes by scale only (no centering), so that the model without an
-    intercept keeps exactly the same minimizer.
+    intercept keeps exactly the same minimizer. ``scale_target=False`` leaves the target in
+    its own units (your own loss module sees the residuals you would compute by hand).
     """
     if cfg.source != "synthetic" and should_stream(
         cfg.streaming, cfg.path or "", cfg.source, cfg.memory_budget_mb
     ):
-        return _load_streamed(cfg, seed, dtype, bias)
-    return _load_in_memory(cfg, seed, dtype, bias)
+        data = _load_streamed(cfg, seed, dtype, bias, scale_target)
+    else:
+        data = _load_in_memory(cfg, seed, dtype, bias, scale_target)
+    return data
 
 
-def _load_in_memory(cfg: DataConfig, seed: int, dtype: str, bias: bool) -> Dataset:
+def _load_in_memory(
+    cfg: DataConfig, seed: int, dtype: str, bias: bool, scale_target: bool = True
+) -> Dataset:
     notes: list[str] = []
     truth_w = truth_b = outliers = None
     # 1. source and columns
@@ -87,6 +94,8 @@ def _load_in_memory(cfg: DataConfig, seed: int, dtype: str, bias: bool) -> Datas
     # 2. split, 3. scaling from the training rows
     train_idx, val_idx = split_indices(X.shape[0], cfg.val_fraction, seed, where=source)
     scaling, scale_notes = fit_scaling(X[train_idx], y[train_idx], cfg.standardize, center=bias)
+    if not scale_target:
+        scaling = replace(scaling, y_mean=0.0, y_scale=1.0)
     notes += [f"feature '{names[i]}' {msg}" for i, msg in scale_notes]
     tdtype = TORCH_DTYPES[dtype]
 
@@ -107,9 +116,13 @@ def _load_in_memory(cfg: DataConfig, seed: int, dtype: str, bias: bool) -> Datas
     )  # fmt: skip
 
 
-def _load_streamed(cfg: DataConfig, seed: int, dtype: str, bias: bool) -> Dataset:
+def _load_streamed(
+    cfg: DataConfig, seed: int, dtype: str, bias: bool, scale_target: bool = True
+) -> Dataset:
     info = scan(cfg.path or "", cfg.source, cfg.target, cfg.features, seed, cfg.val_fraction,
                 cfg.standardize, center=bias)  # fmt: skip
+    if not scale_target:
+        info.scaling = replace(info.scaling, y_mean=0.0, y_scale=1.0)
 
     def tensors(rows: np.ndarray) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         if len(rows) == 0:

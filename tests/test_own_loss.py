@@ -1,0 +1,101 @@
+"""Your own loss module: trained like a built-in, each classic mistake caught before
+anything is written, and a changed file refused on resume."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+
+import numpy as np
+import pytest
+from conftest import assert_same_optimum, train_rows
+
+from huberfit.cli import app
+
+WHERE = (
+    "import torch\nfrom torch import nn\n\n"
+    "class Loss(nn.Module):\n"
+    "    def __init__(self, delta=1.0):\n        super().__init__()\n        self.delta = delta\n\n"
+    "    def forward(self, y_pred, y_true):\n"
+    "        r = y_true - y_pred\n"
+    "        {body}\n"
+)
+GOOD = "return torch.where(r.abs() <= self.delta, 0.5 * r**2, self.delta * (r.abs() - 0.5 * self.delta)).mean()"
+MISTAKES = {
+    "per row": ("return torch.where(r.abs() <= 1, 0.5 * r**2, r.abs() - 0.5)",
+                "returned shape (64, 1), not a scalar: return loss.mean()"),
+    "nan": ("return (r * float('nan')).mean()", "returned nan on ordinary residuals"),
+    "item": ("return (0.5 * r**2).mean().item()", "returned float, not a tensor"),
+    "cut off": ("return torch.tensor(float((0.5 * r**2).mean()))", "cut off the autograd graph"),
+    "dtype": ("out = torch.zeros(r.shape); out[:] = 0.5 * r**2; return out.mean()",
+              "make tensors inside forward from the inputs"),
+}  # fmt: skip
+
+
+def _file(tmp_path, name: str, body: str):
+    path = tmp_path / f"{name}.py"
+    path.write_text(WHERE.replace("{body}", body))
+    return path
+
+
+def _train(runner, tmp_path, *args):
+    return runner.invoke(app, ["train", "--runs-dir", str(tmp_path / "runs"), "--json",
+                               "output.images=false", *args])  # fmt: skip
+
+
+@pytest.mark.parametrize("mistake", list(MISTAKES))
+def test_each_classic_mistake_is_one_line_naming_its_fix(tmp_path, runner, mistake):
+    body, expected = MISTAKES[mistake]
+    path = _file(tmp_path, "mine", body)
+    r = _train(runner, tmp_path, f"loss.name={path}:Loss", "dtype=float64")
+    assert r.exit_code == 1, r.output
+    lines = r.stderr.strip().splitlines()
+    assert lines[-1].startswith("error: Loss (float") and expected in lines[-1], lines
+    assert "Traceback" not in r.output
+    assert not (tmp_path / "runs").exists() or not list((tmp_path / "runs").iterdir())
+
+
+def test_missing_file_class_and_bad_kwargs(tmp_path, runner):
+    path = _file(tmp_path, "mine", GOOD)
+    for args, expected in [
+        ([f"loss.name={tmp_path / 'nope.py'}:Loss"], "file not found"),
+        ([f"loss.name={path}:Lost"], "has no class 'Lost'; it has Loss"),
+        ([f"loss.name={path}:Loss", "loss.kwargs={epsilon: 2}"], "Loss(**{'epsilon': 2}) failed"),
+        (["loss.name=huber", "loss.kwargs={delta: 2}"], "loss.kwargs is for your own loss"),
+    ]:
+        r = _train(runner, tmp_path, *args)
+        assert r.exit_code == 1 and expected in r.stderr, (args, r.output)
+
+
+@pytest.mark.slow
+def test_a_correct_own_huber_trains_to_the_built_in_optimum_and_resumes(tmp_path, runner):
+    path = _file(tmp_path, "mine", GOOD)
+    exact = ["dtype=float64", "optimizer.name=lbfgs", "train.epochs=30"]
+    own = _train(runner, tmp_path, f"loss.name={path}:Loss", *exact)
+    built = _train(runner, tmp_path, "loss.name=huber", *exact)
+    assert own.exit_code == 0 and built.exit_code == 0, own.output + built.output
+    a, b = json.loads(own.stdout), json.loads(built.stdout)
+    assert a["loss"] == "Loss" and a["loss_source"]["sha256"] and a["optimum"] is None
+    A, y = train_rows(exact)
+    coef = lambda m: np.r_[list(m["coefficients"].values()), m["intercept"]]  # noqa: E731
+    assert_same_optimum(coef(a), coef(b), A, y, "huber", exact_b=True)
+    # resume: the same file continues; a changed file is refused, nothing rewritten
+    r = runner.invoke(app, ["train", "--resume", a["run_dir"], "train.epochs=31", "--json"])
+    assert r.exit_code == 0, r.output
+    path.write_text(path.read_text() + "\n# changed\n")
+    before = (tmp_path / "runs").stat().st_mtime
+    r = runner.invoke(app, ["train", "--resume", a["run_dir"], "train.epochs=32"])
+    assert r.exit_code == 1 and "has changed since this run was trained" in r.stderr
+    assert (tmp_path / "runs").stat().st_mtime == before
+
+
+def test_the_shipped_lesson_loss_trains(tmp_path, runner):
+    from pathlib import Path
+
+    cfg = Path(__file__).resolve().parents[1] / "configs" / "lessons" / "where_huber.yaml"
+    r = runner.invoke(app, ["train", "--config", str(cfg), "--runs-dir", str(tmp_path),
+                            "--json", "train.epochs=2", "output.images=false"])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    m = json.loads(r.stdout)
+    assert m["loss"] == "WhereHuber" and m["status"] == "completed"
+    assert textwrap.dedent(m["optimum_note"]).startswith("your own loss")
