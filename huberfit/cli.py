@@ -234,6 +234,65 @@ def _exit_for(metrics, run_dir, main: bool) -> None:
         raise typer.Exit(130)
 
 
+@app.command("check-loss")
+@user_errors
+def check_loss(
+    target: str = typer.Argument(
+        ..., help="Your loss: path/to/file.py:Class or package.module:Class."
+    ),
+    reference: str | None = typer.Option(
+        None,
+        "--reference",
+        help="huber | mse | l1 | quantile: compare value and gradient row by row.",
+    ),
+    delta: float = typer.Option(1.0, "--delta", help="The reference's delta (huber)."),
+    quantile: float = typer.Option(0.5, "--quantile", help="The reference's tau (quantile)."),
+    kwargs: str = typer.Option(
+        "", "--kwargs", help="Your class's arguments, a YAML mapping: '{delta: 1}'."
+    ),
+    device: str = typer.Option("cpu", "--device", help="auto | cpu | cuda[:N] | mps."),
+    rows: int = typer.Option(1_000_000, "--rows", min=1000, help="Rows for the timing."),
+    json_out: bool = typer.Option(False, "--json", help="Print the checks as JSON."),
+) -> None:
+    """Check your own loss module: shape, finiteness, graph, gradcheck, dtype/device, and
+    (with --reference) value and gradient against a built-in; exit 0 only if all pass."""
+    from huberfit.config import BUILTIN_LOSSES, parse_yaml
+    from huberfit.errors import ConfigError
+
+    if ":" not in target:
+        raise ConfigError(
+            f"check-loss: give your loss as file.py:Class or package.module:Class; got {target!r}"
+        )
+    if reference is not None and reference not in BUILTIN_LOSSES:
+        raise ConfigError(
+            f"--reference must be one of {', '.join(BUILTIN_LOSSES)}; got {reference!r}"
+        )
+    args = parse_yaml(kwargs, "--kwargs") if kwargs.strip() else {}
+    if not isinstance(args, dict):
+        raise ConfigError(f"--kwargs must be a YAML mapping like '{{delta: 1}}'; got {kwargs!r}")
+    from huberfit.checkloss import check_loss as run_checks
+    from huberfit.device import resolve_device
+    from huberfit.losses import load_own_loss, own_label
+    from huberfit.sinks import render_checks
+
+    file, sep, cls = target.rpartition(":")
+    if file.endswith(".py"):
+        target = f"{Path(file).expanduser().resolve()}:{cls}"
+    loss = load_own_loss(target, args)
+    results = run_checks(loss, own_label(target), reference, delta, quantile,
+                         resolve_device(device, "float32"), rows)  # fmt: skip
+    if json_out:
+        out.print(json.dumps([{"check": n, "passed": p, "detail": d} for n, p, d in results],
+                             indent=2), markup=False)  # fmt: skip
+    else:
+        render_checks(own_label(target), results, out)
+    failed = [n for n, p, _ in results if not p]
+    if failed:
+        err.print(f"error: {len(failed)} of {len(results)} checks failed: {', '.join(failed)}",
+                  markup=False, highlight=False)  # fmt: skip
+        raise typer.Exit(1)
+
+
 @app.command("compare-losses")
 @user_errors
 def compare_losses(

@@ -660,3 +660,14 @@ def render_scores(scores: dict[str, Any], console: Console) -> None:
             low, high = ci.get(name, (None, None))
             table.add_row(name, _short(value), f"{_short(low)} .. {_short(high)}")
         console.print(table)
+
+
+def render_checks(label: str, rows: list[tuple[str, bool, str]], console: Console) -> None:
+    """``huberfit check-loss``: one row per check, with what it found."""
+    table = Table(box=box.SIMPLE_HEAD, title=f"check-loss {label}", title_justify="left")
+    table.add_column("check")
+    table.add_column("", no_wrap=True)
+    table.add_column("found")
+    for name, passed, detail in rows:
+        table.add_row(name, "pass" if passed else "FAIL", detail)
+    console.print(table)

@@ -99,3 +99,34 @@ def test_the_shipped_lesson_loss_trains(tmp_path, runner):
     m = json.loads(r.stdout)
     assert m["loss"] == "WhereHuber" and m["status"] == "completed"
     assert textwrap.dedent(m["optimum_note"]).startswith("your own loss")
+
+
+LESSONS = __import__("pathlib").Path(__file__).resolve().parents[1] / "configs" / "lessons"
+
+
+@pytest.mark.parametrize(("cls", "passes"), [("where_huber.py:WhereHuber", True),
+                                             ("mask_huber.py:MaskHuber", True),
+                                             ("mask_huber.py:MaskHuberBug", False)])  # fmt: skip
+def test_check_loss_passes_the_lessons_and_catches_the_wrong_mask(runner, cls, passes):
+    r = runner.invoke(app, ["check-loss", str(LESSONS / cls), "--reference", "huber",
+                            "--rows", "20000", "--json"])  # fmt: skip
+    checks = {c["check"]: c for c in json.loads(r.stdout)}
+    assert (r.exit_code == 0) == passes, r.output
+    value = checks["value against huber (delta 1)"]
+    assert value["passed"] == passes
+    if not passes:
+        assert "expected" in value["detail"] and "got" in value["detail"]
+        assert "checks failed" in r.stderr
+    for name in ("returns a scalar on (64, 1) inputs", "gradcheck in float64 (autograd's own test)",
+                 "follows the inputs' dtype and device"):  # fmt: skip
+        assert checks[name]["passed"], checks[name]
+
+
+def test_check_loss_reports_a_classic_mistake_as_a_failed_check(tmp_path, runner):
+    path = _file(tmp_path, "mine", MISTAKES["per row"][0])
+    r = runner.invoke(app, ["check-loss", f"{path}:Loss", "--json"])
+    assert r.exit_code == 1
+    first = json.loads(r.stdout)[0]
+    assert not first["passed"] and "return loss.mean()" in first["detail"]
+    r = runner.invoke(app, ["check-loss", "nocolon"])
+    assert r.exit_code == 1 and "file.py:Class" in r.stderr
