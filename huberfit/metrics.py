@@ -330,7 +330,15 @@ def comparison_row(label: str, m: dict[str, Any]) -> dict[str, Any]:
 def comparison_verdict(rows: list[dict[str, Any]], synthetic: bool) -> str:
     """A winner only when every run reached its own loss's optimum: otherwise the table
     compares how far each optimizer got, not the losses."""
-    short = [r for r in rows if not r["converged"]]
+    unknown = [r["label"] for r in rows if r["relative_gap"] is None]
+    short = [r for r in rows if r["relative_gap"] is not None and not r["converged"]]
+    if unknown and not short:
+        many = len(unknown) > 1
+        return (
+            f"no verdict: {' and '.join(unknown)} {'have' if many else 'has'} no exact reference, "
+            f"so whether {'they' if many else 'it'} reached the optimum is unknown; compare the "
+            "coefficients and validation errors in the table"
+        )
     if short:
         gaps = ", ".join(f"{r['label']} ({_gap_text(r)})" for r in short)
         return (
