@@ -32,6 +32,7 @@ def check_loss(
     out.append(
         _row("returns a scalar on (64, 1) inputs", lambda: preflight(loss, label, device, 1.0))
     )
+    out.append(_row("connected to the autograd graph", lambda: _connected(loss)))
     out.append(_row("finite on extreme residuals (1e-12 to 1e12)", lambda: _extremes(loss)))
     out.append(_row("gradcheck in float64 (autograd's own test)", lambda: _gradcheck(loss)))
     out.append(_row("follows the inputs' dtype and device", lambda: _follows(loss, device)))
@@ -50,6 +51,17 @@ def _row(name: str, check: Any) -> Row:
     except Exception as exc:  # your code: anything can happen
         return name, False, f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
     return name, True, detail or "ok"
+
+
+def _connected(loss: nn.Module) -> str:
+    pred = torch.linspace(-3, 3, 64, dtype=torch.float64).reshape(-1, 1).requires_grad_()
+    value = loss(pred, torch.zeros_like(pred))
+    if not torch.is_tensor(value) or value.grad_fn is None:
+        raise ConfigError("no grad_fn: the result left the graph (.item(), NumPy, torch.tensor)")
+    (grad,) = torch.autograd.grad(value, pred)
+    if not bool((grad != 0).any()):
+        raise ConfigError("the gradient is zero for every row: nothing would train")
+    return f"grad_fn {type(value.grad_fn).__name__}"
 
 
 def _extremes(loss: nn.Module) -> str:

@@ -8,7 +8,6 @@ import textwrap
 
 import numpy as np
 import pytest
-from conftest import assert_same_optimum, train_rows
 
 from huberfit.cli import app
 
@@ -76,9 +75,10 @@ def test_a_correct_own_huber_trains_to_the_built_in_optimum_and_resumes(tmp_path
     assert own.exit_code == 0 and built.exit_code == 0, own.output + built.output
     a, b = json.loads(own.stdout), json.loads(built.stdout)
     assert a["loss"] == "Loss" and a["loss_source"]["sha256"] and a["optimum"] is None
-    A, y = train_rows(exact)
     coef = lambda m: np.r_[list(m["coefficients"].values()), m["intercept"]]  # noqa: E731
-    assert_same_optimum(coef(a), coef(b), A, y, "huber", exact_b=True)
+    # both end with Newton steps on the same quadratic piece: the same float64 point
+    np.testing.assert_allclose(coef(a), coef(b), rtol=1e-10, atol=1e-12)
+    assert "Newton steps with autograd's Hessian" in a["message"]
     # resume: the same file continues; a changed file is refused, nothing rewritten
     r = runner.invoke(app, ["train", "--resume", a["run_dir"], "train.epochs=31", "--json"])
     assert r.exit_code == 0, r.output
