@@ -385,13 +385,30 @@ def evaluate(
     run: Path = RUN_OPT,
     input: str = INPUT_OPT,
     target: str | None = typer.Option(None, "--target", help="Target column (default: the run's)."),
+    loss: str | None = typer.Option(
+        None, "--loss", help="A run of your own loss: FILE.py:Class to score its objective with."
+    ),
     json_out: bool = typer.Option(False, "--json", help="Print the scores as JSON."),
 ) -> None:
     """Score a trained run on a labelled file: MSE, MAE, R^2 and its training objective."""
+    from huberfit.errors import ConfigError
     from huberfit.predict import evaluate_file, load_run
     from huberfit.sinks import render_scores
 
-    scores = evaluate_file(load_run(run), input, target)
+    trained = load_run(run)
+    own = None
+    if loss is not None:
+        from huberfit.losses import is_own, load_own_loss, own_label
+
+        if not is_own(trained.loss):
+            raise ConfigError(f"--loss: this run trained the built-in {trained.loss}; drop --loss")
+        file, _, cls = loss.rpartition(":")
+        if own_label(trained.loss) != cls:
+            raise ConfigError(f"--loss: this run trained {own_label(trained.loss)}, not {cls}")
+        if file.endswith(".py"):
+            loss = f"{Path(file).expanduser().resolve()}:{cls}"
+        own = load_own_loss(loss, trained.loss_kwargs)
+    scores = evaluate_file(trained, input, target, own)
     if json_out:
         out.print(json.dumps(scores, indent=2), markup=False)
     else:

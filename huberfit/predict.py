@@ -43,6 +43,7 @@ class TrainedRun:
     loss: str
     delta: float
     quantile: float
+    loss_kwargs: dict[str, Any]
 
     def predict(self, X: np.ndarray) -> np.ndarray:
         """Predictions in original units for ``X (n, n_features)`` in original units."""
@@ -71,6 +72,7 @@ def load_run(run_dir: str | Path) -> TrainedRun:
             loss=ckpt["loss"]["name"],
             delta=float(ckpt["loss"]["delta"]),
             quantile=float(ckpt["loss"].get("quantile", 0.5)),
+            loss_kwargs=dict(ckpt["loss"].get("kwargs") or {}),
         )
     except (KeyError, TypeError, AttributeError, ValueError) as exc:
         raise RunError(f"{run_dir}: checkpoint is missing or has a bad entry ({exc})") from None
@@ -145,11 +147,15 @@ def _write_parquet(chunks, run: TrainedRun, path: str) -> int:
     return rows
 
 
-def evaluate_file(run: TrainedRun, input_path: str, target: str | None = None) -> dict[str, Any]:
+def evaluate_file(
+    run: TrainedRun, input_path: str, target: str | None = None, own_loss: Any = None
+) -> dict[str, Any]:
     """MSE, MAE, R^2 and the run's own training objective on a labelled file, original units.
 
     Streams the file; the target's variance (for R^2) is merged chunk by chunk
-    (``scaling.Moments``), which stays accurate where sum-of-squares formulas cancel.
+    (``scaling.Moments``), which stays accurate where sum-of-squares formulas cancel. A run
+    of your own loss is scored with it only when you hand its module over (``own_loss``,
+    ``--loss FILE:CLASS``): the checkpoint never names code to import.
     """
     from huberfit.losses import loss_spec, own_label
 
@@ -161,8 +167,10 @@ def evaluate_file(run: TrainedRun, input_path: str, target: str | None = None) -
         r = y - run.predict(X)
         sq += float(r @ r)
         ab += float(np.abs(r).sum())
-        if spec.objective is not None:  # your own loss: its code is not imported here
+        if spec.objective is not None:
             obj += spec.objective(r, run.delta, run.quantile) * len(y)
+        elif own_loss is not None:  # your loss sees (rows, 1) tensors in the target's units
+            obj += _own_objective(own_loss, y - r, y) * len(y)
         moments.add(y)
     n, m2 = moments.n, float(moments.m2)
     return {
@@ -171,7 +179,7 @@ def evaluate_file(run: TrainedRun, input_path: str, target: str | None = None) -
         "loss": own_label(run.loss),
         "delta": run.delta if spec.uses_delta else None,
         "quantile": run.quantile if spec.uses_quantile else None,
-        "objective": obj / n if spec.objective is not None else None,
+        "objective": obj / n if spec.objective is not None or own_loss is not None else None,
         "mse": sq / n,
         "mae": ab / n,
         "r2": 1.0 - sq / m2 if m2 > 0 else math.nan,
@@ -192,3 +200,11 @@ def _run_uncertainty(run_dir: Path) -> dict[str, Any]:
     if not isinstance(metrics, dict):
         return {}
     return {k: metrics[k] for k in keys if metrics.get(k) is not None}
+
+
+def _own_objective(loss: Any, pred: np.ndarray, true: np.ndarray) -> float:
+    import torch
+
+    with torch.no_grad():
+        value = loss(torch.tensor(pred.reshape(-1, 1)), torch.tensor(true.reshape(-1, 1)))
+    return float(value)

@@ -643,7 +643,10 @@ def render_scores(scores: dict[str, Any], console: Console) -> None:
     table.add_column("value", justify="right")
     loss = scores["loss"] + (f" (delta {scores['delta']:.4g})" if scores.get("delta") else "")
     loss += f" (tau {scores['quantile']:g})" if scores.get("quantile") else ""
-    for name, value in (("rows", scores["rows"]), (f"objective: {loss}", scores["objective"]),
+    objective = scores["objective"]
+    if objective is None:
+        objective = "- (your loss: pass --loss FILE.py:Class)"
+    for name, value in (("rows", scores["rows"]), (f"objective: {loss}", objective),
                         ("MSE", scores["mse"]), ("MAE", scores["mae"]), ("R^2", scores["r2"])):  # fmt: skip
         table.add_row(name, _fmt(value))
     console.print(table)

@@ -130,3 +130,26 @@ def test_check_loss_reports_a_classic_mistake_as_a_failed_check(tmp_path, runner
     assert not first["passed"] and "return loss.mean()" in first["detail"]
     r = runner.invoke(app, ["check-loss", "nocolon"])
     assert r.exit_code == 1 and "file.py:Class" in r.stderr
+
+
+def test_eval_scores_your_loss_only_when_you_hand_it_over(tmp_path, runner):
+    import pandas as pd
+
+    rng = np.random.default_rng(1)
+    X = rng.normal(size=(200, 2))
+    pd.DataFrame(X, columns=["a", "b"]).assign(t=X @ [1.0, 2.0] + rng.normal(size=200)).to_csv(
+        tmp_path / "d.csv", index=False
+    )
+    path = _file(tmp_path, "mine", GOOD)
+    r = _train(runner, tmp_path, f"loss.name={path}:Loss", "data.source=csv",
+               f"data.path={tmp_path / 'd.csv'}", "data.target=t", "train.epochs=2")  # fmt: skip
+    run = json.loads(r.stdout)["run_dir"]
+    r = runner.invoke(app, ["eval", "--run", run, "--input", str(tmp_path / "d.csv"), "--json"])
+    assert r.exit_code == 0 and json.loads(r.stdout)["objective"] is None
+    r = runner.invoke(app, ["eval", "--run", run, "--input", str(tmp_path / "d.csv"), "--json",
+                            "--loss", f"{path}:Loss"])  # fmt: skip
+    scores = json.loads(r.stdout)
+    assert r.exit_code == 0 and scores["objective"] > 0 and scores["loss"] == "Loss"
+    r = runner.invoke(app, ["eval", "--run", run, "--input", str(tmp_path / "d.csv"),
+                            "--loss", f"{path}:Other"])  # fmt: skip
+    assert r.exit_code == 1 and "this run trained Loss, not Other" in r.stderr
