@@ -35,7 +35,12 @@ def resolve_device(name: str, dtype: str = "float32") -> torch.device:
             name = "mps"
         else:
             name = "cpu"
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise DeviceError(
+            f"device {name!r} is not a device name; use auto, cpu, cuda, cuda:N or mps"
+        ) from None
     available = available_devices()
     if device.type == "cuda":
         index = device.index or 0

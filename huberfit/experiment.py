@@ -27,7 +27,7 @@ from huberfit.config import Config, validate_config
 from huberfit.data.dataset import Dataset, load_data, make_batches
 from huberfit.device import resolve_device
 from huberfit.errors import ConfigError
-from huberfit.losses import LOSSES, is_own, own_label, preflight, spec_of
+from huberfit.losses import LOSSES, is_own, load_own_loss, own_label, preflight, spec_of
 from huberfit.metrics import (
     HPARAMS_FIRST,
     Scorer,
@@ -107,7 +107,8 @@ def train_run(
                         data.X_train.dtype).to(device)  # fmt: skip
     loss_fn = spec.build(config.loss.delta / data.scaling.y_scale, config.loss.quantile)
     if is_own(config.loss.name):  # the classic mistakes, caught before anything is written
-        preflight(loss_fn, own_label(config.loss.name), device, data.scaling.y_scale)
+        preflight(loss_fn, own_label(config.loss.name), device, data.scaling.y_scale,
+                  dtypes=(data.X_train.dtype,))  # fmt: skip
     optimizer = build_optimizer(config, model)
     scheduler = build_scheduler(config, optimizer)
     weights, bias = read_coefficients(model)  # before any restore: a function of the seed
@@ -215,6 +216,11 @@ def compare_losses(
     labels = comparison_labels(losses, deltas, config.loss.delta, config.loss.quantile)
     prepared = prepare(config, own_loss=any(is_own(n) for n in losses))  # one dataset for all
     data = prepared.data
+    for _, name, _ in labels:  # your own losses: every mistake caught before any folder
+        if is_own(name):
+            own = load_own_loss(name, config.loss.kwargs if config.loss.name == name else {})
+            preflight(own, own_label(name), prepared.device, data.scaling.y_scale,
+                      dtypes=(data.X_train.dtype,))  # fmt: skip
     prefix = "" if config.name.startswith("compare") else "compare-"  # not compare-compare-
     parent = make_run_dir(runs_dir or config.output.runs_dir, config.name, prefix=prefix)
     several_deltas = len({d for _, n, d in labels if n in LOSSES and LOSSES[n].uses_delta}) > 1
@@ -224,7 +230,9 @@ def compare_losses(
     for label, name, delta in labels:
         console.note(f"{label}: training")
         raw = config.model_dump(mode="json")
-        raw["loss"], raw["name"] = {**raw["loss"], "name": name, "delta": delta}, label
+        kwargs = raw["loss"]["kwargs"] if name == config.loss.name else {}  # yours: its own
+        raw["loss"] = {**raw["loss"], "name": name, "delta": delta, "kwargs": kwargs}
+        raw["name"] = label
         child = validate_config(raw, f"compare-losses {label}")
         (parent / label).mkdir()
         outcome = train_run(child, console, prepared=prepared, run_dir=parent / label,

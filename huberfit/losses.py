@@ -418,23 +418,43 @@ def _first_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")
 
 
-def preflight(loss: nn.Module, label: str, device: torch.device, scale: float) -> None:
-    """Call the loss the way training will, on 64 rows of shape ``(64, 1)`` in float32 and
-    float64 on the run's device, with residuals from 1e-3 to 1e3 times the target's scale
-    (every branch of a piecewise loss), and turn each classic mistake into one line naming
-    its fix (a ``ConfigError``): a loss per row instead of a scalar, nan, a result cut off
-    the graph, tensors made on the wrong device or in the wrong dtype."""
+def preflight(
+    loss: nn.Module, label: str, device: torch.device, scale: float,
+    dtypes: tuple[torch.dtype, ...] = (torch.float32, torch.float64), bounded: bool = True,
+) -> None:  # fmt: skip
+    """Call the loss the way training will, on 64 rows of shape ``(64, 1)`` in each of
+    ``dtypes`` on the run's device, with residuals from 1e-3 to 1e3 times the target's
+    scale (every branch of a piecewise loss), and turn each classic mistake into one line
+    naming its fix (a ``ConfigError``): a loss per row instead of a scalar, nan, a result
+    cut off the graph, tensors made on the wrong device or in the wrong dtype, a loss that
+    falls as the fit gets worse (a wrong branch: training would run to -inf)."""
     mags = torch.logspace(-3, 3, 32, dtype=torch.float64) * scale
     r = torch.cat([mags, -mags]).reshape(-1, 1)
-    for dtype in (torch.float32, torch.float64):
+    for dtype in dtypes:
         if device.type == "mps" and dtype == torch.float64:
             continue
         true = torch.zeros(64, 1, dtype=dtype, device=device)
         pred = (true - r.to(device=device, dtype=dtype)).requires_grad_()
         _check_call(loss, label, pred, true, dtype, device)
+        if bounded:
+            check_bounded(loss, label, true, scale)
 
 
-def _check_call(loss, label: str, pred, true, dtype, device) -> None:
+def check_bounded(loss: nn.Module, label: str, true: torch.Tensor, scale: float) -> str:
+    """A loss must not fall as the residuals grow (a wrong branch runs training to -inf)."""
+    where = f"{label} ({str(true.dtype).replace('torch.', '')} on {true.device.type})"
+    with torch.no_grad():
+        at_zero = float(loss(true.clone(), true))
+        far = float(loss(true - 1e3 * scale, true))
+    if far < at_zero:
+        raise ConfigError(
+            f"{where} is lower ({far:.3g}) for residuals of 1e3 than for 0 ({at_zero:.3g}): "
+            "it falls as the fit gets worse, so training would run to -inf (a wrong branch?)"
+        )
+    return f"{at_zero:.3g} at 0, {far:.3g} at 1e3"
+
+
+def _check_call(loss, label: str, pred, true, dtype, device) -> torch.Tensor:
     where = f"{label} (float{torch.finfo(dtype).bits} on {device.type})"
     try:
         out = loss(pred, true)
@@ -442,7 +462,7 @@ def _check_call(loss, label: str, pred, true, dtype, device) -> None:
         text = str(exc)
         if "device" in text or "dtype" in text or "scalar type" in text or "Double" in text:
             raise ConfigError(
-                f"{where}: {_first_line(exc)}; make tensors inside forward from the inputs "
+                f"{where}: {_first_line(exc).rstrip('.')}; make tensors inside forward from the inputs "
                 "(torch.zeros_like(y_pred), y_pred.new_tensor(...)), not torch.tensor(...)"
             ) from None
         raise ConfigError(f"{where} raised {_first_line(exc)}") from None
@@ -454,20 +474,21 @@ def _check_call(loss, label: str, pred, true, dtype, device) -> None:
     if out.dim() != 0:
         raise ConfigError(f"{where} returned shape {tuple(out.shape)}, not a scalar: "
                           "return loss.mean()")  # fmt: skip
+    if out.grad_fn is None:
+        raise ConfigError(f"{where} is cut off the autograd graph, so nothing would train: "
+                          "keep it in torch ops (no .item(), NumPy or torch.tensor(result))")  # fmt: skip
     if out.dtype != dtype or out.device.type != device.type:
         raise ConfigError(f"{where} returned {out.dtype} on {out.device.type}: make tensors "
                           "inside forward from the inputs (zeros_like, new_tensor)")  # fmt: skip
     if not torch.isfinite(out):
         raise ConfigError(f"{where} returned {float(out.detach())} on ordinary residuals "
                           "(1e-3 to 1e3): a bug in the loss (a 0 * inf, a log of 0?)")  # fmt: skip
-    if out.grad_fn is None:
-        raise ConfigError(f"{where} is cut off the autograd graph, so nothing would train: "
-                          "keep it in torch ops (no .item(), NumPy or torch.tensor(result))")  # fmt: skip
     (grad,) = torch.autograd.grad(out, pred)
     if not torch.isfinite(grad).all():
         raise ConfigError(f"{where}: its gradient is not finite on ordinary residuals")
     if not bool((grad != 0).any()):
         raise ConfigError(f"{where}: its gradient is zero everywhere, so nothing would train")
+    return out
 
 
 def build_loss(name: str, delta: float = 1.0, quantile: float = 0.5) -> nn.Module:

@@ -330,6 +330,12 @@ def comparison_row(label: str, m: dict[str, Any]) -> dict[str, Any]:
 def comparison_verdict(rows: list[dict[str, Any]], synthetic: bool) -> str:
     """A winner only when every run reached its own loss's optimum: otherwise the table
     compares how far each optimizer got, not the losses."""
+    diverged = [r["label"] for r in rows if r["status"] == "diverged"]
+    if diverged:
+        return (
+            f"no verdict: {' and '.join(diverged)} diverged (its loss ran to a non-finite "
+            "value; see its run folder's metrics.json)"
+        )
     unknown = [r["label"] for r in rows if r["relative_gap"] is None]
     short = [r for r in rows if r["relative_gap"] is not None and not r["converged"]]
     if unknown and not short:

@@ -671,6 +671,6 @@ def render_checks(label: str, rows: list[tuple[str, bool, str]], console: Consol
     table.add_column("check")
     table.add_column("", no_wrap=True)
     table.add_column("found")
-    for name, passed, detail in rows:
-        table.add_row(name, "pass" if passed else "FAIL", detail)
+    for name, passed, detail in rows:  # your loss's own text: never read as markup
+        table.add_row(Text(name), "pass" if passed else "FAIL", Text(detail))
     console.print(table)

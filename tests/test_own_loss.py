@@ -21,6 +21,8 @@ WHERE = (
 )
 GOOD = "return torch.where(r.abs() <= self.delta, 0.5 * r**2, self.delta * (r.abs() - 0.5 * self.delta)).mean()"
 MISTAKES = {
+    "wrong branch": ("return (0.5 * r**2 - r.abs() * 3).mean() - r.abs().mean() * r.abs().mean()",
+                     "falls as the fit gets worse"),
     "per row": ("return torch.where(r.abs() <= 1, 0.5 * r**2, r.abs() - 0.5)",
                 "returned shape (64, 1), not a scalar: return loss.mean()"),
     "nan": ("return (r * float('nan')).mean()", "returned nan on ordinary residuals"),
@@ -153,3 +155,25 @@ def test_eval_scores_your_loss_only_when_you_hand_it_over(tmp_path, runner):
     r = runner.invoke(app, ["eval", "--run", run, "--input", str(tmp_path / "d.csv"),
                             "--loss", f"{path}:Other"])  # fmt: skip
     assert r.exit_code == 1 and "this run trained Loss, not Other" in r.stderr
+
+
+def test_check_loss_catches_a_sum_and_a_bad_option(tmp_path, runner):
+    path = _file(tmp_path, "mine", GOOD.replace(").mean()", ").sum()"))
+    r = runner.invoke(app, ["check-loss", f"{path}:Loss", "--reference", "huber", "--rows",
+                            "2000", "--json"])  # fmt: skip
+    checks = {c["check"]: c for c in json.loads(r.stdout)}
+    assert r.exit_code == 1 and not checks["the mean over a batch, not the sum"]["passed"]
+    assert (
+        "return loss.mean(), not .sum()" in checks["the mean over a batch, not the sum"]["detail"]
+    )
+    for bad, expected in ((["--delta", "0"], "--delta must be"), (["--device", "tpu"], "tpu")):
+        r = runner.invoke(app, ["check-loss", f"{path}:Loss", *bad])
+        assert r.exit_code == 1 and expected in r.stderr and "Traceback" not in r.output
+
+
+def test_compare_with_a_broken_own_loss_writes_nothing(tmp_path, runner):
+    path = _file(tmp_path, "mine", MISTAKES["per row"][0])
+    r = runner.invoke(app, ["compare-losses", "--runs-dir", str(tmp_path / "runs"),
+                            "--losses", f"huber,{path}:Loss"])  # fmt: skip
+    assert r.exit_code == 1 and "not a scalar" in r.stderr
+    assert not (tmp_path / "runs").exists() or not list((tmp_path / "runs").iterdir())
