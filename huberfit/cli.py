@@ -279,9 +279,7 @@ def check_loss(
     from huberfit.losses import load_own_loss, own_label
     from huberfit.sinks import render_checks
 
-    file, sep, cls = target.rpartition(":")
-    if file.endswith(".py"):
-        target = f"{Path(file).expanduser().resolve()}:{cls}"
+    target = _own_file_absolute(target)
     loss = load_own_loss(target, args)
     results = run_checks(loss, own_label(target), reference, delta, quantile,
                          resolve_device(device, "float32"), rows)  # fmt: skip
@@ -327,7 +325,7 @@ def compare_losses(
 
     if launched_by_torchrun():
         raise ConfigError("compare-losses runs in one process; under torchrun use huberfit train")
-    names = [x.strip() for x in losses.split(",") if x.strip()]
+    names = [_own_file_absolute(x.strip()) for x in losses.split(",") if x.strip()]
     try:
         delta_list = [float(x) for x in deltas.split(",") if x.strip()]
     except ValueError:
@@ -342,6 +340,14 @@ def compare_losses(
     else:
         cfg = load_config(config, overrides)
     _run_comparison(cfg, names, delta_list, runs_dir, quiet, json_out)
+
+
+def _own_file_absolute(name: str) -> str:
+    """``my_loss.py:MyHuber`` as given on the command line: the file from the current folder."""
+    file, sep, cls = name.rpartition(":")
+    if sep and file.endswith(".py"):
+        return f"{Path(file).expanduser().resolve()}:{cls}"
+    return name
 
 
 def _run_comparison(cfg, names, deltas, runs_dir, quiet: bool, json_out: bool) -> None:

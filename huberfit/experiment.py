@@ -99,6 +99,8 @@ def train_run(
     device, data = prepared.device, prepared.data
     for note in data.notes:
         console.note(f"warning: {note}")
+    if is_own(config.loss.name) and "name" not in config.model_fields_set:
+        config = config.model_copy(update={"name": own_label(config.loss.name)})  # by its class
     saved = config  # as given: config.yaml and the checkpoint keep loss.delta: auto
     config, scale = resolve_delta(config, data)
     # 2. model and loss (in standardized units), optimizer, scheduler, batches

@@ -255,10 +255,11 @@ def final_metrics(
 def hparams_of(config: Config, data: Dataset) -> dict[str, Any]:
     """The same hyperparameter keys for every run, whatever its loss; the five that
     TensorBoard ticks by default first."""
-    d, t = config.data, config.train
+    d, t, loss = config.data, config.train, config.loss
+    delta = loss.kwargs.get("delta", loss.delta) if loss.kwargs else loss.delta  # yours: its own
     return {
-        "loss": config.loss.name,
-        "delta": config.loss.delta,
+        "loss": own_label(loss.name),
+        "delta": float(delta) if isinstance(delta, int | float) else loss.delta,
         "optimizer": config.optimizer.name,
         "lr": config.optimizer.lr,
         "batch_size": t.batch_size if t.batch_size is not None else _train_rows(data),
@@ -270,6 +271,7 @@ def hparams_of(config: Config, data: Dataset) -> dict[str, Any]:
         "data_source": d.source,
         "n_samples": data.n_rows,
         "outlier_fraction": d.outlier_fraction if d.source == "synthetic" else 0.0,
+        "loss_kwargs": str(dict(loss.kwargs)) if loss.kwargs else "",
     }
 
 

@@ -177,3 +177,19 @@ def test_compare_with_a_broken_own_loss_writes_nothing(tmp_path, runner):
                             "--losses", f"huber,{path}:Loss"])  # fmt: skip
     assert r.exit_code == 1 and "not a scalar" in r.stderr
     assert not (tmp_path / "runs").exists() or not list((tmp_path / "runs").iterdir())
+
+
+@pytest.mark.slow
+def test_compare_gives_your_loss_its_kwargs_and_the_built_ins_none(tmp_path, runner, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    _file(tmp_path, "mine", GOOD)  # relative on the command line, from the current folder
+    r = runner.invoke(app, ["compare-losses", "--runs-dir", "runs", "--losses", "huber,mine.py:Loss",
+                            "--deltas", "2", "loss.name=mine.py:Loss", "loss.kwargs={delta: 2.0}",
+                            "--json"])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    rows = {row["label"]: row for row in json.loads(r.stdout)["runs"]}
+    assert set(rows) == {"huber-d2", "Loss"}
+    # the same loss (Huber, delta 2) from the same start: the same coefficients
+    np.testing.assert_allclose(list(rows["Loss"]["coefficients"].values()),
+                               list(rows["huber-d2"]["coefficients"].values()), rtol=1e-5)  # fmt: skip
+    assert "no exact reference" in json.loads(r.stdout)["verdict"]
