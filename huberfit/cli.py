@@ -280,7 +280,7 @@ def check_loss(
     from huberfit.sinks import render_checks
 
     target = _own_file_absolute(target)
-    loss = load_own_loss(target, args)
+    loss = load_own_loss(target, args, keys=("check-loss", "--kwargs"))
     results = run_checks(loss, own_label(target), reference, delta, quantile,
                          resolve_device(device, "float32"), rows)  # fmt: skip
     if json_out:

@@ -373,7 +373,9 @@ def _module_file(module: str) -> Path | None:
     return Path(spec.origin) if spec is not None and spec.origin else None
 
 
-def load_own_loss(name: str, kwargs: dict[str, Any]) -> nn.Module:
+def load_own_loss(
+    name: str, kwargs: dict[str, Any], keys: tuple[str, str] = ("loss.name", "loss.kwargs")
+) -> nn.Module:
     """Import your own loss class (``path/to/file.py:Class`` or ``package.module:Class``)
     and build it with ``kwargs``. The file is your code and runs as such, here, in this
     process; every failure is one ``ConfigError`` line naming it."""
@@ -385,7 +387,7 @@ def load_own_loss(name: str, kwargs: dict[str, Any]) -> nn.Module:
         if target.endswith(".py"):
             file = Path(target)
             if not file.is_file():
-                raise ConfigError(f"loss.name: file not found: {file}")
+                raise ConfigError(f"{keys[0]}: file not found: {file}")
             spec = importlib.util.spec_from_file_location(f"huberfit_own_loss_{file.stem}", file)
             module = importlib.util.module_from_spec(spec)
             spec.loader.exec_module(module)
@@ -394,22 +396,22 @@ def load_own_loss(name: str, kwargs: dict[str, Any]) -> nn.Module:
     except ConfigError:
         raise
     except Exception as exc:  # the user's code: anything can happen while it loads
-        raise ConfigError(f"loss.name: {target} failed to load: {_first_line(exc)}") from None
+        raise ConfigError(f"{keys[0]}: {target} failed to load: {_first_line(exc)}") from None
     cls = getattr(module, cls_name, None)
     if cls is None:
         found = [
             k for k, v in vars(module).items() if isinstance(v, type) and issubclass(v, nn.Module)
         ]
-        raise ConfigError(f"loss.name: {target} has no class {cls_name!r}"
+        raise ConfigError(f"{keys[0]}: {target} has no class {cls_name!r}"
                           + (f"; it has {', '.join(found)}" if found else ""))  # fmt: skip
     try:
         loss = cls(**kwargs)
     except Exception as exc:
         raise ConfigError(
-            f"loss.kwargs: {own_label(name)}(**{kwargs}) failed: {_first_line(exc)}"
+            f"{keys[1]}: {own_label(name)}(**{kwargs}) failed: {_first_line(exc)}"
         ) from None
     if not callable(loss):
-        raise ConfigError(f"loss.name: {own_label(name)}() is not callable (an nn.Module?)")
+        raise ConfigError(f"{keys[0]}: {own_label(name)}() is not callable (an nn.Module?)")
     return loss
 
 
