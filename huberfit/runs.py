@@ -68,6 +68,7 @@ def _run_row(folder: Path) -> dict[str, Any]:
             "status": m["status"],
             "loss": m.get("loss"),
             "delta": m.get("delta"),
+            "quantile": m.get("quantile"),
             "optimizer": m.get("optimizer"),
             "epochs": m.get("epochs"),
             "val_loss": val.get("loss"),

@@ -598,7 +598,9 @@ RUN_COLUMNS = [  # (header, cell of a row), most important first: narrow screens
 def _loss_cell(row: dict[str, Any]) -> str:
     if not row.get("loss"):
         return "-"
-    return row["loss"] + (f" {row['delta']:g}" if isinstance(row.get("delta"), float) else "")
+    if isinstance(row.get("quantile"), float):
+        return f"{row['loss']} q{row['quantile']:g}"
+    return row["loss"] + (f" {row['delta']:.4g}" if isinstance(row.get("delta"), float) else "")
 
 
 def render_runs(rows: list[dict[str, Any]], runs_dir: str, console: Console) -> None:
