@@ -163,10 +163,25 @@ def restore(ckpt: dict[str, Any], model: Any, optimizer: Any, scheduler: Any) ->
     return TrainState.from_dict(ckpt["state"])
 
 
+# What a resumed run may change: how long it trains, what it logs, where it runs. Anything
+# else (data, model, loss, optimizer, dtype, seed, name) is the state the checkpoint holds.
+RESUMABLE = ("train.epochs", "train.log_every_steps", "train.early_stopping_patience", "device")
+
+
 def load_resume(run_dir: str, overrides: list[str]) -> tuple[Any, dict[str, Any]]:
-    """The config and checkpoint of a run to continue (overrides may extend ``epochs``)."""
+    """The config and checkpoint of a run to continue. Overrides may change only how long
+    it trains, what it writes and where (``RESUMABLE``, ``output.*``); any other is refused
+    rather than silently dropped or crashing on the saved state."""
     from huberfit.config import apply_overrides, override_keys, validate_config
 
+    fixed = sorted(k for k in override_keys(overrides)
+                   if k not in RESUMABLE and not k.startswith("output."))  # fmt: skip
+    if fixed:
+        raise RunError(
+            f"--resume: {', '.join(fixed)} cannot change in a resumed run (its checkpoint holds "
+            f"the state it trained); override only {', '.join(RESUMABLE)} or output.*, or "
+            "start a new run"
+        )
     ckpt = load_checkpoint(run_dir)
     raw = apply_overrides(dict(ckpt["config"]), overrides)
     source = f"{run_dir}/checkpoint.pt config"

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -390,3 +391,20 @@ def test_shipped_data_configs_train(tmp_path):
     out = train_run(cfg, quiet(), runs_dir=str(tmp_path))
     # L1 ignores the outlier: the line through the other ten points
     assert out.metrics["coefficients"]["x"] == pytest.approx(0.3454, abs=1e-3)
+
+
+def test_resume_refuses_overrides_the_checkpoint_cannot_honour(tmp_path, runner):
+    """Changing the data, model, loss or optimizer of a saved run would crash on its state or
+    be silently dropped: each is one line naming the keys, and nothing is written."""
+    r = runner.invoke(app, ["train", "--runs-dir", str(tmp_path), "--json", "train.epochs=1",
+                            "output.images=false"])  # fmt: skip
+    run = json.loads(r.stdout)["run_dir"]
+    before = sorted(p.name for p in Path(run).iterdir())
+    for args, keys in ((["data.n_features=2"], "data.n_features"),
+                       (["optimizer.lr=0.5", "model.bias=false"], "model.bias, optimizer.lr")):  # fmt: skip
+        r = runner.invoke(app, ["train", "--resume", run, *args])
+        assert r.exit_code == 1 and f"--resume: {keys} cannot change" in r.stderr, r.output
+        assert "Traceback" not in r.output
+    assert sorted(p.name for p in Path(run).iterdir()) == before
+    r = runner.invoke(app, ["train", "--resume", run, "train.epochs=2", "output.images=false"])
+    assert r.exit_code == 0, r.output
