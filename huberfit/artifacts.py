@@ -153,7 +153,7 @@ def restore(ckpt: dict[str, Any], model: Any, optimizer: Any, scheduler: Any) ->
     loop's ``TrainState``."""
     import torch
 
-    from huberfit.train import TrainState
+    from huberfit.loop import TrainState
 
     model.load_state_dict(ckpt["model"])
     optimizer.load_state_dict(ckpt["optimizer"])

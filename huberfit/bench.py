@@ -8,7 +8,7 @@ here is asserted: timings are for people, on their machine.
 
 (a) the tutorial loop: ``TensorDataset`` + ``DataLoader(shuffle=True)`` + the readable
     ``torch.where`` Huber module + ``zero_grad / backward / step`` with ``torch.optim.SGD``;
-(b) huberfit's engine (``train.fit`` with its batch source, loss and optimizer);
+(b) huberfit's engine (``loop.fit`` with its batch source, loss and optimizer);
 (c) ``HuberLoss`` against ``F.huber_loss``, forward + backward on 1M elements;
 (d) huberfit's engine with TensorBoard logging on (default intervals) against off;
 (e) full-batch L-BFGS to a relative objective gap of 1e-6 on the same Huber problem.
@@ -31,10 +31,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from huberfit.data.batches import InMemoryBatches
+from huberfit.loop import FitSettings, fit
 from huberfit.losses import HuberLoss, huber_reference
 from huberfit.model import build_model
 from huberfit.optim import SGD
-from huberfit.train import FitSettings, fit
 
 
 @dataclass

@@ -27,6 +27,7 @@ from huberfit.config import Config, validate_config
 from huberfit.data.dataset import Dataset, load_data, make_batches
 from huberfit.device import resolve_device
 from huberfit.errors import ConfigError
+from huberfit.loop import FitResult, FitSettings, TrainState, fit
 from huberfit.losses import LOSSES, is_own, load_own_loss, own_label, preflight, spec_of
 from huberfit.metrics import (
     HPARAMS_FIRST,
@@ -45,7 +46,6 @@ from huberfit.model import build_model, read_coefficients
 from huberfit.optim import build_optimizer, build_scheduler
 from huberfit.run import open_run, stop_on_signals
 from huberfit.sinks import ConsoleSink, TensorBoardSink
-from huberfit.train import FitResult, FitSettings, TrainState, fit
 
 
 @dataclass

@@ -203,8 +203,8 @@ class L1Loss(nn.L1Loss):
 
     ``smoothing`` (0 by default) rounds the kink for full-batch L-BFGS, which assumes a
     smooth objective: ``|r|`` becomes ``r**2 / (2 mu)`` within ``mu`` of 0 and
-    ``|r| - mu/2`` beyond (Huber's loss over ``mu``). ``train.fit`` lowers it step by step
-    and then solves the exact vertex; see ``train._Run.lbfgs_epoch``.
+    ``|r| - mu/2`` beyond (Huber's loss over ``mu``). ``loop.fit`` lowers it step by step
+    and then solves the exact vertex; see ``loop._Run.lbfgs_epoch``.
     """
 
     smoothing = 0.0

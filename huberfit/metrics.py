@@ -94,7 +94,7 @@ class Scorer:
         return packed[:4], merged
 
     def evaluator(self, val: BatchSource | None) -> Any:
-        """``train.fit``'s ``evaluate``: the validation scores (None without validation
+        """``loop.fit``'s ``evaluate``: the validation scores (None without validation
         rows), the coefficients and the validation residuals, original units."""
 
         def evaluate(model: nn.Module) -> tuple[dict[str, float] | None, dict[str, float], Any]:

@@ -7,7 +7,7 @@ Why not the ``torch.optim.Optimizer`` classes: constructing or stepping one impo
 ``torch._dynamo`` (measured +1.0 s of start-up), and its ``step`` costs ~20 us of Python
 plus ~8 us for ``zero_grad`` around ~3 us of arithmetic, where a 256-row training step has
 a budget of tens of microseconds (the shell: ~3 us for SGD). The shells keep the same
-interface (``param_groups``, ``step``, ``zero_grad``, ``state_dict``), so ``train.fit``
+interface (``param_groups``, ``step``, ``zero_grad``, ``state_dict``), so ``loop.fit``
 also accepts any ``torch.optim`` optimizer, and the tests check every update against
 ``torch.optim`` as the oracle. L-BFGS is ``torch.optim.LBFGS`` itself. Imports torch and
 the config's types only.

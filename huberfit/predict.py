@@ -45,6 +45,21 @@ class TrainedRun:
     quantile: float
     loss_kwargs: dict[str, Any]
 
+    def predict_frame(self, X: Any) -> np.ndarray:
+        """``predict`` for a DataFrame (its columns picked by the run's feature names, in
+        the run's order) or anything array-like with the features in the run's order."""
+        if hasattr(X, "columns"):
+            missing = [f for f in self.features if f not in X.columns]
+            if missing:
+                raise DataError(
+                    f"the input has no column {missing[0]!r} (features: {self.features})"
+                )
+            X = X[self.features].to_numpy(dtype=np.float64)
+        X = np.asarray(X, dtype=np.float64)
+        if X.ndim != 2 or X.shape[1] != len(self.features):
+            raise DataError(f"X has shape {X.shape}; the run has {len(self.features)} features")
+        return self.predict(X)
+
     def predict(self, X: np.ndarray) -> np.ndarray:
         """Predictions in original units for ``X (n, n_features)`` in original units."""
         Xs = (X - self.x_mean) / self.x_scale

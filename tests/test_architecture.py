@@ -20,16 +20,16 @@ ONLY = {
     "plots": set(),
 }
 FORBIDDEN = {
-    "data": {"losses", "model", "train", "sinks", "metrics", "run", "experiment", "plots"},
-    "losses": {"data", "model", "train", "sinks", "metrics", "run", "experiment"},
-    "optim": {"data", "losses", "train", "model", "sinks", "experiment"},
-    "train": {"losses", "model", "sinks", "metrics", "run", "experiment", "optim"},
-    "sinks": {"data", "losses", "train", "metrics", "run", "experiment"},
+    "data": {"losses", "model", "loop", "sinks", "metrics", "run", "experiment", "plots"},
+    "losses": {"data", "model", "loop", "sinks", "metrics", "run", "experiment"},
+    "optim": {"data", "losses", "loop", "model", "sinks", "experiment"},
+    "loop": {"losses", "model", "sinks", "metrics", "run", "experiment", "optim"},
+    "sinks": {"data", "losses", "loop", "metrics", "run", "experiment"},
     "artifacts": {"sinks", "plots", "metrics", "run", "experiment"},
-    "run": {"data", "train", "metrics", "experiment", "losses"},
+    "run": {"data", "loop", "metrics", "experiment", "losses"},
     "metrics": {"run", "plots", "experiment"},
-    "predict": {"experiment", "run", "train"},
-    "runs": {"experiment", "train"},
+    "predict": {"experiment", "run", "loop"},
+    "runs": {"experiment", "loop"},
 }
 
 

@@ -21,11 +21,11 @@ from huberfit.config import load_config
 from huberfit.data.batches import InMemoryBatches
 from huberfit.errors import DeviceError
 from huberfit.experiment import train_run
+from huberfit.loop import FitSettings, fit
 from huberfit.losses import build_loss
 from huberfit.model import build_model
 from huberfit.optim import SGD
 from huberfit.sinks import ConsoleSink
-from huberfit.train import FitSettings, fit
 
 
 class NullSink:

@@ -5,7 +5,7 @@
     columns    tables.py: one header reader, the column checks, located cell errors
     split      split.py: a seeded hash of each row's index decides train or validation
     scaling    scaling.py: statistics of the training rows (one variance merge)
-    batches    batches.py: the ``BatchSource`` protocol that ``train.fit`` is typed
+    batches    batches.py: the ``BatchSource`` protocol that ``loop.fit`` is typed
                against, and its in-memory, sharded and streamed sources
     dataset.py the wiring: ``load_data(config) -> Dataset``, in memory or streamed
 

@@ -1,4 +1,4 @@
-"""Batches: the ``BatchSource`` protocol that ``train.fit`` is typed against, and its three
+"""Batches: the ``BatchSource`` protocol that ``loop.fit`` is typed against, and its three
 sources: in memory, sharded over processes (torchrun), and streamed from files.
 
 Every source serves the same global batches for the same seed: epoch ``e``'s order is a
@@ -26,7 +26,7 @@ Chunk = tuple[torch.Tensor, torch.Tensor]  # (X (b, f), y (b, 1)), on the traini
 
 
 class BatchSource(Protocol):
-    """What ``train.fit`` and the scorer need from the rows of one split.
+    """What ``loop.fit`` and the scorer need from the rows of one split.
 
     ``epoch(e)`` yields ``(item, rows in the whole global batch)`` per micro-batch and
     ``take(item)`` turns an item into ``(X, y)`` on ``device`` (an index tensor gathered
