@@ -8,7 +8,14 @@
 from huberfit.errors import HuberfitError
 
 __version__ = "0.1.0"
-__all__ = ["HuberfitError", "__version__", "compare_losses", "load_run", "train"]
+__all__ = [
+    "HuberfitError",
+    "HuberfitRegressor",
+    "__version__",
+    "compare_losses",
+    "load_run",
+    "train",
+]
 
 
 def __getattr__(name: str):
@@ -16,4 +23,8 @@ def __getattr__(name: str):
         from huberfit import api
 
         return getattr(api, name)
+    if name == "HuberfitRegressor":  # needs scikit-learn
+        from huberfit.estimator import HuberfitRegressor
+
+        return HuberfitRegressor
     raise AttributeError(f"module 'huberfit' has no attribute {name!r}")

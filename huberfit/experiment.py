@@ -144,6 +144,29 @@ def train_run(
     return Outcome(run.dir, metrics, result, model)
 
 
+def fit_in_memory(config: Config, data: Dataset) -> tuple[nn.Linear, FitResult]:
+    """``train_run`` without a run folder, sinks or pictures (the scikit-learn estimator):
+    the same model, loss, optimizer, batches and loop, on the CPU or ``config.device``."""
+    from huberfit.sinks import Sinks
+
+    device = resolve_device(config.device, config.dtype)
+    config, _ = resolve_delta(config, data)
+    spec = spec_of(config.loss)
+    model = build_model(len(data.feature_names), config.model.bias, config.seed,
+                        data.X_train.dtype).to(device)  # fmt: skip
+    loss_fn = spec.build(config.loss.delta / data.scaling.y_scale, config.loss.quantile)
+    optimizer = build_optimizer(config, model)
+    train, val = make_batches(config, data, device)
+    steps = train.steps_per_epoch(config.train.grad_accum_steps)
+    settings = fit_settings(
+        config, steps, data.scaling.y_scale**spec.power, ConsoleSink(1, quiet=True)
+    )
+    scorer = Scorer(loss_fn, data, spec.power)
+    result = fit(model, loss_fn, train, optimizer, Sinks(), settings, scorer.evaluator(val),
+                 scheduler=build_scheduler(config, optimizer))  # fmt: skip
+    return model, result
+
+
 def fit_settings(
     config: Config, steps_per_epoch: int, loss_scale: float, console: ConsoleSink
 ) -> FitSettings:

@@ -141,6 +141,24 @@ def _load_streamed(
     )  # fmt: skip
 
 
+def dataset_from_arrays(
+    X: np.ndarray, y: np.ndarray, dtype: str = "float64", bias: bool = True,
+    names: list[str] | None = None,
+) -> Dataset:  # fmt: skip
+    """Arrays already in memory (scikit-learn's ``fit(X, y)``) as a ``Dataset``: every row
+    trains (no validation split), standardized as a config's data would be."""
+    X, y = np.asarray(X, dtype=np.float64), np.asarray(y, dtype=np.float64).reshape(-1)
+    names = names or [f"x{i}" for i in range(X.shape[1])]
+    scaling, notes = fit_scaling(X, y, True, center=bias)
+    tdtype = TORCH_DTYPES[dtype]
+    ys = ((y - scaling.y_mean) / scaling.y_scale).reshape(-1, 1)
+    return Dataset(
+        X_train=_tensor(scaling.apply_x(X), tdtype), y_train=_tensor(ys, tdtype), X_val=None,
+        y_val=None, feature_names=names, scaling=scaling, source=f"arrays ({len(X)} rows)",
+        n_rows=len(X), notes=[f"feature '{names[i]}' {msg}" for i, msg in notes],
+    )  # fmt: skip
+
+
 def _tensor(a: np.ndarray, dtype: torch.dtype) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(a)).to(dtype).contiguous()
 
