@@ -28,13 +28,17 @@ class HuberfitRegressor(RegressorMixin, BaseEstimator):
         dtype: ``float64`` (default) or ``float32``; device: ``cpu``, ``cuda``, ``auto``...
         seed: initial weights and batch order.
         fit_intercept: fit an intercept (``model.bias``).
+        runs_dir: None (default) trains in memory only; a folder: each ``fit`` also writes a
+            full run folder there (``run_dir_``: TensorBoard events, metrics.json,
+            checkpoint), as ``huberfit train`` does.
     """
 
     def __init__(self, loss: str = "huber", delta: float | str = 1.0, quantile: float = 0.5,
                  optimizer: str = "lbfgs", lr: float | None = None, epochs: int = 50,
                  batch_size: int | None = 64, dtype: str = "float64", device: str = "cpu",
-                 seed: int = 0, fit_intercept: bool = True) -> None:  # fmt: skip
+                 seed: int = 0, fit_intercept: bool = True, runs_dir: str | None = None) -> None:  # fmt: skip
         self.loss, self.delta, self.quantile = loss, delta, quantile
+        self.runs_dir = runs_dir
         self.optimizer, self.lr, self.epochs, self.batch_size = optimizer, lr, epochs, batch_size
         self.dtype, self.device, self.seed, self.fit_intercept = dtype, device, seed, fit_intercept
 
@@ -48,7 +52,7 @@ class HuberfitRegressor(RegressorMixin, BaseEstimator):
             "optimizer": {"name": self.optimizer, "lr": self.lr},
             "train": {"epochs": self.epochs, "batch_size": self.batch_size},
             "data": {"val_fraction": 0.0},
-            "output": {"tensorboard": False, "images": False},
+            "output": {"tensorboard": self.runs_dir is not None, "images": False},
         }  # fmt: skip
         return validate_config(raw, "HuberfitRegressor")
 
@@ -60,12 +64,27 @@ class HuberfitRegressor(RegressorMixin, BaseEstimator):
 
         X, y = validate_data(self, X, y, y_numeric=True, dtype=np.float64, ensure_min_samples=2)
         config = self._config()
-        data = dataset_from_arrays(X, y, config.dtype, bias=bool(self.fit_intercept))
-        model, result = fit_in_memory(config, data)
+        names = [str(n) for n in getattr(self, "feature_names_in_", [])] or None
+        data = dataset_from_arrays(X, y, config.dtype, bias=bool(self.fit_intercept), names=names)
+        if self.runs_dir is None:
+            model, result = fit_in_memory(config, data)
+        else:  # asked for: a run folder like huberfit train's
+            model, result = self._fit_into_folder(config, data)
         w, b = data.scaling.to_original(*read_coefficients(model))
         self.coef_, self.intercept_ = np.asarray(w, dtype=np.float64), float(b)
         self.status_, self.n_iter_ = result.status, result.state.epoch
         return self
+
+    def _fit_into_folder(self, config: Any, data: Any) -> tuple[Any, Any]:
+        from huberfit.device import resolve_device
+        from huberfit.experiment import Prepared, train_run
+        from huberfit.sinks import ConsoleSink
+
+        prepared = Prepared(resolve_device(config.device, config.dtype), data)
+        config = config.model_copy(update={"name": "HuberfitRegressor"})
+        outcome = train_run(config, ConsoleSink(1, quiet=True), str(self.runs_dir), prepared)
+        self.run_dir_ = outcome.run_dir
+        return outcome.model, outcome.result
 
     def predict(self, X: Any) -> np.ndarray:
         """Predictions for ``X (n, f)``, in the target's units."""

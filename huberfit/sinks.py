@@ -52,8 +52,8 @@ class Sinks:
 
 
 class ConsoleSink:
-    """Progress on stderr: on a terminal a Rich bar that moves at every log interval and
-    stays on screen at the end; otherwise one plain line per epoch. Notes are printed once
+    """Progress on stderr: on a terminal or in a notebook a Rich bar that moves at every log
+    interval and stays on screen at the end; otherwise one plain line per epoch. Notes are printed once
     each (a comparison trains several runs that would repeat them)."""
 
     REFRESH_SECONDS = 0.1  # the bar is redrawn at most this often from ``step``
@@ -78,7 +78,7 @@ class ConsoleSink:
     def start(self, first_epoch: int = 0, steps_per_epoch: int = 0) -> None:
         self.steps_per_epoch = steps_per_epoch
         self.epoch_info = ""
-        if self.quiet or not self.err.is_terminal:
+        if self.quiet or not (self.err.is_terminal or self.err.is_jupyter):  # a notebook: live too
             return
         self.progress = Progress(
             TextColumn("epoch {task.fields[epoch]}/{task.total:.0f}"),

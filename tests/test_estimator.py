@@ -73,3 +73,14 @@ def test_pipeline_cross_validation_and_grid_search_in_parallel():
                         cv=3, n_jobs=2)  # fmt: skip
     grid.fit(pd.DataFrame(X), y)
     assert grid.best_params_["loss"] in ("huber", "mse") and grid.best_score_ > 0.3
+
+
+def test_a_run_folder_only_when_asked(tmp_path):
+    X, y = load_diabetes(return_X_y=True, as_frame=True)
+    HuberfitRegressor(epochs=3).fit(X, y)
+    assert not list(tmp_path.iterdir())
+    est = HuberfitRegressor(runs_dir=str(tmp_path)).fit(X, y)
+    m = json.loads((est.run_dir_ / "metrics.json").read_text())
+    assert m["data"].startswith("arrays (442 rows") and list(m["coefficients"]) == list(X.columns)
+    np.testing.assert_allclose(est.coef_, list(m["coefficients"].values()), rtol=1e-12)
+    assert any(p.name.startswith("events.out.tfevents") for p in est.run_dir_.iterdir())
