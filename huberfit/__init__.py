@@ -1,20 +1,32 @@
 """huberfit: linear-regression training experiments in PyTorch.
 
-``huberfit.train``, ``huberfit.compare_losses`` and ``huberfit.load_run`` are the Python API
-(``huberfit/api.py``), imported on first use: this file must never import torch, so that
-``import huberfit`` and ``huberfit --help`` stay fast. Errors: ``huberfit.HuberfitError``.
+``huberfit.train``, ``huberfit.compare_losses``, ``huberfit.load_run`` (``huberfit/api.py``)
+and ``huberfit.HuberfitRegressor`` (``huberfit/estimator.py``, needs scikit-learn) are the
+Python API, imported on first use: this file must never import torch, so that
+``import huberfit`` and ``huberfit --help`` stay fast. Errors: ``huberfit.HuberfitError``
+and its subclasses.
 """
 
-from huberfit.errors import HuberfitError
+from huberfit.errors import (
+    ConfigError,
+    DataError,
+    DeviceError,
+    DivergedError,
+    HuberfitError,
+    RunError,
+)
 
 __version__ = "0.1.0"
+_LAZY = ("train", "compare_losses", "load_run", "TrainResult", "HuberfitRegressor")
 __all__ = [
+    "ConfigError",
+    "DataError",
+    "DeviceError",
+    "DivergedError",
     "HuberfitError",
-    "HuberfitRegressor",
+    "RunError",
     "__version__",
-    "compare_losses",
-    "load_run",
-    "train",
+    *_LAZY,
 ]
 
 
@@ -28,3 +40,7 @@ def __getattr__(name: str):
 
         return HuberfitRegressor
     raise AttributeError(f"module 'huberfit' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))

@@ -11,8 +11,9 @@ class HuberfitError(Exception):
     exit_code = 1
 
 
-class ConfigError(HuberfitError):
-    """A config file, key or override is wrong."""
+class ConfigError(HuberfitError, ValueError):
+    """A config file, key or override is wrong (a ValueError too, as scikit-learn's
+    invalid parameters are)."""
 
 
 class DataError(HuberfitError):

@@ -40,6 +40,9 @@ def test_train_from_a_mapping_writes_the_cli_run_folder(tmp_path):
 def test_errors_are_huberfit_errors_with_the_cli_line(tmp_path):
     with pytest.raises(huberfit.HuberfitError, match=r"optimizer.lr must be > 0; got -1"):
         huberfit.train({"optimizer": {"lr": -1}}, runs_dir=str(tmp_path))
+    with pytest.raises(ValueError, match="loss.delta"):  # config errors are ValueErrors too
+        huberfit.train({"loss": {"delta": -1}}, runs_dir=str(tmp_path))
+    assert issubclass(huberfit.ConfigError, huberfit.HuberfitError) and "train" in dir(huberfit)
     with pytest.raises(huberfit.HuberfitError, match="run folder not found"):
         huberfit.load_run(tmp_path / "nope")
     assert not list(tmp_path.iterdir())
