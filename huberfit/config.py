@@ -526,6 +526,7 @@ def starter_config(header: str = "") -> str:
         "# Every key is optional; see `huberfit config schema` and the README for the reference.",
     ]
     defaults = Config().model_dump(mode="json")
+    defaults["optimizer"]["lr"] = None  # null: follows optimizer.name if the user changes it
     for key, field in Config.model_fields.items():
         ann = field.annotation
         if isinstance(ann, type) and issubclass(ann, BaseModel):

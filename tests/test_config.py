@@ -240,3 +240,13 @@ def test_each_optimizer_gets_its_own_lr_unless_given():
     assert load_config(None, ["optimizer.name=adam"]).optimizer.lr == 0.01
     assert load_config(None, []).optimizer.lr == 0.05
     assert load_config(None, ["optimizer.name=lbfgs", "optimizer.lr=0.5"]).optimizer.lr == 0.5
+
+
+def test_init_leaves_lr_to_the_optimizer(tmp_path):
+    """config init writes lr: null, so switching optimizer.name in the file changes the lr."""
+    from huberfit.config import load_config, starter_config
+
+    path = tmp_path / "c.yaml"
+    path.write_text(starter_config())
+    assert load_config(path).optimizer.lr == 0.05
+    assert load_config(path, ["optimizer.name=adam"]).optimizer.lr == 0.01
