@@ -130,6 +130,7 @@ def checkpoint_payload(
     import torch
 
     from huberfit import __version__
+    from huberfit.losses import own_source
 
     return {
         "huberfit_version": __version__,
@@ -142,7 +143,7 @@ def checkpoint_payload(
         "scaling": data.scaling.as_dict(),
         "target": config.data.target,
         "loss": (loss or config.loss).model_dump(mode="json"),
-        "loss_source": _own_source(config.loss.name),
+        "loss_source": own_source(config.loss.name),
         "rng": {"torch": torch.get_rng_state()},
         "world_size": world_size,
     }
@@ -186,12 +187,6 @@ def load_resume(run_dir: str, overrides: list[str]) -> tuple[Any, dict[str, Any]
     raw = apply_overrides(dict(ckpt["config"]), overrides)
     source = f"{run_dir}/checkpoint.pt config"
     return validate_config(raw, source, overridden=override_keys(overrides)), ckpt
-
-
-def _own_source(name: str) -> dict[str, str] | None:
-    from huberfit.losses import own_source
-
-    return own_source(name)
 
 
 def check_same_loss(ckpt: dict[str, Any], name: str) -> None:

@@ -455,14 +455,7 @@ class _Run:
                 torch.linalg.solve(A[basis], y[basis]),
                 "the vertex through the nearest rows",
             )
-        before = self._objective_now()
-        saved = [t.detach().clone() for t in (W, b) if t is not None]
-        W.copy_(beta[: W.numel()].view_as(W))
-        if b is not None:
-            b.copy_(beta[-1:].view_as(b))
-        if self._objective_now() > before * (1 + 64 * torch.finfo(W.dtype).eps):
-            for t, old in zip([t for t in (W, b) if t is not None], saved, strict=True):
-                t.copy_(old)
+        if not self._keep_if_not_higher(beta):
             return f"L-BFGS on the smoothed loss; the exact finish ({how}) was no better, kept"
         return (
             f"L-BFGS, kink smoothed {SMOOTHING_START:g} to {SMOOTHING_END:g} (x0.1 an epoch), "
@@ -472,12 +465,9 @@ class _Run:
     def _rows64(self) -> tuple[torch.Tensor, torch.Tensor]:
         """All of this process's rows as a float64 CPU design (a column of ones last when
         the model has an intercept) and target."""
-        chunks = [(X.cpu().double(), y.cpu().double()) for X, y in self.batches.full_chunks()]
-        Xs, ys = zip(*chunks, strict=True)
-        A, y = torch.cat(Xs), torch.cat(ys).reshape(-1)
-        if self.model.bias is not None:
-            A = torch.cat([A, torch.ones_like(A[:, :1])], 1)
-        return A, y
+        chunks = [(self._design64(X), y.cpu().double()) for X, y in self.batches.full_chunks()]
+        As, ys = zip(*chunks, strict=True)
+        return torch.cat(As), torch.cat(ys).reshape(-1)
 
     def _nearest_rows64(self, pool: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Streamed: the ``pool`` rows of each chunk nearest the fit (bounded memory)."""
@@ -485,12 +475,33 @@ class _Run:
         for X, y in self.batches.full_chunks():
             keep = torch.topk((y - self.model(X)).abs().reshape(-1), min(pool, len(X)),
                               largest=False).indices  # fmt: skip
-            As.append(X[keep].cpu().double())
+            As.append(self._design64(X[keep]))
             ys.append(y[keep].cpu().double().reshape(-1))
-        A, y = torch.cat(As), torch.cat(ys)
-        if self.model.bias is not None:
-            A = torch.cat([A, torch.ones_like(A[:, :1])], 1)
-        return A, y
+        return torch.cat(As), torch.cat(ys)
+
+    def _design64(self, X: torch.Tensor) -> torch.Tensor:
+        """Rows as a float64 CPU design (MPS has no float64), a column of ones last when
+        the model has an intercept: the exact finishes' coordinates, ``A @ _beta64()``."""
+        A = X.cpu().double()
+        return torch.cat([A, torch.ones_like(A[:, :1])], 1) if self.model.bias is not None else A
+
+    @torch.no_grad()
+    def _keep_if_not_higher(self, beta: torch.Tensor) -> bool:
+        """Set the parameters to ``beta`` (float64, intercept last); undo it if the exact
+        objective rises beyond rounding (at a flat optimum a step may "raise" it by that)."""
+        W, b = self.model.weight, self.model.bias
+        before, saved = self._objective_now(), self._beta64()
+
+        def put(theta: torch.Tensor) -> None:
+            W.copy_(theta[: W.numel()].view_as(W))
+            if b is not None:
+                b.copy_(theta[-1:].view_as(b))
+
+        put(beta)
+        if self._objective_now() > before * (1 + 64 * torch.finfo(W.dtype).eps):
+            put(saved)
+            return False
+        return True
 
     def _beta64(self) -> torch.Tensor:
         w = self.model.weight.detach().cpu().double().reshape(-1)
@@ -504,7 +515,6 @@ class _Run:
         a Hessian that is not positive definite, is not taken."""
         from torch.autograd.functional import hessian, jacobian
 
-        W, b = self.model.weight, self.model.bias
         A, y = self._rows64()
         y = y.reshape(-1, 1)
 
@@ -521,15 +531,8 @@ class _Run:
                 break
             if not torch.isfinite(step).all() or float(step @ g) >= 0:
                 break  # not a descent direction: the Hessian is not positive definite here
-            new = theta + step
-            if float(objective(new)) > float(objective(theta)) * (
-                1 + 64 * torch.finfo(A.dtype).eps
-            ):
+            if not self._keep_if_not_higher(theta + step):
                 break
-            with torch.no_grad():
-                W.copy_(new[: W.numel()].view_as(W))
-                if b is not None:
-                    b.copy_(new[-1:].view_as(b))
             done += 1
         return "L-BFGS converged: the objective stopped falling" + (
             f"; then {done} Newton step{'s' * (done != 1)} with autograd's Hessian" if done else ""
@@ -542,36 +545,21 @@ class _Run:
         curvatures (``sum_and_grad``, ``curvature``), lands on its exact minimizer, whatever
         the columns' conditioning. Repeated while the piece changes; a step that raises the
         objective is undone."""
-        W, b = self.model.weight, self.model.bias
-        params = [t for t in (W, b) if t is not None]
+        p = self.model.weight.numel() + (self.model.bias is not None)
         done = 0
         for _ in range(steps):
-            p = W.numel() + (b is not None)
             H = torch.zeros(p, p, dtype=torch.float64)
             g = torch.zeros(p, dtype=torch.float64)
-            for X, y in self.batches.full_chunks():
-                A = X.cpu().double()  # float64 on the CPU: MPS has no float64
-                if b is not None:
-                    A = torch.cat([A, torch.ones_like(A[:, :1])], 1)
-                pred, true = (
-                    self._predict64(A[:, : W.numel()]).reshape(-1),
-                    y.cpu().double().reshape(-1),
-                )
+            beta = self._beta64()
+            for X, y in self.batches.full_chunks():  # chunk by chunk: streamed data too
+                A, true = self._design64(X), y.cpu().double().reshape(-1)
+                pred = A @ beta
                 curv = self.loss_fn.curvature(pred, true)
                 _, grad = self.loss_fn.sum_and_grad(pred.clone(), true)
                 H += A.T @ (A * curv[:, None])
                 g += A.T @ grad
             step = torch.linalg.lstsq(H, -g.reshape(-1, 1)).solution.reshape(-1)
-            if not torch.isfinite(step).all():
-                break
-            before, saved = self._objective_now(), [t.detach().clone() for t in params]
-            W.add_(step[: W.numel()].view_as(W).to(W))
-            if b is not None:
-                b.add_(step[-1:].view_as(b).to(b))
-            # a flat optimum: a step may "raise" the objective by its rounding alone
-            if self._objective_now() > before * (1 + 64 * torch.finfo(W.dtype).eps):
-                for t, old in zip(params, saved, strict=True):
-                    t.copy_(old)
+            if not torch.isfinite(step).all() or not self._keep_if_not_higher(beta + step):
                 break
             done += 1
         return "L-BFGS converged: the objective stopped falling" + (
@@ -579,13 +567,6 @@ class _Run:
             if done
             else ""
         )
-
-    def _predict64(self, X: torch.Tensor) -> torch.Tensor:
-        """Predictions for float64 CPU rows ``X``, from the weights in float64 on the CPU."""
-        w = self.model.weight.detach().cpu().double().reshape(-1, 1)
-        out = X @ w
-        b = self.model.bias
-        return out + b.detach().cpu().double() if b is not None else out
 
     def _objective_now(self) -> float:
         total, n = 0.0, 0

@@ -61,7 +61,9 @@ class Scorer:
             r = (y - pred).double().reshape(-1)
             sums += torch.tensor([n, float(self.loss_fn(pred, y)) * n, float(r @ r),
                                   float(r.abs().sum())], dtype=torch.float64)  # fmt: skip
-            target.add(y.double().reshape(-1).cpu().numpy())
+            yd = y.double().reshape(-1)  # the chunk's moments where it lives: two numbers cross
+            mean = yd.mean()
+            target.merge(Moments(n, float(mean), float(((yd - mean) ** 2).sum())))
             if kept < RESIDUAL_ROWS:
                 residuals.append(r[: RESIDUAL_ROWS - kept].cpu().numpy())
                 kept += len(residuals[-1])
