@@ -136,6 +136,10 @@ def checkpoint_payload(
         "huberfit_version": __version__,
         "config": config.model_dump(mode="json"),
         "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        # train.zero_grad: false carries its stale gradients from step to step
+        "grads": {
+            k: p.grad.detach().cpu() for k, p in model.named_parameters() if p.grad is not None
+        },  # fmt: skip
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict() if scheduler is not None else None,
         "state": state.to_dict(),
@@ -161,6 +165,9 @@ def restore(ckpt: dict[str, Any], model: Any, optimizer: Any, scheduler: Any) ->
     if scheduler is not None and ckpt.get("scheduler") is not None:
         scheduler.load_state_dict(ckpt["scheduler"])
     torch.set_rng_state(ckpt["rng"]["torch"])
+    for name, p in model.named_parameters():
+        grad = ckpt.get("grads", {}).get(name)
+        p.grad = None if grad is None else grad.to(device=p.device, dtype=p.dtype)
     return TrainState.from_dict(ckpt["state"])
 
 

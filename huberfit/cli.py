@@ -365,6 +365,97 @@ def _run_comparison(cfg, names, deltas, runs_dir, quiet: bool, json_out: bool) -
         render_comparison(result.rows, result.verdict, str(result.parent), out)
 
 
+# ----------------------------------------------------------------------------- sweep
+
+
+@app.command()
+@user_errors
+def sweep(
+    overrides: list[str] = typer.Argument(
+        None,
+        help="key=a,b,c: choices; key=low..high or low..high:log: a range; key=value: fixed.",
+    ),
+    config: Path | None = CONFIG_OPT,
+    sampler: str | None = typer.Option(
+        None, "--sampler", help="grid | random | tpe; default: grid for choices, else tpe."
+    ),
+    trials: int | None = typer.Option(
+        None, "--trials", min=1, help="How many trials; default: the whole grid, or 20."
+    ),
+    metric: str | None = typer.Option(
+        None, "--metric", help="A metrics.json number to optimize; default: val.loss."
+    ),
+    direction: str | None = typer.Option(
+        None, "--direction", help="minimize (default) | maximize."
+    ),
+    no_prune: bool = typer.Option(False, "--no-prune", help="Never stop a trial early."),
+    workers: int = typer.Option(1, "--workers", min=1, help="Trial processes on this machine."),
+    threads: int | None = typer.Option(
+        None, "--threads", min=1, help="Threads per trial process; default 1 with --workers > 1."
+    ),
+    storage: str | None = typer.Option(
+        None, "--storage", help="An Optuna storage URL (postgresql://...); default: a file."
+    ),
+    study: str | None = typer.Option(
+        None, "--study", help="Study name: every process and machine naming it joins it."
+    ),
+    resume: Path | None = typer.Option(
+        None, "--resume", help="A sweep folder: finish its remaining trials."
+    ),
+    runs_dir: str | None = typer.Option(None, "--runs-dir", help="Parent folder of run folders."),
+    name: str | None = typer.Option(None, "--name", help="Sweep name: sweep-<name>-<time>."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Print nothing but errors."),
+    json_out: bool = typer.Option(False, "--json", help="Print the trials as JSON only."),
+    worker: Path | None = typer.Option(None, "--worker", hidden=True),
+    worker_index: int = typer.Option(0, "--worker-index", hidden=True),
+) -> None:
+    """Train one config over a search space (grid, random or TPE, by Optuna): one run per
+    trial under one parent folder, a trials table, and best.yaml."""
+    from huberfit.errors import ConfigError
+
+    if worker is not None:  # one of --workers' processes
+        from huberfit.sweep import run_worker
+
+        raise typer.Exit(run_worker(worker, worker_index, threads))
+    from huberfit import sweep as sw
+    from huberfit.config import load_config
+
+    if resume is not None:
+        if config is not None or overrides:
+            raise ConfigError("--resume finishes a sweep as it was planned; drop --config "
+                              "and the key=value arguments")  # fmt: skip
+        plan, parent = sw.load_parent(resume), resume
+    else:
+        swept, plain = sw.split_args(list(overrides or []))
+        cfg = load_config(config, plain + [f"name={name}"] * bool(name))
+        raw = cfg.model_dump(mode="json")
+        plan = sw.build_plan(cfg, raw, swept, str(config) if config else "", sampler=sampler,
+                             trials=trials, metric=metric, direction=direction,
+                             prune=False if no_prune else None, study=study or "",
+                             storage=storage)  # fmt: skip
+        parent = sw.new_parent(plan, cfg, runs_dir)
+    talk = (
+        (lambda text: None) if quiet or json_out else (lambda text: err.print(text, markup=False))
+    )
+    talk(f"sweep: {plan.trials} trial(s), {plan.sampler} sampler, {plan.metric} "
+         f"({plan.direction}){', pruning' * plan.prune}; folder {parent}")  # fmt: skip
+    summary = sw.execute(plan, parent, talk, workers=workers,
+                         threads_each=threads or (1 if workers > 1 else None),
+                         resume=resume is not None)  # fmt: skip
+    if json_out:
+        payload = {"parent": str(parent), "best": str(summary.best) if summary.best else None,
+                   "metric": plan.metric, "trials": summary.rows}  # fmt: skip
+        out.print(json.dumps(payload, indent=2, default=str), markup=False)
+    elif not quiet:
+        from huberfit.sinks import render_trials
+
+        render_trials(summary.rows, plan.metric, [d.key for d in plan.dims], str(parent),
+                      str(summary.best) if summary.best else None, out)  # fmt: skip
+    if summary.interrupted:
+        err.print(f"interrupted: continue with: huberfit sweep --resume {parent}", markup=False)
+        raise typer.Exit(130)
+
+
 # ----------------------------------------------------------------------------- use a run
 
 RUN_OPT = typer.Option(..., "--run", help="A run folder (holds checkpoint.pt).")

@@ -180,6 +180,9 @@ class TrainConfig(_Section):
     )
     log_every_steps: int = Field(10, ge=1, description="loss/train every N steps")
     fused: bool = Field(True, description="closed-form gradients for built-in losses")
+    zero_grad: bool = Field(
+        True, description="false: gradients add up across steps (the classic mistake)"
+    )
 
 
 class OutputConfig(_Section):
@@ -188,6 +191,33 @@ class OutputConfig(_Section):
     flush_secs: int = Field(5, ge=1, description="seconds between event-file flushes")
     images: bool = Field(True, description="fit.png / residuals.png at the end")
     images_every_epochs: int | None = Field(None, ge=1, description="also every N epochs")
+
+
+class SweepRange(_Section):
+    """A range of numbers for ``huberfit sweep`` (``low..high`` or ``low..high:log``)."""
+
+    low: float
+    high: float
+    log: bool = False
+    step: float | None = Field(None, gt=0)
+
+
+SweepChoices = list[bool | int | float | str | None]
+
+
+class SweepConfig(_Section):
+    """``huberfit sweep``: the search space and how to search it (``train`` ignores it)."""
+
+    params: dict[str, SweepChoices | SweepRange] = Field(
+        default_factory=dict, description="dotted.key: [choices] or {low, high, log}"
+    )
+    sampler: Literal["grid", "random", "tpe"] | None = Field(
+        None, description="null: grid when every param is a list of choices, else tpe"
+    )
+    trials: int | None = Field(None, ge=1, description="null: the whole grid, or 20")
+    metric: str = Field("val.loss", description="a metrics.json number, e.g. val.mae")
+    direction: Literal["minimize", "maximize"] = Field("minimize", description="of the metric")
+    prune: bool = Field(True, description="stop hopeless trials early (median pruner)")
 
 
 class Config(_Section):
@@ -206,6 +236,7 @@ class Config(_Section):
     scheduler: SchedulerConfig = SchedulerConfig()
     train: TrainConfig = TrainConfig()
     output: OutputConfig = OutputConfig()
+    sweep: SweepConfig | None = Field(None, description="huberfit sweep only")
 
     @field_validator("name")
     @classmethod
@@ -218,6 +249,11 @@ class Config(_Section):
     def _check_cross(self) -> Config:
         if self.train.early_stopping_patience is not None and self.data.val_fraction == 0:
             raise ValueError("train.early_stopping_patience needs data.val_fraction > 0")
+        if not self.train.zero_grad and self.optimizer.name == "lbfgs":
+            raise ValueError(
+                "train.zero_grad: false is a lesson for sgd, adam and adamw; L-BFGS's "
+                "closure must zero the gradients"
+            )
         if self.device == "mps" and self.dtype == "float64":
             raise ValueError("dtype float64 is not supported on mps (MPS has no float64)")
         return self
@@ -334,6 +370,22 @@ def _schema_kind(parts: list[str]) -> str:
     if len(options) == 1 and get_origin(options[0]) is list and get_args(options[0]) == (str,):
         return "list[str]"
     return "other"
+
+
+def field_at(parts: list[str]) -> Any:
+    """The schema field (pydantic ``FieldInfo``) of a leaf key, or None when ``parts`` names
+    no key or names a whole section."""
+    model: Any = Config
+    for part in parts[:-1]:
+        field = model.model_fields.get(part) if isinstance(model, type) else None
+        model = field.annotation if field else None
+        if not (isinstance(model, type) and issubclass(model, BaseModel)):
+            return None
+    field = model.model_fields.get(parts[-1]) if parts[-1] else None
+    if field is None or (isinstance(field.annotation, type)
+                         and issubclass(field.annotation, BaseModel)):  # fmt: skip
+        return None
+    return field
 
 
 def _is_str_type(annotation: Any) -> bool:
@@ -504,9 +556,10 @@ _Dumper.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT, list("-+0123456
 def dump_config(config: Config) -> str:
     """The resolved config (every default filled in) as YAML, in schema order; read back
     by ``load_config`` it is the same config."""
-    return yaml.dump(
-        config.model_dump(mode="json"), Dumper=_Dumper, sort_keys=False, allow_unicode=True
-    )
+    raw = config.model_dump(mode="json")
+    if raw.get("sweep") is None:  # only a sweep's own config has one
+        raw.pop("sweep", None)
+    return yaml.dump(raw, Dumper=_Dumper, sort_keys=False, allow_unicode=True)
 
 
 def json_schema() -> dict[str, Any]:

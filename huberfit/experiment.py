@@ -9,6 +9,7 @@ run folder exists. ``compare_losses`` trains one run per loss on the same data.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,7 +28,7 @@ from huberfit.config import Config, validate_config
 from huberfit.data.dataset import Dataset, load_data, make_batches
 from huberfit.device import resolve_device
 from huberfit.errors import ConfigError
-from huberfit.loop import FitResult, FitSettings, TrainState, fit
+from huberfit.loop import EpochReport, FitResult, FitSettings, TrainState, fit
 from huberfit.losses import LOSSES, is_own, load_own_loss, own_label, preflight, spec_of
 from huberfit.metrics import (
     HPARAMS_FIRST,
@@ -45,7 +46,7 @@ from huberfit.metrics import (
 from huberfit.model import build_model, read_coefficients
 from huberfit.optim import build_optimizer, build_scheduler
 from huberfit.run import open_run, stop_on_signals
-from huberfit.sinks import ConsoleSink, TensorBoardSink
+from huberfit.sinks import ConsoleSink, Sinks, TensorBoardSink
 
 
 @dataclass
@@ -86,12 +87,16 @@ def train_run(
     dist: Any = None,
     ticked: list[str] | None = None,
     truth_run: bool = True,
+    hparams: dict[str, Any] | None = None,
+    watch: Callable[[EpochReport], str | None] | None = None,
 ) -> Outcome:
     """Train one config into a new run folder (or ``run_dir``), returning its metrics.
 
     With ``dist`` (under torchrun) every rank trains its share of each global batch and
     only rank 0 writes. ``ticked``: the hparams TensorBoard shows by default; ``truth_run``:
-    write the true coefficients beside the run (a comparison writes them once).
+    write the true coefficients beside the run (a comparison writes them once);
+    ``hparams``: more hparams (a sweep's swept keys); ``watch(report)``: called each epoch,
+    returns why to stop (a sweep's pruner), and the run ends ``pruned`` with that message.
     """
     started = time.strftime("%Y-%m-%d %H:%M:%S")
     # 1. device and data: every user error surfaces here, before anything is written
@@ -129,9 +134,13 @@ def train_run(
         # 4. train until done, stopped early, diverged or interrupted
         console.start(state.epoch, steps)
         with stop_on_signals() as stop:
-            result = fit(model, loss_fn, train, optimizer, run.sinks, settings,
+            watcher = _Watch(watch, stop) if watch is not None else None
+            sinks = run.sinks if watcher is None else Sinks(run.sinks, watcher)
+            result = fit(model, loss_fn, train, optimizer, sinks, settings,
                          scorer.evaluator(val), scheduler=scheduler, state=state, stop=stop,
                          reducer=dist)  # fmt: skip
+        if watcher is not None and watcher.why and result.status == "interrupted":
+            result.status, result.message = "pruned", watcher.why
         # 5. final metrics in original units, checkpoint, pictures
         metrics = final_metrics(config, data, device, model, result, scorer, train, val, scale)
         metrics.update(run_dir=str(run.dir), started=started, initial_weights=[*weights, bias],
@@ -140,14 +149,26 @@ def train_run(
                                     world, config.loss), metrics)  # fmt: skip
         if run.main and config.output.images and result.status != "diverged":
             run.pictures(figures())
-        run.finish(metrics, hparams_of(config, data), ticked)
+        run.finish(metrics, {**hparams_of(config, data), **(hparams or {})}, ticked)
     return Outcome(run.dir, metrics, result, model)
+
+
+class _Watch:
+    """A sink that asks ``watch`` after each epoch whether to stop, and stops the loop."""
+
+    def __init__(self, watch: Callable[[EpochReport], str | None], stop: Any) -> None:
+        self.watch, self.stop, self.why = watch, stop, ""
+
+    def epoch(self, report: EpochReport) -> None:
+        why = self.watch(report)
+        if why:
+            self.why = why
+            self.stop.set()
 
 
 def fit_in_memory(config: Config, data: Dataset) -> tuple[nn.Linear, FitResult]:
     """``train_run`` without a run folder, sinks or pictures (the scikit-learn estimator):
     the same model, loss, optimizer, batches and loop, on the CPU or ``config.device``."""
-    from huberfit.sinks import Sinks
 
     device = resolve_device(config.device, config.dtype)
     config, _ = resolve_delta(config, data)
@@ -187,6 +208,7 @@ def fit_settings(
         early_stopping_patience=t.early_stopping_patience,
         loss_scale=loss_scale,
         fused=t.fused,
+        zero_grad=t.zero_grad,
     )
 
 

@@ -45,6 +45,7 @@ class FitSettings:
     early_stopping_patience: int | None = None
     loss_scale: float = 1.0  # training-units loss * loss_scale = original-units loss
     fused: bool = True  # closed-form gradients for nn.Linear + a loss with sum_and_grad
+    zero_grad: bool = True  # False: .grad keeps adding up across steps (the classic mistake)
 
 
 @dataclass
@@ -225,7 +226,8 @@ class _Run:
             if last_window:
                 grad_norm = _grad_norm(self.params)
             self.opt.step()
-            self.opt.zero_grad(set_to_none=True)
+            if s.zero_grad:
+                self.opt.zero_grad(set_to_none=True)
             st.step += 1
             st.batch = start + len(window)
             seen += n_win

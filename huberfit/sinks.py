@@ -676,3 +676,57 @@ def render_checks(label: str, rows: list[tuple[str, bool, str]], console: Consol
     for name, passed, detail in rows:  # your loss's own text: never read as markup
         table.add_row(Text(name), "pass" if passed else "FAIL", Text(detail))
     console.print(table)
+
+
+# ----------------------------------------------------------------------------- sweeps
+
+
+def render_trials(
+    rows: list[dict[str, Any]], metric: str, keys: list[str], parent: str,
+    best: str | None, console: Console,
+) -> None:  # fmt: skip
+    """A sweep's trials, best first (pruned and failed after); columns the terminal has
+    no room for are dropped from the right, and said."""
+    columns = ["#", "trial", "state", metric, *keys, "epochs", "s", "note"]
+    cells = [
+        [str(r["trial"] + 1), r.get("name") or "", r["state"], _cell(r.get(metric)),
+         *[_cell(r.get(k)) for k in keys], _cell(r.get("epochs")), _cell(r.get("seconds"), 2),
+         r.get("note") or ""]
+        for r in rows
+    ]  # fmt: skip
+    shown = len(columns)
+    while shown > 4:
+        table = _trials_table(columns[:shown], [c[:shown] for c in cells])
+        if fits(table, console):
+            break
+        shown -= 1
+    table = _trials_table(columns[:shown], [c[:shown] for c in cells])
+    console.print(table)
+    if shown < len(columns):
+        console.print(Text(f"(not shown for width: {', '.join(columns[shown:])}; "
+                           "see trials.csv)"), soft_wrap=False)  # fmt: skip
+    if best:
+        console.print(Text(f"best: {rows[0]['name']}  {metric} {_cell(rows[0][metric])}  "
+                           f"-> {best}"), soft_wrap=False)  # fmt: skip
+    else:
+        console.print(Text("no trial completed: no best.yaml"))
+    console.print(Text(f"trials: {parent}/trials.csv\nlook at it: tensorboard --logdir {parent}"))
+
+
+def _trials_table(columns: list[str], cells: list[list[str]]) -> Table:
+    table = Table(box=box.SIMPLE_HEAD, title_justify="left")
+    for name in columns:
+        numeric = name not in ("trial", "state", "note")
+        table.add_column(Text(name), justify="right" if numeric else "left",
+                         no_wrap=name != "note", overflow="fold")  # fmt: skip
+    for row in cells:
+        table.add_row(*[Text(c) for c in row])
+    return table
+
+
+def _cell(value: Any, digits: int = 4) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:.{digits}g}"
+    return str(value)
