@@ -85,8 +85,8 @@ def compare_losses(
     """Train the same experiment once per loss, as ``huberfit compare-losses`` does; the
     built-in comparison when ``config`` is None. Returns ``experiment.Comparison``
     (``parent``, ``rows``, ``verdict``)."""
-    from huberfit.experiment import COMPARE_DEFAULTS
-    from huberfit.experiment import compare_losses as compare
+    from huberfit.compare import COMPARE_DEFAULTS
+    from huberfit.compare import compare_losses as compare
     from huberfit.sinks import ConsoleSink
 
     cfg = _config(config, list(overrides), COMPARE_DEFAULTS if config is None else None)

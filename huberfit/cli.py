@@ -334,7 +334,7 @@ def compare_losses(
         raise ConfigError(f"--deltas must all be finite and > 0; got {deltas!r}")
     overrides = list(overrides or []) + [f"name={name}"] * bool(name)
     if config is None:
-        from huberfit.experiment import COMPARE_DEFAULTS
+        from huberfit.compare import COMPARE_DEFAULTS
 
         cfg = load_config(None, overrides, defaults=COMPARE_DEFAULTS)
     else:
@@ -351,7 +351,7 @@ def _own_file_absolute(name: str) -> str:
 
 
 def _run_comparison(cfg, names, deltas, runs_dir, quiet: bool, json_out: bool) -> None:
-    from huberfit.experiment import compare_losses as compare
+    from huberfit.compare import compare_losses as compare
     from huberfit.sinks import ConsoleSink, render_comparison
 
     console = ConsoleSink(cfg.train.epochs, quiet=True, err=err)
@@ -363,6 +363,10 @@ def _run_comparison(cfg, names, deltas, runs_dir, quiet: bool, json_out: bool) -
         out.print(json.dumps(payload, indent=2, default=str), markup=False)
     elif not quiet:
         render_comparison(result.rows, result.verdict, str(result.parent), out)
+    if result.interrupted:
+        err.print(f"interrupted: continue with: huberfit sweep --resume {result.parent}",
+                  markup=False)  # fmt: skip
+        raise typer.Exit(130)
 
 
 # ----------------------------------------------------------------------------- sweep

@@ -20,22 +20,15 @@ from torch import nn
 from huberfit.artifacts import (
     check_same_loss,
     checkpoint_payload,
-    make_run_dir,
     restore,
-    write_json,
 )
-from huberfit.config import Config, validate_config
+from huberfit.config import Config
 from huberfit.data.dataset import Dataset, load_data, make_batches
 from huberfit.device import resolve_device
-from huberfit.errors import ConfigError
 from huberfit.loop import EpochReport, FitResult, FitSettings, TrainState, fit
-from huberfit.losses import LOSSES, is_own, load_own_loss, own_label, preflight, spec_of
+from huberfit.losses import is_own, own_label, preflight, spec_of
 from huberfit.metrics import (
-    HPARAMS_FIRST,
     Scorer,
-    comparison_row,
-    comparison_verdict,
-    delta_label,
     final_metrics,
     hparams_of,
     original_units,
@@ -46,7 +39,7 @@ from huberfit.metrics import (
 from huberfit.model import build_model, read_coefficients
 from huberfit.optim import build_optimizer, build_scheduler
 from huberfit.run import open_run, stop_on_signals
-from huberfit.sinks import ConsoleSink, Sinks, TensorBoardSink
+from huberfit.sinks import ConsoleSink, Sinks
 
 
 @dataclass
@@ -226,123 +219,3 @@ def pictures(config: Config, data: Dataset, params: dict[str, float]) -> list[tu
     tau = config.loss.quantile if spec.uses_quantile else None
     return plots.run_pictures(X, y, data.outliers_train, evaluated, (list(params.values()),
                               intercept), truth, delta, run_title(config), tau)  # fmt: skip
-
-
-# ----------------------------------------------------------------------------- comparison
-
-COMPARE_DEFAULTS = [  # the built-in comparison: each loss trained to its certified optimum
-    "name=compare",
-    "dtype=float64",
-    "optimizer.name=lbfgs",
-    "data.n_samples=1000",
-    "data.n_features=1",
-    "data.true_weights=[2.0]",
-    "data.outlier_fraction=0.15",
-    "data.outlier_scale=15.0",
-]
-
-
-@dataclass
-class Comparison:
-    parent: Path
-    rows: list[dict[str, Any]]
-    verdict: str
-    figure: Any = field(repr=False, default=None)
-
-
-def compare_losses(
-    config: Config,
-    losses: list[str],
-    deltas: list[float],
-    console: ConsoleSink,
-    runs_dir: str | None = None,
-) -> Comparison:
-    """Train the same data, split, initial weights and batch order once per loss (and per
-    delta of the losses that use one), each into ``<parent>/<label>``; report each one's
-    optimality gap."""
-    labels = comparison_labels(losses, deltas, config.loss.delta, config.loss.quantile)
-    prepared = prepare(config, own_loss=any(is_own(n) for n in losses))  # one dataset for all
-    data = prepared.data
-    for _, name, _ in labels:  # your own losses: every mistake caught before any folder
-        if is_own(name):
-            own = load_own_loss(name, config.loss.kwargs if config.loss.name == name else {})
-            preflight(own, own_label(name), prepared.device, data.scaling.y_scale,
-                      dtypes=(data.X_train.dtype,))  # fmt: skip
-    prefix = "" if config.name.startswith("compare") else "compare-"  # not compare-compare-
-    parent = make_run_dir(runs_dir or config.output.runs_dir, config.name, prefix=prefix)
-    several_deltas = len({d for _, n, d in labels if n in LOSSES and LOSSES[n].uses_delta}) > 1
-    differ = ["loss"] + ["delta"] * several_deltas
-    ticked = differ + [k for k in HPARAMS_FIRST if k not in differ][: 5 - len(differ)]
-    rows, last_step = [], 0
-    for label, name, delta in labels:
-        console.note(f"{label}: training")
-        raw = config.model_dump(mode="json")
-        kwargs = raw["loss"]["kwargs"] if name == config.loss.name else {}  # yours: its own
-        raw["loss"] = {**raw["loss"], "name": name, "delta": delta, "kwargs": kwargs}
-        raw["name"] = label
-        child = validate_config(raw, f"compare-losses {label}")
-        (parent / label).mkdir()
-        outcome = train_run(child, console, prepared=prepared, run_dir=parent / label,
-                            ticked=ticked, truth_run=False)  # fmt: skip
-        last_step = max(last_step, outcome.result.state.step)
-        rows.append(comparison_row(label, outcome.metrics))
-    truth = true_params(data)
-    if truth is not None and config.output.tensorboard:  # one truth beside every run
-        from huberfit.sinks import write_truth_run
-
-        write_truth_run(parent / "truth", truth, [0, last_step], config.output.flush_secs).close()
-    verdict = comparison_verdict(rows, data.true_weights is not None)
-    write_json(parent / "comparison.json", {"runs": rows, "verdict": verdict,
-                                            "config": config.model_dump(mode="json")})  # fmt: skip
-    figure = comparison_picture(parent, data, rows, config) if config.output.images else None
-    return Comparison(parent, rows, verdict, figure)
-
-
-def comparison_labels(
-    losses: list[str], deltas: list[float], default_delta: float | str, quantile: float = 0.5
-) -> list[tuple[str, str, float]]:
-    """``(label, loss, delta)`` per run: ``huber``, ``mse``, ``l1``, ``huber-d0.5``..."""
-    if not losses:
-        raise ConfigError("--losses: name at least one loss (huber, mse, l1, quantile)")
-    if deltas and not any(LOSSES.get(n) and LOSSES[n].uses_delta for n in losses):
-        raise ConfigError("--deltas: none of --losses uses a delta (huber does)")
-    labels = []
-    for name in losses:
-        if is_own(name):  # your own loss: by its class name
-            labels.append((own_label(name), name, default_delta))
-            continue
-        if name not in LOSSES:
-            raise ConfigError(f"--losses: unknown loss {name!r}; valid: {', '.join(LOSSES)}, "
-                              "or your own as file.py:Class")  # fmt: skip
-        if LOSSES[name].reference is None:
-            raise ConfigError(f"--losses: loss {name!r} has no exact reference solver to "
-                              "measure its optimality gap against")  # fmt: skip
-        if LOSSES[name].uses_delta and deltas:
-            labels += [(delta_label(name, d), name, d) for d in deltas]
-        elif LOSSES[name].uses_quantile:  # quantile-q0.9: which quantile, in every label
-            labels.append((f"{name}-q{quantile:g}", name, default_delta))
-        else:
-            labels.append((name, name, default_delta))
-    if len({lab for lab, _, _ in labels}) != len(labels):
-        raise ConfigError("--losses/--deltas: each loss and delta may appear only once")
-    return labels
-
-
-def comparison_picture(parent: Path, data: Dataset, rows: list[dict], config: Config) -> Any:
-    """``comparison.png`` and the same picture in the parent's TensorBoard run."""
-    from huberfit import plots
-
-    X, y = original_units(data, data.X_train, data.y_train)
-    truth = None if data.true_weights is None else (data.true_weights, data.true_bias or 0.0)
-    fig = plots.comparison_picture(X, y, data.outliers_train, rows, truth)
-    if fig is None:
-        return None
-    png = plots.to_png(fig)
-    (parent / "comparison.png").write_bytes(png)
-    if config.output.tensorboard:
-        sink = TensorBoardSink(parent, config.output.flush_secs)
-        try:
-            sink.images([("comparison", png)])
-        finally:
-            sink.close()
-    return fig

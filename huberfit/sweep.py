@@ -106,6 +106,7 @@ class Plan:
     storage: str | None = None  # None: the embedded journal in the parent folder
     points: list[dict[str, Any]] = field(default_factory=list)  # explicit trials (grid)
     labels: list[str] = field(default_factory=list)  # their folder names (compare-losses)
+    best: bool = True  # write best.yaml (not for compare-losses: each loss has its own units)
 
     def to_json(self) -> dict[str, Any]:
         return {**asdict(self), "dims": [asdict(d) for d in self.dims]}
@@ -655,7 +656,7 @@ def write_results(parent: Path, plan: Plan, rows: list[dict[str, Any]]) -> Path 
         tmp, index=False
     )
     os.replace(tmp, parent / "trials.parquet")
-    best = next((r for r in rows if r["state"] == "complete"), None)
+    best = next((r for r in rows if r["state"] == "complete"), None) if plan.best else None
     if best is None or not best.get("run_dir"):
         return None
     config_file = Path(best["run_dir"]) / "config.yaml"

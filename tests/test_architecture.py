@@ -30,6 +30,8 @@ FORBIDDEN = {
     "metrics": {"run", "plots", "experiment"},
     "predict": {"experiment", "run", "loop"},
     "runs": {"experiment", "loop"},
+    "experiment": {"sweep", "compare", "api", "cli"},
+    "sweep": {"compare", "api", "cli"},
 }
 
 

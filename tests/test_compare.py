@@ -10,8 +10,8 @@ import pytest
 from tensorboard.backend.event_processing.plugin_event_multiplexer import EventMultiplexer
 
 from huberfit.cli import app
+from huberfit.compare import COMPARE_DEFAULTS, compare_losses
 from huberfit.config import load_config
-from huberfit.experiment import COMPARE_DEFAULTS, compare_losses
 from huberfit.losses import LOSSES
 from huberfit.reference import design
 from huberfit.sinks import ConsoleSink
