@@ -211,6 +211,9 @@ class SweepConfig(_Section):
     params: dict[str, SweepChoices | SweepRange] = Field(
         default_factory=dict, description="dotted.key: [choices] or {low, high, log}"
     )
+    points: list[dict[str, bool | int | float | str | None]] = Field(
+        default_factory=list, description="explicit trials instead: [{key: value, ...}, ...]"
+    )
     sampler: Literal["grid", "random", "tpe"] | None = Field(
         None, description="null: grid when every param is a list of choices, else tpe"
     )

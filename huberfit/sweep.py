@@ -190,6 +190,10 @@ def build_plan(
         dim = _dim(key, where, spec, base, problems)
         if dim is not None:
             dims.append(dim)
+    points = _explicit_points(section.points, source, base, {d.key for d in dims}, problems)
+    if points:
+        keys = list(dict.fromkeys(k for p in points for k in p))
+        dims += [Dim(k, choices=list(dict.fromkeys(p.get(k) for p in points))) for k in keys]
     if not dims and not problems:
         problems.append("nothing to sweep: give sweep.params in the config or key=a,b on the "
                         "command line (e.g. optimizer.lr=0.001,0.01,0.1)")  # fmt: skip
@@ -214,15 +218,54 @@ def build_plan(
     direction = direction or section.direction
     if direction not in ("minimize", "maximize"):
         problems.append(f"--direction must be minimize or maximize; got {direction!r}")
+    if section.points and sampler != "grid":
+        problems.append(f"sweep.points are explicit trials: they run as a grid, not {sampler}")
     if problems:
         raise ConfigError("; ".join(problems))
-    points = grid_points(dims) if sampler == "grid" else []
+    if not points and sampler == "grid":
+        points = grid_points(dims)
     budget = trials or section.trials or (len(points) if sampler == "grid" else 20)
     if points:
         points = points[:budget]
         budget = len(points)
     prune = section.prune if prune is None else prune
     return Plan(base, dims, sampler, budget, metric, direction, prune, study, storage, points)
+
+
+def _explicit_points(
+    points: list[dict[str, Any]], source: str, base: dict, swept: set[str], problems: list[str]
+) -> list[dict[str, Any]]:
+    """``sweep.points``: each a whole trial; every key must be the same in all of them."""
+    where = f"{source}: sweep.points" if source else "sweep.points"
+    keys = [sorted(p) for p in points]
+    if points and any(k != keys[0] for k in keys):
+        problems.append(f"{where}: every point must set the same keys ({', '.join(keys[0])})")
+        return []
+    if points and swept:
+        problems.append(f"{where} are whole trials: give them or sweep.params / key=a,b "
+                        f"({', '.join(sorted(swept))}), not both")  # fmt: skip
+        return []
+    ok = True
+    for i, point in enumerate(points):
+        for key in point:
+            if any(key == k or key.startswith(k + ".") for k in NOT_SWEEPABLE):
+                problems.append(f"{where}[{i}]: {key} cannot be swept")
+                ok = False
+            elif field_at(key.split(".")) is None:
+                from huberfit.config import _unknown_key
+
+                problems.append(f"{where}[{i}]: {_unknown_key(key.split('.'))}")
+                ok = False
+        if ok:
+            raw = copy.deepcopy(base)
+            for key, value in point.items():
+                set_key(raw, key, value)
+            try:
+                validate_config(raw, "")
+            except ConfigError as exc:
+                problems.append(f"{where}[{i}]: {exc}")
+                ok = False
+    return [dict(p) for p in points] if ok else []
 
 
 def _dim(key: str, where: str, spec: Any, base: dict, problems: list[str]) -> Dim | None:
@@ -290,9 +333,13 @@ def _range_dim(key, where, spec: SweepRange, leaf, base, problems) -> Dim | None
 
 
 def _numeric_kinds(annotation: Any) -> set[type]:
-    from typing import get_args
+    from typing import Annotated, get_args, get_origin
 
-    options = set(get_args(annotation) or (annotation,)) - {type(None)}
+    def bare(a: Any) -> Any:
+        return get_args(a)[0] if get_origin(a) is Annotated else a
+
+    args = get_args(annotation) if get_origin(annotation) is not Annotated else ()
+    options = {bare(a) for a in (args or (annotation,))} - {type(None)}
     return options & {int, float} if options <= {int, float} and options else set()
 
 
@@ -619,11 +666,12 @@ def trial_rows(study: Any, plan: Plan) -> list[dict[str, Any]]:
         state = {"COMPLETE": "complete", "PRUNED": "pruned", "RUNNING": "running"}.get(
             t.state.name, a.get("state") or "failed"
         )
+        value = t.value if t.value is not None else a.get("value")
         rows.append({
             "trial": t.number,
             "name": a.get("name"),
             "state": state,
-            plan.metric: t.value if t.value is not None else a.get("value"),
+            plan.metric: value if state in ("complete", "pruned") else None,
             **{d.key: t.params.get(d.key) for d in plan.dims},
             "epochs": a.get("epochs"),
             "seconds": a.get("seconds"),

@@ -27,7 +27,17 @@ def test_help_does_not_import_torch():
     assert out.strip() == "[]"
 
 
-COMMANDS = ["train", "check-loss", "compare-losses", "sweep", "predict", "eval", "runs", "bench", "config"]
+COMMANDS = [
+    "train",
+    "check-loss",
+    "compare-losses",
+    "sweep",
+    "predict",
+    "eval",
+    "runs",
+    "bench",
+    "config",
+]
 
 
 def _listed_commands(help_text: str) -> list[str]:
