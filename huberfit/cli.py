@@ -437,6 +437,8 @@ def sweep(
                              trials=trials, metric=metric, direction=direction,
                              prune=False if no_prune else None, study=study or "",
                              storage=storage)  # fmt: skip
+        if plan.storage:  # before any folder: the database must answer
+            sw.connect(plan.storage)
         parent = sw.new_parent(plan, cfg, runs_dir)
     talk = (
         (lambda text: None) if quiet or json_out else (lambda text: err.print(text, markup=False))

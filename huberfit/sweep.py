@@ -430,11 +430,26 @@ def open_study(plan: Plan, parent: Path, worker: int = 0) -> Any:
 
 def _storage(plan: Plan, parent: Path) -> Any:
     if plan.storage:
-        return plan.storage
+        return connect(plan.storage)
     from optuna.storages import JournalStorage
     from optuna.storages.journal import JournalFileBackend
 
     return JournalStorage(JournalFileBackend(str(parent / STUDY_FILE)))
+
+
+def connect(url: str) -> Any:
+    """Optuna's storage for a database URL, or one clear error (a bad URL, a missing
+    driver, a server that does not answer)."""
+    import optuna
+
+    try:
+        return optuna.storages.get_storage(url)
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if isinstance(exc, ImportError):
+            first = ("no database driver for this URL is installed (PostgreSQL: pip install "
+                     "'psycopg[binary]'; MySQL: pip install pymysql with mysql+pymysql://)")  # fmt: skip
+        raise ConfigError(f"--storage {url}: cannot open it: {first}") from None
 
 
 def _host_salt(plan: Plan) -> int:

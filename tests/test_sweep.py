@@ -275,3 +275,88 @@ def test_sweep_help_imports_no_optuna():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           env={**os.environ}, check=True)  # fmt: skip
     assert done.stdout.strip() == "False"
+
+
+# ----------------------------------------------------------------------------- PostgreSQL
+
+
+def _pg_bin(name: str) -> str | None:
+    import shutil
+
+    found = shutil.which(name)
+    if found:
+        return found
+    candidates = sorted(Path("/usr/lib/postgresql").glob(f"*/bin/{name}"))
+    return str(candidates[-1]) if candidates else None
+
+
+@pytest.fixture
+def postgres_url():
+    """A throwaway PostgreSQL server (Debian's package) on 127.0.0.1, stopped after."""
+    import shutil
+    import socket
+    import tempfile
+
+    initdb, pg_ctl = _pg_bin("initdb"), _pg_bin("pg_ctl")
+    if not initdb or not pg_ctl:
+        pytest.skip("no PostgreSQL server here (Debian: apt-get install postgresql)")
+    pytest.importorskip("psycopg", reason="psycopg (a dev extra) is not installed")
+    as_user: list[str] = []
+    folder = Path(tempfile.mkdtemp(prefix="huberfit-pg-"))
+    if os.geteuid() == 0:  # PostgreSQL refuses to run as root: as its own user
+        try:
+            import pwd
+
+            pw = pwd.getpwnam("postgres")
+        except KeyError:
+            pytest.skip("running as root and there is no 'postgres' user to run the server")
+        os.chown(folder, pw.pw_uid, pw.pw_gid)
+        as_user = ["runuser", "-u", "postgres", "--"]
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    data = folder / "data"
+    run = lambda *cmd: subprocess.run([*as_user, *cmd], capture_output=True, text=True)  # noqa: E731
+    made = run(initdb, "-D", str(data), "-A", "trust", "-U", "huberfit")
+    if made.returncode != 0:
+        shutil.rmtree(folder, ignore_errors=True)
+        pytest.skip(f"initdb failed: {made.stderr.strip()[:200]}")
+    options = f"-p {port} -k {folder} -c listen_addresses=127.0.0.1 -c fsync=off"
+    started = run(pg_ctl, "-D", str(data), "-o", options, "-l", str(folder / "log"), "-w", "start")
+    if started.returncode != 0:
+        shutil.rmtree(folder, ignore_errors=True)
+        pytest.skip(f"PostgreSQL did not start: {started.stderr.strip()[:200]}")
+    try:
+        yield f"postgresql://huberfit@127.0.0.1:{port}/postgres"
+    finally:
+        run(pg_ctl, "-D", str(data), "-m", "immediate", "-w", "stop")
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.mark.slow
+def test_two_machines_join_one_postgresql_study_and_run_each_trial_once(tmp_path, postgres_url):
+    """Two `huberfit sweep --storage URL --study NAME` processes, each with its own runs
+    folder (as on two machines): the grid's six points are trained once in all."""
+    import optuna
+
+    def machine(i: int) -> subprocess.Popen:
+        return subprocess.Popen(
+            [sys.executable, "-m", "huberfit", "sweep", "--storage", postgres_url, "--study",
+             "shared", "--runs-dir", str(tmp_path / f"machine{i}"), "--no-prune", "--json",
+             *SMALL, "optimizer.lr=0.01,0.03,0.1", "train.batch_size=32,64"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+
+    procs = [machine(1), machine(2)]
+    outputs = [p.communicate(timeout=240) for p in procs]
+    for p, (_, stderr) in zip(procs, outputs, strict=True):
+        assert p.returncode == 0, stderr
+    study = optuna.load_study(study_name="shared", storage=postgres_url)
+    complete = [t for t in study.trials if t.state.name == "COMPLETE"]
+    points = [(t.params["optimizer.lr"], t.params["train.batch_size"]) for t in complete]
+    assert len(points) == 6 and len(set(points)) == 6
+    folders = [p for i in (1, 2) for p in (tmp_path / f"machine{i}" / "sweep-shared").iterdir()
+               if p.is_dir()]  # fmt: skip
+    assert sorted(f.name for f in folders) == sorted(t.user_attrs["name"] for t in complete)
+    last = json.loads(outputs[1][0])["trials"] if procs[1].returncode == 0 else []
+    assert {t["name"] for t in last} <= {f.name for f in folders}
