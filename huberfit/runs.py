@@ -22,7 +22,8 @@ def list_runs(runs_dir: str | Path) -> list[dict[str, Any]]:
         return []
     rows: list[dict[str, Any]] = []
     for folder in sorted(_folders(root), key=_started, reverse=True):
-        if (folder / "comparison.json").is_file():
+        is_sweep = (folder / "sweep.json").is_file()
+        if (folder / "comparison.json").is_file() or is_sweep:
             rows.append(_parent_row(folder))
             children = sorted(
                 (p for p in folder.iterdir() if p.is_dir() and p.name not in SIDE_RUNS),
@@ -80,6 +81,8 @@ def _run_row(folder: Path) -> dict[str, Any]:
 
 
 def _parent_row(folder: Path) -> dict[str, Any]:
+    if not (folder / "comparison.json").is_file():
+        return _sweep_row(folder)
     row: dict[str, Any] = {"name": folder.name, "folder": str(folder), "kind": "comparison"}
     try:
         data = json.loads((folder / "comparison.json").read_text(encoding="utf-8"))
@@ -87,3 +90,29 @@ def _parent_row(folder: Path) -> dict[str, Any]:
                 "started": _stamp(_started(folder))}  # fmt: skip
     except (OSError, ValueError) as exc:
         return {**row, "status": "unreadable", "detail": f"comparison.json: {exc}"}
+
+
+def _sweep_row(folder: Path) -> dict[str, Any]:
+    """A sweep's parent: its metric and best trial (``trials.csv``), or that it has none
+    yet (running, stopped: ``huberfit sweep --resume`` finishes it)."""
+    import csv
+
+    row: dict[str, Any] = {"name": folder.name, "folder": str(folder), "kind": "sweep",
+                           "started": _stamp(_started(folder))}  # fmt: skip
+    try:
+        plan = json.loads((folder / "sweep.json").read_text(encoding="utf-8"))
+        metric = str(plan["metric"])
+        if not (folder / "trials.csv").is_file():
+            return {**row, "status": "sweep", "detail": "no trials.csv yet: running or "
+                    f"stopped (finish it: huberfit sweep --resume {folder})"}  # fmt: skip
+        with (folder / "trials.csv").open(encoding="utf-8", newline="") as fh:
+            trials = list(csv.DictReader(fh))
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        return {**row, "status": "unreadable", "detail": f"sweep.json/trials.csv: {exc}"}
+    done = [t for t in trials if t.get("state") == "complete"]
+    best = (
+        f"best {done[0].get('name')}: {metric} {done[0].get(metric)}" if done else "none complete"
+    )
+    states = {s: sum(t.get("state") == s for t in trials) for s in ("pruned", "failed")}
+    more = "".join(f", {n} {s}" for s, n in states.items() if n)
+    return {**row, "status": "sweep", "verdict": f"{len(trials)} trials{more}; {best}"}

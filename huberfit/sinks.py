@@ -622,7 +622,7 @@ def render_runs(rows: list[dict[str, Any]], runs_dir: str, console: Console) -> 
         console.print(Text(note), soft_wrap=False)
     for row in rows:
         name = Path(row["folder"]).name
-        if row.get("kind") == "comparison" and row.get("verdict"):
+        if row.get("kind") in ("comparison", "sweep") and row.get("verdict"):
             console.print(Text(f"{name}: {row['verdict']}"), soft_wrap=False)
         if row.get("detail"):
             console.print(Text(f"{name}: {row['detail']}"), soft_wrap=False)

@@ -105,6 +105,13 @@ def test_a_grid_sweep_table_best_yaml_and_tensorboard(runner, tmp_path):
         infos = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/experiment"])
         ticked = {h.name for h in infos.experiment.hparam_infos if h.differs}
         assert {"lr", "batch_size"} <= ticked
+    # huberfit runs: the sweep, its trials under it
+    from huberfit.runs import list_runs
+
+    rows = list_runs(tmp_path)
+    assert rows[0]["kind"] == "sweep" and rows[0]["name"] == parent.name
+    assert f"best {best['name']}: val.loss" in rows[0]["verdict"]
+    assert {r["name"] for r in rows if r.get("parent") == parent.name} == names
 
 
 @pytest.mark.slow
