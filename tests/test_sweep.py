@@ -109,8 +109,8 @@ def test_a_grid_sweep_table_best_yaml_and_tensorboard(runner, tmp_path):
     from huberfit.runs import list_runs
 
     rows = list_runs(tmp_path)
-    assert rows[0]["kind"] == "sweep" and rows[0]["name"] == parent.name
-    assert f"best {best['name']}: val.loss" in rows[0]["verdict"]
+    (row,) = [r for r in rows if r["kind"] == "sweep"]
+    assert row["name"] == parent.name and f"best {best['name']}: val.loss" in row["verdict"]
     assert {r["name"] for r in rows if r.get("parent") == parent.name} == names
 
 
