@@ -212,9 +212,10 @@ def build_plan(
     elif metric.startswith("val.") and config.data.val_fraction == 0:
         problems.append(f"metric {metric} needs validation rows (data.val_fraction > 0); "
                         "or use --metric train.loss")  # fmt: skip
-    if "loss.name" in {d.key for d in dims} and metric in ("val.loss", "train.loss"):
-        problems.append(f"sweeping loss.name with metric {metric} compares different "
-                        "objectives; use --metric val.mae or val.mse")  # fmt: skip
+    objective_keys = sorted({d.key for d in dims} & {"loss.name", "loss.delta", "loss.quantile"})
+    if objective_keys and metric in ("val.loss", "train.loss"):
+        problems.append(f"sweeping {', '.join(objective_keys)} with metric {metric} compares "
+                        "different objectives; use --metric val.mae or val.mse")  # fmt: skip
     direction = direction or section.direction
     if direction not in ("minimize", "maximize"):
         problems.append(f"--direction must be minimize or maximize; got {direction!r}")
@@ -339,8 +340,8 @@ def _numeric_kinds(annotation: Any) -> set[type]:
         return get_args(a)[0] if get_origin(a) is Annotated else a
 
     args = get_args(annotation) if get_origin(annotation) is not Annotated else ()
-    options = {bare(a) for a in (args or (annotation,))} - {type(None)}
-    return options & {int, float} if options <= {int, float} and options else set()
+    options = {bare(a) for a in (args or (annotation,))}
+    return options & {int, float}  # loss.delta: a number (or "auto", not in a range)
 
 
 def _check_value(key: str, where: str, value: Any, base: dict, problems: list[str]) -> bool:
