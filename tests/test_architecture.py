@@ -32,6 +32,7 @@ FORBIDDEN = {
     "runs": {"experiment", "loop"},
     "experiment": {"sweep", "compare", "api", "cli"},
     "sweep": {"compare", "api", "cli"},
+    "compare": {"api", "cli"},
 }
 
 

@@ -171,3 +171,17 @@ def test_a_real_terminal_shows_live_progress_and_the_summary(tmp_path):
     assert "coefficients (original units)" in text and "fitted - true" in text
     (run_dir,) = [p for p in tmp_path.iterdir() if p.is_dir()]
     assert f"tensorboard --logdir {run_dir.name}" in text or str(run_dir) in text
+
+
+@pytest.mark.slow
+def test_sweep_prints_its_trials_the_best_and_where_to_look(width, runner, tmp_path):
+    r = runner.invoke(app, ["sweep", "--runs-dir", str(tmp_path), "optimizer.lr=0.01,0.1",
+                            "train.batch_size=32,64", "train.epochs=2", "data.n_samples=300"])  # fmt: skip
+    text = readable(r, width)
+    (parent,) = [p for p in tmp_path.iterdir() if p.is_dir()]
+    for name in ("lr0.01-bs32", "lr0.01-bs64", "lr0.1-bs32", "lr0.1-bs64"):
+        assert re.search(rf"^\s*\d+\s+{name}\s+complete", text, re.M), name
+        assert "trial " in text and name in text
+    assert re.search(r"^best: lr0\.\S+\s+val\.loss", text, re.M)
+    assert str(parent / "best.yaml") in text.replace("\n", "")
+    assert f"look at it: tensorboard --logdir {parent}" in text
