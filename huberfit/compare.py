@@ -72,7 +72,7 @@ def compare_losses(
     parent = make_run_dir(runs_dir or config.output.runs_dir, config.name, prefix=prefix)
     plan.study = parent.name
     write_json(parent / "sweep.json", plan.to_json())
-    summary = execute(plan, parent, console.note, console=console,
+    summary = execute(plan, parent, lambda line: None, console=console,
                       prepared_for=lambda _: prepared)  # fmt: skip
     rows = []
     for result in sorted(summary.results, key=lambda r: r.number):

@@ -566,6 +566,8 @@ def run_trial(
         folder = folder or _trial_folder(parent, name)
         trial.set_user_attr("run_dir", str(folder))
         trial.set_user_attr("name", folder.name)
+        if plan.labels:  # compare-losses: which loss is training (its table comes after)
+            console.note(f"{folder.name}: training")
         watch = _pruning(trial, plan) if plan.prune and plan.metric in PER_EPOCH else None
         outcome = train_run(config, console, prepared=cache[key], run_dir=folder, resume=ckpt,
                             ticked=ticked[:5], truth_run=False, hparams=hparams,
