@@ -694,7 +694,8 @@ def trial_rows(study: Any, plan: Plan) -> list[dict[str, Any]]:
             "epochs": a.get("epochs"),
             "seconds": a.get("seconds"),
             "converged": a.get("converged"),
-            "note": a.get("error") or a.get("message")
+            "note": "interrupted: --resume continues it" if state == "interrupted"
+            else a.get("error") or a.get("message")
             or ("not converged" if a.get("converged") is False else ""),
             "run_dir": a.get("run_dir"),
         })  # fmt: skip
@@ -862,7 +863,9 @@ def execute(
         if queued:
             note(f"{queued} interrupted trial(s) queued to continue")
     console = console or ConsoleSink(1, quiet=True)
-    line = _progress(plan, note)
+    finished = [t for t in study.get_trials(deepcopy=False) if _counts(t)
+                and t.state.name not in ("RUNNING", "WAITING")]  # fmt: skip
+    line = _progress(plan, note, len(finished))
     results: list[TrialResult] = []
     with stop_on_signals() as stop:
         if workers <= 1:
@@ -876,11 +879,15 @@ def execute(
     return Summary(parent, plan, rows, best, interrupted, results)
 
 
-def _progress(plan: Plan, note: Callable[[str], None]) -> Callable[[TrialResult], None]:
+def _progress(plan: Plan, note: Callable[[str], None], done: int) -> Callable[[TrialResult], None]:
+    """``trial 3/8  lr0.01-bs64  val.loss 0.51  complete``: the count of finished trials."""
+    count = [done]
+
     def line(r: TrialResult) -> None:
+        count[0] += r.state != "interrupted" and r.number >= 0
         value = "" if r.value is None else f"{plan.metric} {r.value:.6g}  "
         why = f"  {r.message}" if r.state in ("failed", "pruned") and r.message else ""
-        note(f"trial {r.number + 1}/{plan.trials}  {r.name}  {value}{r.state}{why}")
+        note(f"trial {count[0]}/{plan.trials}  {r.name}  {value}{r.state}{why}")
 
     return line
 
