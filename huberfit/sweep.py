@@ -443,6 +443,18 @@ def connect(url: str) -> Any:
     driver, a server that does not answer)."""
     import optuna
 
+    for attempt in range(5):
+        try:
+            return optuna.storages.get_storage(url)
+        except ImportError:
+            break
+        except Exception as exc:  # noqa: BLE001 - sorted out below
+            # Machines starting at once on a new database race to create Optuna's tables
+            # (PostgreSQL: "duplicate key ... pg_type_typname_nsp_index"); once they
+            # exist, connecting again succeeds.
+            if "duplicate key" not in str(exc) and "already exists" not in str(exc):
+                break
+            time.sleep(0.2 * (attempt + 1))
     try:
         return optuna.storages.get_storage(url)
     except Exception as exc:
