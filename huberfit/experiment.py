@@ -21,6 +21,7 @@ from huberfit.artifacts import (
     checkpoint_payload,
     make_run_dir,
     restore,
+    write_bytes_atomic,
     write_json,
 )
 from huberfit.config import Config, validate_config
@@ -246,19 +247,21 @@ def compare_losses(
             own = load_own_loss(name, config.loss.kwargs if config.loss.name == name else {})
             preflight(own, own_label(name), prepared.device, data.scaling.y_scale,
                       dtypes=(data.X_train.dtype,))  # fmt: skip
+    children = []  # every run's config checked before any folder is made
+    for label, name, delta in labels:
+        raw = config.model_dump(mode="json")
+        kwargs = raw["loss"]["kwargs"] if name == config.loss.name else {}  # yours: its own
+        raw["loss"] = {**raw["loss"], "name": name, "delta": delta, "kwargs": kwargs}
+        raw["name"] = label
+        children.append((label, validate_config(raw, f"compare-losses {label}")))
     prefix = "" if config.name.startswith("compare") else "compare-"  # not compare-compare-
     parent = make_run_dir(runs_dir or config.output.runs_dir, config.name, prefix=prefix)
     several_deltas = len({d for _, n, d in labels if n in LOSSES and LOSSES[n].uses_delta}) > 1
     differ = ["loss"] + ["delta"] * several_deltas
     ticked = differ + [k for k in HPARAMS_FIRST if k not in differ][: 5 - len(differ)]
     rows, last_step = [], 0
-    for label, name, delta in labels:
+    for label, child in children:
         console.note(f"{label}: training")
-        raw = config.model_dump(mode="json")
-        kwargs = raw["loss"]["kwargs"] if name == config.loss.name else {}  # yours: its own
-        raw["loss"] = {**raw["loss"], "name": name, "delta": delta, "kwargs": kwargs}
-        raw["name"] = label
-        child = validate_config(raw, f"compare-losses {label}")
         (parent / label).mkdir()
         outcome = train_run(child, console, prepared=prepared, run_dir=parent / label,
                             ticked=ticked, truth_run=False)  # fmt: skip
@@ -316,7 +319,7 @@ def comparison_picture(parent: Path, data: Dataset, rows: list[dict], config: Co
     if fig is None:
         return None
     png = plots.to_png(fig)
-    (parent / "comparison.png").write_bytes(png)
+    write_bytes_atomic(parent / "comparison.png", png)
     if config.output.tensorboard:
         sink = TensorBoardSink(parent, config.output.flush_secs)
         try:

@@ -17,7 +17,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from huberfit.artifacts import make_run_dir, save_checkpoint, write_json, write_text_atomic
+from huberfit.artifacts import (
+    make_run_dir,
+    save_checkpoint,
+    write_bytes_atomic,
+    write_json,
+    write_text_atomic,
+)
 from huberfit.config import Config, dump_config
 from huberfit.sinks import ConsoleSink, FigureMaker, Sinks, TensorBoardSink
 
@@ -43,7 +49,7 @@ class Run:
         if not self.main:
             return
         for name, png in pictures:
-            (self.dir / f"{name}.png").write_bytes(png)
+            write_bytes_atomic(self.dir / f"{name}.png", png)
         if self.tensorboard is not None:
             self.tensorboard.images(pictures)
 
