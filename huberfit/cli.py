@@ -545,14 +545,15 @@ def _bench_streaming(gigabytes: float, budget_mb: int, folder: Path | None, json
     with tempfile.TemporaryDirectory() as tmp:
         where = folder or Path(tmp) / "data"
         if not list(where.glob("*.parquet")):
+            there = next(p for p in (where, *where.parents) if p.exists())
+            free = shutil.disk_usage(there).free
+            if gigabytes * 1e9 * 1.05 > free:
+                raise RunError(f"--stream-gb {gigabytes:g}: {there} has only {free / 1e9:.2f} GB "
+                               "free")  # fmt: skip
             try:
                 where.mkdir(parents=True, exist_ok=True)
             except OSError as exc:
                 raise RunError(f"--folder {where}: cannot create it ({exc.strerror})") from None
-            free = shutil.disk_usage(where).free
-            if gigabytes * 1e9 * 1.05 > free:
-                raise RunError(f"--stream-gb {gigabytes:g}: {where} has only {free / 1e9:.2f} GB "
-                               "free")  # fmt: skip
             _dim(f"writing {gigabytes:g} GB of Parquet into {where}")
             try:
                 write_parquet_dataset(where, gigabytes)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import signal
 import threading
 from collections.abc import Iterator
-from contextlib import ExitStack, closing, contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -93,9 +93,9 @@ def open_run(
         if config.output.tensorboard and main:
             o = config.output
             every = o.images_every_epochs if o.images else None
-            tb = stack.enter_context(closing(
+            tb = stack.enter_context(
                 TensorBoardSink(run_dir, o.flush_secs, truth, figures, every, truth_run)
-            ))  # fmt: skip
+            )
             tb.text("config", f"```yaml\n{config_yaml}```")
         yield Run(run_dir, main, Sinks(console, tb), config_yaml, tb)
 

@@ -389,17 +389,15 @@ class EventFile:
         self.last_flush = time.monotonic()
         if self.fd is None or not self.buffer:
             return
-        view = memoryview(self.buffer)
+        data = memoryview(bytes(self.buffer))  # os.write may take only part of it
         try:
             done = 0
-            while done < len(view):
-                done += os.write(self.fd, view[done:])
+            while done < len(data):
+                done += os.write(self.fd, data[done:])
         except OSError as exc:
-            view.release()
             self._abandon()
             raise _event_error(self.path, exc) from None
-        view.release()
-        self.written += len(self.buffer)
+        self.written += len(data)
         self.buffer.clear()
 
     def _abandon(self) -> None:
@@ -431,8 +429,8 @@ class EventFile:
 
 def _event_error(path: Path, exc: OSError) -> RunError:
     return RunError(
-        f"cannot write TensorBoard events to {path}: {exc.strerror or exc}; the run stopped "
-        "(set output.tensorboard: false to train without them)"
+        f"cannot write TensorBoard events to {path}: {exc.strerror or exc} (the events "
+        "before are kept; output.tensorboard: false trains without them)"
     )
 
 
@@ -578,6 +576,18 @@ class TensorBoardSink:
         for summary in (exp, start, end):
             self.events.add([summary], 0)
         self.events.flush()
+
+    def __enter__(self) -> TensorBoardSink:
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        """Closed on every way out; leaving on an error, that error is the one reported
+        (a full disk fails the checkpoint first, then the events)."""
+        try:
+            self.close()
+        except RunError:
+            if exc is None:
+                raise
 
     def close(self) -> None:
         """Close every event file; the first that cannot be written is the error."""
