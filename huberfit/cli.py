@@ -8,6 +8,7 @@ Must not import torch, numpy, pandas or the rooms that do at module level: ``hub
 
 from __future__ import annotations
 
+import errno
 import functools
 import os
 import sys
@@ -66,8 +67,17 @@ def user_errors(fn: F) -> F:
             if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 speaks
                 err.print(f"error: {exc}", markup=False)
             raise typer.Exit(exc.exit_code) from None
+        except OSError as exc:  # a folder made on a full disk: its writers say which file
+            if _debug["on"] or exc.errno not in DISK_FULL:
+                raise
+            where = f" {exc.filename}" if exc.filename else ""
+            err.print(f"error: cannot write{where}: {exc.strerror}", markup=False)
+            raise typer.Exit(1) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+DISK_FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS}
 
 
 def print_json(data: Any) -> None:
@@ -125,16 +135,15 @@ def config_init(
     path: Path = typer.Argument(Path("huberfit.yaml"), help="Where to write the starter config."),
 ) -> None:
     """Write a commented starter config (never overwrites a file)."""
+    from huberfit.artifacts import write_text_atomic
     from huberfit.config import starter_config
     from huberfit.errors import ConfigError
 
-    if path.exists():
+    if path.exists() or path.is_symlink():
         raise ConfigError(f"{path} already exists; choose another path or remove it first")
-    try:
-        with path.open("x", encoding="utf-8") as fh:
-            fh.write(starter_config())
-    except OSError as exc:
-        raise ConfigError(f"cannot write {path}: {exc.strerror}") from None
+    if not path.parent.is_dir():
+        raise ConfigError(f"cannot write {path}: its folder {path.parent} does not exist")
+    write_text_atomic(path, starter_config())  # whole or not at all (a full disk)
     out.print(f"wrote {path}; run it with: huberfit train --config {path}")
 
 

@@ -402,3 +402,37 @@ def test_a_full_disk_ends_a_run_in_one_line_with_only_whole_files(tmp_path, limi
             _whole_events(path)
         else:
             assert path.name == "config.yaml", path
+
+
+def test_a_full_disk_anywhere_is_one_line(tmp_path, capsys):
+    """``config init`` on a full disk: one line naming the file, no file left. And a write
+    without its own message (a folder made on a full disk) is still one line."""
+    import typer
+
+    from huberfit.cli import user_errors
+
+    @user_errors
+    def makes_a_folder() -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(tmp_path / "run" / "val"))
+
+    with pytest.raises(typer.Exit) as stopped:
+        makes_a_folder()
+    assert stopped.value.exit_code == 1
+    assert (
+        capsys.readouterr().err
+        == f"error: cannot write {tmp_path / 'run' / 'val'}: No space left on device\n"
+    )
+    import resource
+
+    def limited() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (100, 100))
+
+    p = subprocess.run(
+        [sys.executable, "-m", "huberfit", "config", "init", str(tmp_path / "h.yaml")],
+        preexec_fn=limited, capture_output=True, text=True, timeout=60,
+        env={**os.environ, "HUBERFIT_DEBUG": "0"},
+    )  # fmt: skip
+    assert p.returncode == 1 and p.stderr.count("\n") == 1, p.stderr
+    assert p.stderr.startswith(f"error: cannot write {tmp_path / 'h.yaml'}: File too large")
+    assert list(tmp_path.iterdir()) == []
