@@ -222,9 +222,9 @@ def test_user_text_is_shown_as_it_is_never_as_markup(run_dir, tmp_path, runner):
     r = runner.invoke(app, ["runs", "--runs-dir", str(tmp_path / "none[/x]")])
     assert r.exit_code == 0 and f"no runs in {tmp_path / 'none[/x]'}" in r.stdout
     out = tmp_path / "o[/x]" / "p[:smile:].csv"
-    r = runner.invoke(app, ["predict", "--run", str(run_dir), "--input", str(write(tmp_path /
-                            "in.csv", INPUT)), "-o", str(out)])  # fmt: skip
-    assert r.exit_code == 0 and f"to {out}" in r.stderr
+    data = write(tmp_path / "in[1].csv", INPUT)  # an existing file, not a glob
+    r = runner.invoke(app, ["predict", "--run", str(run_dir), "--input", str(data), "-o", str(out)])
+    assert r.exit_code == 0 and f"to {out}" in r.stderr, r.output
 
 
 def test_runs_lists_unexpected_json_as_unreadable(tmp_path, runner):

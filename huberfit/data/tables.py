@@ -143,7 +143,10 @@ def iter_chunks(
 
 
 def input_files(path: str) -> list[str]:
-    """A file as it is; a folder or glob as its CSV and Parquet files, sorted."""
+    """A file as it is (``data[1].csv`` too); a folder or glob as its CSV and Parquet
+    files, sorted."""
+    if Path(path).is_file():
+        return [path]
     if any(ch in path for ch in "*?[") or Path(path).is_dir():
         found = [f for src in DATA_SUFFIXES for f in _glob_source(path, src)]
         if not found:
