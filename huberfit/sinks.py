@@ -336,8 +336,9 @@ class EventFile:
     to a buffer and written every ``flush_secs``, when the buffer passes 1 MB, and on close.
 
     A write that fails (a full disk, a file-size limit) cuts the file back to its last
-    complete event, so TensorBoard reads every event in it, and raises a ``RunError``
-    naming the file: the run ends with one ``error:`` line, not a traceback.
+    complete event, so TensorBoard reads every event in it, and stops the file: later
+    events are dropped, training goes on (its checkpoint is worth more than its curves),
+    and ``close`` raises a ``RunError`` naming the file: one ``error:`` line at the end.
     """
 
     BUFFER_BYTES = 1 << 20
@@ -356,6 +357,7 @@ class EventFile:
             self.fd: int | None = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o666)
         except OSError as exc:
             raise _event_error(self.path, exc) from None
+        self.error: RunError | None = None  # the failed write, raised by close
         self.written = os.fstat(self.fd).st_size  # bytes on disk: complete events only
         self.buffer = bytearray()
         self.flush_secs, self.last_flush = flush_secs, time.monotonic()
@@ -368,6 +370,8 @@ class EventFile:
 
     def add(self, summaries: list[Any], step: int) -> None:
         """One event per summary, at ``step``."""
+        if self.fd is None:  # closed, or stopped by a failed write
+            return
         for summary in summaries:
             self._write(self._Event(wall_time=time.time(), step=step, summary=summary))
 
@@ -396,7 +400,8 @@ class EventFile:
                 done += os.write(self.fd, data[done:])
         except OSError as exc:
             self._abandon()
-            raise _event_error(self.path, exc) from None
+            self.error = _event_error(self.path, exc)
+            return
         self.written += len(data)
         self.buffer.clear()
 
@@ -416,21 +421,23 @@ class EventFile:
             os.close(fd)
 
     def close(self) -> None:
+        """Write what is left and close; a write that failed, now or before, is raised."""
         import os
 
         if self.fd is not None:
-            try:
-                self.flush()
-            finally:
-                if self.fd is not None:
-                    os.close(self.fd)
-                    self.fd = None
+            self.flush()
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+        error, self.error = self.error, None
+        if error is not None:
+            raise error
 
 
 def _event_error(path: Path, exc: OSError) -> RunError:
     return RunError(
         f"cannot write TensorBoard events to {path}: {exc.strerror or exc} (the events "
-        "before are kept; output.tensorboard: false trains without them)"
+        "before it are kept; output.tensorboard: false trains without them)"
     )
 
 
@@ -585,9 +592,9 @@ class TensorBoardSink:
         (a full disk fails the checkpoint first, then the events)."""
         try:
             self.close()
-        except RunError:
-            if exc is None:
-                raise
+        except RunError as failed:
+            if exc is None:  # the run's own files were written after the events stopped
+                raise RunError(f"{failed}; the run's other files are written") from None
 
     def close(self) -> None:
         """Close every event file; the first that cannot be written is the error."""

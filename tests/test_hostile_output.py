@@ -330,6 +330,8 @@ def _whole_events(path: Path) -> int:
 
 
 def test_a_failed_event_write_cuts_the_file_back_to_whole_events(tmp_path, monkeypatch):
+    """A short write, then ENOSPC: the file is cut back to its whole events, later events
+    are dropped (training goes on), and closing it is the one error naming the file."""
     from tensorboard.compat.proto.summary_pb2 import Summary
 
     from huberfit.sinks import EventFile
@@ -348,9 +350,13 @@ def test_a_failed_event_write_cuts_the_file_back_to_whole_events(tmp_path, monke
 
     events.add([value] * 50, 2)
     monkeypatch.setattr(os, "write", half_then_full)
-    with pytest.raises(RunError, match="No space left on device"):
-        events.flush()
-    events.close()  # closing a failed file is quiet
+    events.flush()  # fails: recorded, not raised mid-training
+    events.add([value] * 50, 3)  # dropped
+    events.flush()
+    assert len(calls) == 2
+    with pytest.raises(RunError, match=f"{events.path.name}: No space left on device"):
+        events.close()
+    events.close()  # once
     monkeypatch.undo()
     assert _whole_events(events.path) == 2
 
@@ -386,6 +392,9 @@ def test_a_full_disk_ends_a_run_in_one_line_with_only_whole_files(tmp_path, limi
     lines = [x for x in p.stderr.splitlines() if x.startswith("error")]
     assert len(lines) == 1 and "Traceback" not in p.stderr, p.stderr
     assert "File too large" in lines[0] and str(tmp_path) in lines[0]
+    if "TensorBoard" in lines[0]:  # the events stopped; the run's own files were written
+        (run,) = tmp_path.iterdir()
+        assert (run / "checkpoint.pt").is_file() and (run / "metrics.json").is_file()
     for path in tmp_path.rglob("*"):
         if path.is_dir():
             continue
