@@ -181,8 +181,9 @@ def _file_chunks(
     for frame in _frames(file, source, columns, chunk_rows, text):
         if text and source == "parquet":  # an Arrow batch: its own types out, numbers in
             import pandas as pd
+            import pyarrow as pa
 
-            numeric = frame.select(wanted).to_pandas()
+            numeric = pa.Table.from_batches([frame]).select(wanted).to_pandas()
             frame = frame.to_pandas(types_mapper=pd.ArrowDtype)
         elif text:
             numeric = frame[wanted].replace(NA_TEXT, np.nan)
