@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import json
 import math
+import numbers
 import os
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -51,25 +54,67 @@ def _publish(tmp: str, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def write_text_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+@contextmanager
+def atomic_path(path: Path) -> Iterator[str]:
+    """The one way huberfit writes a file: into a temporary file beside ``path`` (its name is
+    yielded), renamed to ``path`` only when the block ends without error. On an error, Ctrl-C
+    or SIGTERM (as KeyboardInterrupt) the temporary file is removed, so ``path`` is either
+    complete or untouched. A failed write (a full disk, a file-size limit, a read-only
+    folder) is a ``RunError`` naming ``path``, also when a library wrapped the OSError."""
+    path = Path(path)
+    tmp = None
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+        os.close(fd)
+        yield tmp
         _publish(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    except BaseException as exc:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        cause = write_failure(exc)
+        if cause is None or isinstance(exc, RunError):
+            raise
+        raise RunError(f"cannot write {path}: {cause}") from None
+
+
+def write_failure(exc: BaseException | None) -> str | None:
+    """What the OSError behind ``exc`` (itself, or what it was raised from) says, if any."""
+    while exc is not None:
+        if isinstance(exc, OSError):
+            return exc.strerror or str(exc)
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as fh:
+        fh.write(text)
+
+
+def write_bytes_atomic(path: Path, data: bytes) -> None:
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        fh.write(data)
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:
-    write_text_atomic(path, json.dumps(_json_safe(data), indent=2) + "\n")
+    write_text_atomic(path, json_text(data) + "\n")
+
+
+def json_text(data: Any) -> str:
+    """The one JSON writer (``metrics.json``, ``comparison.json``, every ``--json``): NaN and
+    infinities become ``null`` (JSON has no token for them), anything else not JSON by its
+    text (a path)."""
+    return json.dumps(_json_safe(data), indent=2, allow_nan=False, default=str)
 
 
 def _json_safe(value: Any) -> Any:
-    """JSON has no NaN: write ``null`` instead of an invalid token."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
+    """JSON has no NaN: write ``null`` instead of an invalid token (numpy scalars too)."""
+    if isinstance(value, bool | int | str | None):
+        return value
+    if isinstance(value, numbers.Integral):
+        return int(value)
+    if isinstance(value, numbers.Real):
+        return float(value) if math.isfinite(value) else None
     if isinstance(value, dict):
         return {k: _json_safe(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
@@ -81,14 +126,8 @@ def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
     import torch
 
     payload = {"format": CHECKPOINT_FORMAT, **payload}
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    os.close(fd)
-    try:
-        torch.save(payload, tmp)
-        _publish(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:  # torch wraps a write's OSError
+        torch.save(payload, fh)
 
 
 def load_checkpoint(run_dir: str | Path) -> dict[str, Any]:

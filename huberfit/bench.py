@@ -30,7 +30,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from huberfit.artifacts import atomic_path
 from huberfit.data.batches import InMemoryBatches
+from huberfit.errors import RunError
 from huberfit.loop import FitSettings, fit
 from huberfit.losses import HuberLoss, huber_reference
 from huberfit.model import build_model
@@ -336,7 +338,8 @@ def write_parquet_dataset(folder: Path, gigabytes: float, features: int = 16,
     written, part = 0, 0
     while written < total:
         rows_in_file = min(file_rows, total - written)
-        with pq.ParquetWriter(folder / f"part-{part:04d}.parquet", _schema(names)) as writer:
+        path = folder / f"part-{part:04d}.parquet"  # complete, or not there (Ctrl-C, disk full)
+        with atomic_path(path) as tmp, pq.ParquetWriter(tmp, _schema(names)) as writer:
             done = 0
             while done < rows_in_file:
                 n = min(1_000_000, rows_in_file - done)
@@ -390,8 +393,10 @@ def streaming_peak_rss(folder: Path, budget_mb: int, epochs: int = 1) -> dict[st
                "output.tensorboard=false", "output.images=false"]  # fmt: skip
         with tempfile.TemporaryDirectory() as runs:
             p = subprocess.run([*cmd, "--runs-dir", runs], capture_output=True, text=True)
-        if p.returncode != 0:
-            raise RuntimeError(f"training for the benchmark failed: {p.stderr[-500:]}")
+        if p.returncode != 0:  # its own one-line error says why (a folder of other files)
+            lines = [x for x in p.stderr.splitlines() if x.strip() and not x.startswith("VMHWM")]
+            why = next((x for x in lines if x.startswith("error: ")), lines[-1] if lines else "")
+            raise RunError(f"bench: a training run failed: {why.removeprefix('error: ')}")
         hwm = [line.split()[1] for line in p.stderr.splitlines() if line.startswith("VMHWM ")]
         return json.loads(p.stdout), float(hwm[-1]) / 1024, time.perf_counter() - t0
 

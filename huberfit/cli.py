@@ -8,8 +8,8 @@ Must not import torch, numpy, pandas or the rooms that do at module level: ``hub
 
 from __future__ import annotations
 
+import errno
 import functools
-import json
 import os
 import sys
 from collections.abc import Callable
@@ -36,8 +36,12 @@ config_app = typer.Typer(
 app.add_typer(config_app, name="config")
 
 # Piped output is not squeezed into 80 columns: tables stay readable in files and logs.
-out = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 120)
-err = Console(stderr=True, highlight=False, soft_wrap=True)
+# Nothing printed is read as markup or emoji codes: paths, names, statuses and column names
+# are the user's text (``exp[a]``, ``o[/x]``, ``:x:``) and are shown as they are; styles
+# come from ``rich.text.Text`` objects only.
+out = Console(highlight=False, soft_wrap=True, markup=False, emoji=False,
+              width=None if sys.stdout.isatty() else 120)  # fmt: skip
+err = Console(stderr=True, highlight=False, soft_wrap=True, markup=False, emoji=False)
 _debug = {"on": os.environ.get("HUBERFIT_DEBUG", "") not in ("", "0")}
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -63,8 +67,26 @@ def user_errors(fn: F) -> F:
             if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 speaks
                 err.print(f"error: {exc}", markup=False)
             raise typer.Exit(exc.exit_code) from None
+        except OSError as exc:  # a folder made on a full disk: its writers say which file
+            if _debug["on"] or exc.errno not in DISK_FULL:
+                raise
+            where = f" {exc.filename}" if exc.filename else ""
+            err.print(f"error: cannot write{where}: {exc.strerror}", markup=False)
+            raise typer.Exit(1) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+DISK_FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS}
+
+
+def print_json(data: Any) -> None:
+    """Every ``--json``: the same writer as ``metrics.json`` (non-finite numbers are
+    ``null``), straight to stdout."""
+    from huberfit.artifacts import json_text
+
+    sys.stdout.write(json_text(data) + "\n")
+    sys.stdout.flush()
 
 
 def _version(value: bool) -> None:
@@ -113,16 +135,15 @@ def config_init(
     path: Path = typer.Argument(Path("huberfit.yaml"), help="Where to write the starter config."),
 ) -> None:
     """Write a commented starter config (never overwrites a file)."""
+    from huberfit.artifacts import write_text_atomic
     from huberfit.config import starter_config
     from huberfit.errors import ConfigError
 
-    if path.exists():
+    if path.exists() or path.is_symlink():
         raise ConfigError(f"{path} already exists; choose another path or remove it first")
-    try:
-        with path.open("x", encoding="utf-8") as fh:
-            fh.write(starter_config())
-    except OSError as exc:
-        raise ConfigError(f"cannot write {path}: {exc.strerror}") from None
+    if not path.parent.is_dir():
+        raise ConfigError(f"cannot write {path}: its folder {path.parent} does not exist")
+    write_text_atomic(path, starter_config())  # whole or not at all (a full disk)
     out.print(f"wrote {path}; run it with: huberfit train --config {path}")
 
 
@@ -131,7 +152,7 @@ def config_schema() -> None:
     """Print the config's JSON Schema (for editors; see the README)."""
     from huberfit.config import json_schema
 
-    out.print(json.dumps(json_schema(), indent=2), markup=False)
+    print_json(json_schema())
 
 
 # ----------------------------------------------------------------------------- train
@@ -209,7 +230,7 @@ def _report(metrics, run_dir, quiet: bool, json_out: bool) -> None:
     from huberfit.sinks import render_summary
 
     if json_out:
-        out.print(json.dumps(metrics, indent=2, default=str), markup=False)
+        print_json(metrics)
     elif not quiet:
         render_summary(metrics, str(run_dir), out)
 
@@ -284,8 +305,7 @@ def check_loss(
     results = run_checks(loss, own_label(target), reference, delta, quantile,
                          resolve_device(device, "float32"), rows)  # fmt: skip
     if json_out:
-        out.print(json.dumps([{"check": n, "passed": p, "detail": d} for n, p, d in results],
-                             indent=2), markup=False)  # fmt: skip
+        print_json([{"check": n, "passed": p, "detail": d} for n, p, d in results])
     else:
         render_checks(own_label(target), results, out)
     failed = [n for n, p, _ in results if not p]
@@ -360,7 +380,7 @@ def _run_comparison(cfg, names, deltas, runs_dir, quiet: bool, json_out: bool) -
     result = compare(cfg, names, deltas, console, runs_dir)
     if json_out:
         payload = {"runs": result.rows, "verdict": result.verdict, "parent": str(result.parent)}
-        out.print(json.dumps(payload, indent=2, default=str), markup=False)
+        print_json(payload)
     elif not quiet:
         render_comparison(result.rows, result.verdict, str(result.parent), out)
     if result.interrupted:
@@ -451,7 +471,7 @@ def sweep(
     if json_out:
         payload = {"parent": str(parent), "best": str(summary.best) if summary.best else None,
                    "metric": plan.metric, "trials": summary.rows}  # fmt: skip
-        out.print(json.dumps(payload, indent=2, default=str), markup=False)
+        print_json(payload)
     elif not quiet:
         from huberfit.sinks import render_trials
 
@@ -476,12 +496,15 @@ def predict(
     output: str | None = typer.Option(
         None, "--output", "-o", help=".csv or .parquet; default: CSV on stdout."
     ),
+    overwrite: bool = typer.Option(
+        False, "--overwrite", help="Replace the --output file if it exists (never an input)."
+    ),
 ) -> None:
     """Add a 'prediction' column to the rows of a file, using a trained run."""
     from huberfit.predict import load_run, predict_file
 
     trained = load_run(run)
-    rows = predict_file(trained, input, output)
+    rows = predict_file(trained, input, output, overwrite=overwrite)
     if output is not None:
         err.print(f"wrote {rows} rows with predictions to {output}")
 
@@ -517,7 +540,7 @@ def evaluate(
         own = load_own_loss(loss, trained.loss_kwargs)
     scores = evaluate_file(trained, input, target, own)
     if json_out:
-        out.print(json.dumps(scores, indent=2), markup=False)
+        print_json(scores)
     else:
         render_scores(scores, out)
 
@@ -534,7 +557,7 @@ def runs(
 
     rows = list_runs(runs_dir)
     if json_out:
-        out.print(json.dumps(rows, indent=2), markup=False)
+        print_json(rows)
     elif not rows:
         out.print(f"no runs in {runs_dir} (train one with: huberfit train)")
     else:
@@ -555,7 +578,9 @@ def bench(
     stream_gb: float = typer.Option(
         0.0, "--stream-gb", help="Only measure streaming: generate this many GB of Parquet..."
     ),
-    budget_mb: int = typer.Option(512, "--budget-mb", help="...and train on it with this budget."),
+    budget_mb: int = typer.Option(
+        512, "--budget-mb", min=1, help="...and train on it with this budget."
+    ),
     folder: Path | None = typer.Option(
         None, "--folder", help="Where the Parquet files go (default: a temporary folder)."
     ),
@@ -566,14 +591,17 @@ def bench(
 
     from huberfit.bench import as_table_rows, csv_load_pair, host_description, run_bench, to_json
     from huberfit.device import resolve_device
+    from huberfit.errors import ConfigError
 
-    if stream_gb > 0:
+    if folder is not None and stream_gb == 0.0:
+        raise ConfigError("--folder goes with --stream-gb (where its Parquet files are kept)")
+    if stream_gb != 0.0:  # negative, NaN and inf included: refused there
         _bench_streaming(stream_gb, budget_mb, folder, json_out)
         return
     if csv:
         r = csv_load_pair(rows)
         if json_out:
-            out.print(json.dumps({**r, "host": host_description()}, indent=2), markup=False)
+            print_json({**r, "host": host_description()})
         else:
             out.print(
                 f"CSV {rows:,} x 17 ({r['bytes'] / 1e6:.0f} MB): huberfit {r['huberfit']:.3f} s, "
@@ -584,9 +612,9 @@ def bench(
         return
 
     dev = resolve_device(device)
-    res = run_bench(rows, features, batch_size, epochs, dev, lambda s: err.print(f"[dim]{s}[/dim]"))
+    res = run_bench(rows, features, batch_size, epochs, dev, _dim)
     if json_out:
-        out.print(json.dumps({**to_json(res), "host": host_description()}, indent=2), markup=False)
+        print_json({**to_json(res), "host": host_description()})
         return
     table = Table(title=f"huberfit bench: {rows:,} x {features}, batch {batch_size}, float32, "
                         f"Huber (delta 1), SGD, {dev}", title_justify="left")  # fmt: skip
@@ -609,19 +637,38 @@ def bench(
 
 
 def _bench_streaming(gigabytes: float, budget_mb: int, folder: Path | None, json_out: bool) -> None:
+    import math
+    import shutil
     import tempfile
 
     from huberfit.bench import host_description, streaming_peak_rss, write_parquet_dataset
+    from huberfit.errors import ConfigError, RunError
 
+    if not (math.isfinite(gigabytes) and gigabytes > 0):
+        raise ConfigError(f"--stream-gb must be a finite number of GB > 0; got {gigabytes:g}")
+    if folder is not None and folder.exists() and not folder.is_dir():
+        raise ConfigError(f"--folder {folder}: not a folder")
     with tempfile.TemporaryDirectory() as tmp:
         where = folder or Path(tmp) / "data"
         if not list(where.glob("*.parquet")):
-            err.print(f"[dim]writing {gigabytes:g} GB of Parquet into {where}[/dim]")
-            write_parquet_dataset(where, gigabytes)
-        err.print(f"[dim]training on it with data.memory_budget_mb={budget_mb}[/dim]")
+            there = next(p for p in (where, *where.parents) if p.exists())
+            free = shutil.disk_usage(there).free
+            if gigabytes * 1e9 * 1.05 > free:
+                raise RunError(f"--stream-gb {gigabytes:g}: {there} has only {free / 1e9:.2f} GB "
+                               "free")  # fmt: skip
+            try:
+                where.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise RunError(f"--folder {where}: cannot create it ({exc.strerror})") from None
+            _dim(f"writing {gigabytes:g} GB of Parquet into {where}")
+            try:
+                write_parquet_dataset(where, gigabytes)
+            except OSError as exc:
+                raise RunError(f"--folder {where}: cannot write Parquet there ({exc})") from None
+        _dim(f"training on it with data.memory_budget_mb={budget_mb}")
         r = streaming_peak_rss(where, budget_mb)
     if json_out:
-        out.print(json.dumps({**r, "host": host_description()}, indent=2), markup=False)
+        print_json({**r, "host": host_description()})
         return
     out.print(
         f"{r['bytes'] / 1e9:.2f} GB, {r['rows']:,} rows, streamed: {r['streamed']}; "
@@ -630,6 +677,12 @@ def _bench_streaming(gigabytes: float, budget_mb: int, folder: Path | None, json
         f"{r['wall_seconds']:.0f} s end to end; {host_description()}",
         soft_wrap=False,
     )
+
+
+def _dim(message: str) -> None:
+    from rich.text import Text
+
+    err.print(Text(message, style="dim"))
 
 
 def main() -> None:

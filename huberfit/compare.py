@@ -8,12 +8,13 @@ table's rows and the verdict come from ``metrics``; the picture from ``plots``.
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from huberfit.artifacts import make_run_dir, write_json
-from huberfit.config import Config
+from huberfit.artifacts import make_run_dir, write_bytes_atomic, write_json
+from huberfit.config import Config, validate_config
 from huberfit.data.dataset import Dataset
 from huberfit.errors import ConfigError, HuberfitError
 from huberfit.experiment import prepare
@@ -26,7 +27,7 @@ from huberfit.metrics import (
     true_params,
 )
 from huberfit.sinks import ConsoleSink, TensorBoardSink
-from huberfit.sweep import Dim, Plan, execute
+from huberfit.sweep import Dim, Plan, execute, set_key
 
 COMPARE_DEFAULTS = [  # the built-in comparison: each loss trained to its certified optimum
     "name=compare",
@@ -68,6 +69,11 @@ def compare_losses(
             preflight(own, own_label(name), prepared.device, data.scaling.y_scale,
                       dtypes=(data.X_train.dtype,))  # fmt: skip
     plan = _plan(config, labels)
+    for label, point in zip(plan.labels, plan.points, strict=True):  # all before any folder
+        raw = copy.deepcopy(plan.base)
+        for key, value in point.items():
+            set_key(raw, key, value)
+        validate_config({**raw, "name": label}, f"compare-losses {label}")
     prefix = "" if config.name.startswith("compare") else "compare-"  # not compare-compare-
     parent = make_run_dir(runs_dir or config.output.runs_dir, config.name, prefix=prefix)
     plan.study = parent.name
@@ -154,7 +160,7 @@ def comparison_picture(parent: Path, data: Dataset, rows: list[dict], config: Co
     if fig is None:
         return None
     png = plots.to_png(fig)
-    (parent / "comparison.png").write_bytes(png)
+    write_bytes_atomic(parent / "comparison.png", png)
     if config.output.tensorboard:
         sink = TensorBoardSink(parent, config.output.flush_secs)
         try:

@@ -283,8 +283,9 @@ def _train_rows(data: Dataset) -> int:
 
 
 def delta_label(loss: str, delta: float) -> str:
-    """A run's label in a comparison over deltas: ``huber-d0.5``."""
-    return f"{loss}-d{delta:g}"
+    """A run's label in a comparison over deltas: ``huber-d0.5``, ``huber-d1e300`` (a valid
+    run name: no ``+``)."""
+    return f"{loss}-d{delta:g}".replace("+", "")
 
 
 def run_title(config: Config) -> str:

@@ -10,17 +10,20 @@ from __future__ import annotations
 
 import math
 import os
+import signal
 import sys
-import tempfile
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
 import numpy as np
 
-from huberfit.artifacts import load_checkpoint
+from huberfit.artifacts import atomic_path, load_checkpoint
 from huberfit.data.scaling import Moments
-from huberfit.data.tables import iter_chunks
+from huberfit.data.tables import check_file, input_files, iter_chunks, read_header, source_of
 from huberfit.errors import DataError, RunError
 
 CHUNK_ROWS = 100_000
@@ -99,35 +102,112 @@ def load_run(run_dir: str | Path) -> TrainedRun:
 
 
 def predict_file(
-    run: TrainedRun, input_path: str, output: str | None, stdout: TextIO | None = None
+    run: TrainedRun,
+    input_path: str,
+    output: str | None,
+    stdout: TextIO | None = None,
+    overwrite: bool = False,
 ) -> int:
     """Write the input rows with a ``prediction`` column (CSV or Parquet by the output's
-    extension; stdout as CSV without one). Returns the number of rows written."""
-    kind = None
-    if output is not None:
-        kind = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}.get(
-            Path(output).suffix.lower()
-        )
-        if kind is None:
-            raise DataError(f"--output {output}: use a .csv or .parquet file name")
-    chunks = iter_chunks(input_path, run.features, None, CHUNK_ROWS)
+    extension; stdout as CSV without one). Returns the number of rows written.
+
+    The input's cells are written back as they were (CSV text as text, Parquet types as
+    they are). Everything is checked before anything is written: the output is never one of
+    the inputs (by name, link or hard link), never an existing file unless ``overwrite``,
+    and every input file has the same columns. The output is written to a temporary file
+    beside it and renamed when complete: an error, Ctrl-C or SIGTERM leaves nothing behind.
+    """
+    files = input_files(input_path)
+    _same_columns(files)
     if output is None:
-        return _write_csv(chunks, run, stdout or sys.stdout)
-    out = Path(output)
-    fd, tmp = tempfile.mkstemp(dir=out.parent if str(out.parent) else ".", prefix=f".{out.name}.")
-    os.close(fd)
-    try:
+        return _write_csv(_chunks(files, run), run, stdout or sys.stdout)
+    out, kind = _check_output(output, files, overwrite)
+    with _sigterm_as_interrupt(), atomic_path(out) as tmp:
         if kind == "csv":
             with open(tmp, "w", encoding="utf-8", newline="") as fh:
-                rows = _write_csv(chunks, run, fh)
-        else:
-            rows = _write_parquet(chunks, run, tmp)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return rows
+                return _write_csv(_chunks(files, run), run, fh)
+        return _write_parquet(_chunks(files, run), run, tmp, out)
+
+
+def _chunks(files: list[str], run: TrainedRun):
+    """``(file, frame, X)`` per chunk, the frame's cells as they were in the file."""
+    for file in files:
+        for frame, X, _ in iter_chunks(file, run.features, None, CHUNK_ROWS, text=True):
+            yield file, frame, X
+
+
+def _check_output(output: str, inputs: list[str], overwrite: bool) -> tuple[Path, str]:
+    """The output's path and kind, or a DataError saying why it cannot be written."""
+    out = Path(output)
+    if out.is_dir():
+        raise DataError(f"--output {output} is a folder; give a file name (.csv or .parquet)")
+    kind = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}.get(out.suffix.lower())
+    if kind is None:
+        raise DataError(f"--output {output}: use a .csv or .parquet file name")
+    parent = out.parent
+    if not parent.is_dir():
+        what = "is not a folder" if parent.exists() else "does not exist"
+        raise DataError(f"--output {output}: its folder {parent} {what}")
+    for file in inputs:
+        if out.exists() and _same_file(out, Path(file)):
+            raise DataError(
+                f"--output {output} is the input file {file}; write the predictions to "
+                "another file (the input is never replaced)"
+            )
+    if (out.exists() or out.is_symlink()) and not overwrite:
+        raise DataError(
+            f"--output {output} already exists; choose another name, or pass --overwrite "
+            "to replace it"
+        )
+    return out, kind
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    """Whether ``a`` and ``b`` are one file: the same name, a link to it, or a hard link."""
+    try:
+        return a.resolve() == b.resolve() or os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def _same_columns(files: list[str]) -> list[str]:
+    """The columns of the first file; every other file must have the same, in the same
+    order (their rows go under one header), and none may be called ``prediction``."""
+    first = files[0]
+    columns = read_header(check_file(first), source_of(first))
+    if "prediction" in columns:
+        raise DataError(f"{first}: already has a 'prediction' column; rename it first")
+    for file in files[1:]:
+        these = read_header(check_file(file), source_of(file))
+        if these == columns:
+            continue
+        missing = [c for c in columns if c not in these]
+        extra = [c for c in these if c not in columns]
+        parts = [f"no column {', '.join(map(repr, missing))}"] if missing else []
+        parts += [f"extra column {', '.join(map(repr, extra))}"] if extra else []
+        how = "; ".join(parts) or f"the same columns in another order ({', '.join(these)})"
+        raise DataError(
+            f"{file}: its columns differ from those of {first} ({how}); predict writes every "
+            "row under one header, so the files must have the same columns"
+        )
+    return columns
+
+
+@contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM ends the write as Ctrl-C does (the temporary file is removed, exit 130)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _with_prediction(frame, X: np.ndarray, run: TrainedRun):
@@ -138,28 +218,48 @@ def _with_prediction(frame, X: np.ndarray, run: TrainedRun):
 
 def _write_csv(chunks, run: TrainedRun, fh: TextIO) -> int:
     rows = 0
-    for frame, X, _ in chunks:
+    for _, frame, X in chunks:
         _with_prediction(frame, X, run).to_csv(fh, index=False, header=rows == 0)
         rows += len(frame)
     return rows
 
 
-def _write_parquet(chunks, run: TrainedRun, path: str) -> int:
+def _write_parquet(chunks, run: TrainedRun, path: str, out: Path) -> int:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    writer, rows = None, 0
+    writer, rows, first = None, 0, None
     try:
-        for frame, X, _ in chunks:
+        for file, frame, X in chunks:
             table = pa.Table.from_pandas(_with_prediction(frame, X, run), preserve_index=False)
             if writer is None:
-                writer = pq.ParquetWriter(path, table.schema)
-            writer.write_table(table.cast(writer.schema))
+                writer, first = pq.ParquetWriter(path, table.schema), file
+            writer.write_table(_same_schema(table, writer.schema, file, first, out))
             rows += len(frame)
     finally:
         if writer is not None:
             writer.close()
     return rows
+
+
+def _same_schema(table: Any, schema: Any, file: str, first: str, out: Path) -> Any:
+    """``table`` in the Parquet file's ``schema`` (set by the first rows written), or a
+    DataError naming the column whose type differs: a Parquet column has one type."""
+    import pyarrow as pa
+
+    try:
+        return table.cast(schema)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, ValueError, TypeError):
+        pass
+    for field in schema:
+        there = table.schema.field(field.name).type
+        if there != field.type:
+            raise DataError(
+                f"{file}: column {field.name!r} is {there} here but {field.type} in {first}; a "
+                f"Parquet column has one type (write {out.with_suffix('.csv').name} instead, "
+                "or give the inputs one type per column)"
+            )
+    raise DataError(f"{file}: its columns' types differ from {first}'s; {out} cannot hold both")
 
 
 def evaluate_file(

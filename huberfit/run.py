@@ -12,12 +12,18 @@ from __future__ import annotations
 import signal
 import threading
 from collections.abc import Iterator
-from contextlib import ExitStack, closing, contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from huberfit.artifacts import make_run_dir, save_checkpoint, write_json, write_text_atomic
+from huberfit.artifacts import (
+    make_run_dir,
+    save_checkpoint,
+    write_bytes_atomic,
+    write_json,
+    write_text_atomic,
+)
 from huberfit.config import Config, dump_config
 from huberfit.sinks import ConsoleSink, FigureMaker, Sinks, TensorBoardSink
 
@@ -43,7 +49,7 @@ class Run:
         if not self.main:
             return
         for name, png in pictures:
-            (self.dir / f"{name}.png").write_bytes(png)
+            write_bytes_atomic(self.dir / f"{name}.png", png)
         if self.tensorboard is not None:
             self.tensorboard.images(pictures)
 
@@ -87,9 +93,9 @@ def open_run(
         if config.output.tensorboard and main:
             o = config.output
             every = o.images_every_epochs if o.images else None
-            tb = stack.enter_context(closing(
+            tb = stack.enter_context(
                 TensorBoardSink(run_dir, o.flush_secs, truth, figures, every, truth_run)
-            ))  # fmt: skip
+            )
             tb.text("config", f"```yaml\n{config_yaml}```")
         yield Run(run_dir, main, Sinks(console, tb), config_yaml, tb)
 

@@ -1,8 +1,9 @@
 """Find runs again: one summary row per run folder under a runs folder, newest first.
 
 Reads ``metrics.json`` (and ``comparison.json`` for compare-losses parents, whose runs are
-listed under them). A folder that cannot be read is listed as such; nothing here raises on
-a bad folder. Torch-free: reading JSON needs no model.
+listed under them). A folder whose files cannot be read, or hold JSON of another shape, is
+listed as ``unreadable`` with what is wrong; nothing here raises on a bad run folder (only
+on a runs folder that cannot be listed). Torch-free: reading JSON needs no model.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ import json
 import time
 from pathlib import Path
 from typing import Any
+
+from huberfit.errors import RunError
 
 SIDE_RUNS = {"truth", "val"}  # TensorBoard-only folders beside runs (see sinks.py)
 
@@ -26,8 +29,7 @@ def list_runs(runs_dir: str | Path) -> list[dict[str, Any]]:
         if (folder / "comparison.json").is_file() or is_sweep:
             rows.append(_parent_row(folder))
             children = sorted(
-                (p for p in folder.iterdir() if p.is_dir() and p.name not in SIDE_RUNS),
-                key=lambda p: p.name,
+                (p for p in _folders(folder) if p.name not in SIDE_RUNS), key=lambda p: p.name
             )
             rows += [{**_run_row(child), "parent": folder.name} for child in children]
         else:
@@ -36,7 +38,10 @@ def list_runs(runs_dir: str | Path) -> list[dict[str, Any]]:
 
 
 def _folders(root: Path) -> list[Path]:
-    return [p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")]
+    try:
+        return [p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")]
+    except OSError as exc:
+        raise RunError(f"cannot list {root}: {exc.strerror}") from None
 
 
 def _started(folder: Path) -> float:
@@ -50,6 +55,37 @@ def _stamp(seconds: float) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(seconds))
 
 
+class _Unexpected(ValueError):
+    """A JSON file that parses but does not hold what huberfit writes there."""
+
+
+NUMBER = (int, float)
+# what a row takes from metrics.json: key -> the JSON types it may have (null always may)
+RUN_KEYS: dict[str, tuple[type, ...]] = {
+    "name": (str,), "started": (str,), "status": (str,), "loss": (str,), "delta": NUMBER,
+    "quantile": NUMBER, "optimizer": (str,), "epochs": (int,), "coefficient_error": NUMBER,
+    "val": (dict,),
+}  # fmt: skip
+
+
+def _checked(data: Any, keys: dict[str, tuple[type, ...]], file: str) -> dict[str, Any]:
+    """``data`` if it is an object whose ``keys`` have the expected types (or null)."""
+    if not isinstance(data, dict):
+        raise _Unexpected(f"{file}: expected a JSON object, found {_json_type(data)}")
+    for key, types in keys.items():
+        value = data.get(key)
+        if value is not None and (not isinstance(value, types) or isinstance(value, bool)):
+            expected = " or ".join(dict.fromkeys(_json_type(t()) for t in types))
+            raise _Unexpected(f"{file}: {key!r} is {_json_type(value)}, expected {expected}")
+    return data
+
+
+def _json_type(value: Any) -> str:
+    names = {bool: "a boolean", int: "a number", float: "a number", str: "a string",
+             list: "a list", dict: "an object", type(None): "null"}  # fmt: skip
+    return names.get(type(value), type(value).__name__)
+
+
 def _run_row(folder: Path) -> dict[str, Any]:
     row: dict[str, Any] = {"name": folder.name, "folder": str(folder), "kind": "run"}
     metrics_file = folder / "metrics.json"
@@ -60,36 +96,53 @@ def _run_row(folder: Path) -> dict[str, Any]:
             status, detail = "not a run", "no metrics.json or config.yaml"
         return {**row, "status": status, "detail": detail, "started": _stamp(_started(folder))}
     try:
-        m = json.loads(metrics_file.read_text(encoding="utf-8"))
-        val = m.get("val") or {}
-        return {
-            **row,
-            "name": m.get("name") or folder.name,
-            "started": m.get("started") or _stamp(_started(folder)),
-            "status": m["status"],
-            "loss": m.get("loss"),
-            "delta": m.get("delta"),
-            "quantile": m.get("quantile"),
-            "optimizer": m.get("optimizer"),
-            "epochs": m.get("epochs"),
-            "val_loss": val.get("loss"),
-            "val_mae": val.get("mae"),
-            "coefficient_error": m.get("coefficient_error"),
-        }
-    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
-        return {**row, "status": "unreadable", "detail": f"metrics.json: {exc}"}
+        m = _checked(_read_json(metrics_file), RUN_KEYS, "metrics.json")
+        if m.get("status") is None:
+            raise _Unexpected("metrics.json: no 'status'")
+        val = _checked(m.get("val") or {}, {"loss": NUMBER, "mae": NUMBER}, "metrics.json val")
+    except (OSError, ValueError, RecursionError) as exc:
+        return {**row, "status": "unreadable", "detail": _why(exc, "metrics.json"),
+                "started": _stamp(_started(folder))}  # fmt: skip
+    return {
+        **row,
+        "name": m.get("name") or folder.name,
+        "started": m.get("started") or _stamp(_started(folder)),
+        "status": m["status"],
+        "loss": m.get("loss"),
+        "delta": m.get("delta"),
+        "quantile": m.get("quantile"),
+        "optimizer": m.get("optimizer"),
+        "epochs": m.get("epochs"),
+        "val_loss": val.get("loss"),
+        "val_mae": val.get("mae"),
+        "coefficient_error": m.get("coefficient_error"),
+    }
 
 
 def _parent_row(folder: Path) -> dict[str, Any]:
     if not (folder / "comparison.json").is_file():
         return _sweep_row(folder)
-    row: dict[str, Any] = {"name": folder.name, "folder": str(folder), "kind": "comparison"}
+    row: dict[str, Any] = {"name": folder.name, "folder": str(folder), "kind": "comparison",
+                           "started": _stamp(_started(folder))}  # fmt: skip
     try:
-        data = json.loads((folder / "comparison.json").read_text(encoding="utf-8"))
-        return {**row, "status": "comparison", "verdict": data.get("verdict"),
-                "started": _stamp(_started(folder))}  # fmt: skip
-    except (OSError, ValueError) as exc:
-        return {**row, "status": "unreadable", "detail": f"comparison.json: {exc}"}
+        data = _checked(_read_json(folder / "comparison.json"), {"verdict": (str,)},
+                        "comparison.json")  # fmt: skip
+    except (OSError, ValueError, RecursionError) as exc:
+        return {**row, "status": "unreadable", "detail": _why(exc, "comparison.json")}
+    return {**row, "status": "comparison", "verdict": data.get("verdict")}
+
+
+def _read_json(path: Path) -> Any:
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def _why(exc: Exception, file: str) -> str:
+    """One line: what is wrong with the file."""
+    if isinstance(exc, _Unexpected):
+        return str(exc)
+    if isinstance(exc, OSError):
+        return f"{file}: {exc.strerror or exc}"
+    return f"{file}: {type(exc).__name__}: {exc}".splitlines()[0]
 
 
 def _sweep_row(folder: Path) -> dict[str, Any]:
@@ -107,12 +160,16 @@ def _sweep_row(folder: Path) -> dict[str, Any]:
                     f"stopped (finish it: huberfit sweep --resume {folder})"}  # fmt: skip
         with (folder / "trials.csv").open(encoding="utf-8", newline="") as fh:
             trials = list(csv.DictReader(fh))
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        return {**row, "status": "unreadable", "detail": f"sweep.json/trials.csv: {exc}"}
+    except (OSError, ValueError, KeyError, TypeError, RecursionError) as exc:
+        return {**row, "status": "unreadable", "detail": _why(exc, "sweep.json/trials.csv")}
     done = [t for t in trials if t.get("state") == "complete"]
-    best = (
-        f"best {done[0].get('name')}: {metric} {done[0].get(metric)}" if done else "none complete"
-    )
+    best = "none complete"
+    if done:
+        try:
+            value = f"{float(done[0].get(metric) or 'nan'):.4g}"
+        except ValueError:
+            value = str(done[0].get(metric))
+        best = f"best {done[0].get('name')}: {metric} {value}"
     states = {s: sum(t.get("state") == s for t in trials) for s in ("pruned", "failed")}
     more = "".join(f", {n} {s}" for s, n in states.items() if n)
     return {**row, "status": "sweep", "verdict": f"{len(trials)} trials{more}; {best}"}

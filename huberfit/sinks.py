@@ -22,6 +22,8 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 from rich.text import Text
 
+from huberfit.errors import RunError
+
 HISTOGRAM_ROWS = 10_000
 FigureMaker = Callable[[], list[tuple[str, bytes]]]  # -> [(name, PNG bytes)]
 
@@ -59,7 +61,7 @@ class ConsoleSink:
     REFRESH_SECONDS = 0.1  # the bar is redrawn at most this often from ``step``
 
     def __init__(self, epochs: int, quiet: bool = False, err: Console | None = None) -> None:
-        self.err = err or Console(stderr=True)
+        self.err = err or Console(stderr=True, markup=False, emoji=False, highlight=False)
         self.quiet = quiet
         self.epochs = epochs
         self.progress: Progress | None = None
@@ -128,11 +130,11 @@ def render_summary(metrics: dict[str, Any], run_dir: str, console: Console) -> N
     console.print(coefficient_table(metrics))
     table = Table(title="metrics (original units)", title_justify="left")
     for col in ("split", f"loss ({loss_label(metrics)})", "MSE", "MAE", "R^2"):
-        table.add_column(col, justify="right" if col != "split" else "left")
+        table.add_column(Text(col), justify="right" if col != "split" else "left")
     for split in ("train", "val"):
         m = metrics.get(split)
         if m:
-            table.add_row(split, *(_fmt(m[k]) for k in ("loss", "mse", "mae", "r2")))
+            table.add_row(*_texts(split, *(_fmt(m[k]) for k in ("loss", "mse", "mae", "r2"))))
     console.print(table)
     if not metrics.get("val"):
         console.print(Text("no validation rows (data.val_fraction: 0): metrics on training rows"))
@@ -180,7 +182,7 @@ def coefficient_table(metrics: dict[str, Any]) -> Table:
             true = truth.get(name)
             diff = None if true is None else value - true
             cells += [_fmt(true), "-" if diff is None else f"{diff:+.3g}"]
-        table.add_row(*cells)
+        table.add_row(*_texts(*cells))
     return table
 
 
@@ -282,8 +284,14 @@ def _comparison_table(
             cells.append(_short(r[key]) + mark)
         if coefs is not None:
             cells.append(coefs[r["label"]])
-        table.add_row(*cells)
+        table.add_row(*_texts(*cells))
     return table
+
+
+def _texts(*cells: Any) -> list[Text]:
+    """Table cells as plain text: column names, labels and values are the user's text and
+    never read as Rich markup (``x[/]`` is shown as it is, whatever the console)."""
+    return [Text(str(c)) for c in cells]
 
 
 def _short(value: Any) -> str:
@@ -325,8 +333,15 @@ class EventFile:
 
     ``SummaryWriter`` hands every event to a background thread; on a 2-core machine each
     hand-off costs a GIL switch that the training step pays for. Events here are appended
-    to a buffered file and flushed every ``flush_secs`` and on close.
+    to a buffer and written every ``flush_secs``, when the buffer passes 1 MB, and on close.
+
+    A write that fails (a full disk, a file-size limit) cuts the file back to its last
+    complete event, so TensorBoard reads every event in it, and stops the file: later
+    events are dropped, training goes on (its checkpoint is worth more than its curves),
+    and ``close`` raises a ``RunError`` naming the file: one ``error:`` line at the end.
     """
+
+    BUFFER_BYTES = 1 << 20
 
     def __init__(self, folder: str | Path, flush_secs: int) -> None:
         import os
@@ -338,13 +353,25 @@ class EventFile:
         self._crc = _masked_crc32c()
         name = f"events.out.tfevents.{int(time.time()):010d}.{socket.gethostname()}.{os.getpid()}"
         self.path = Path(folder) / name
-        self.file = open(self.path, "ab")  # noqa: SIM115 - closed in close()
+        try:
+            self.fd: int | None = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o666)
+        except OSError as exc:
+            raise _event_error(self.path, exc) from None
+        self.error: RunError | None = None  # the failed write, raised by close
+        self.written = os.fstat(self.fd).st_size  # bytes on disk: complete events only
+        self.buffer = bytearray()
         self.flush_secs, self.last_flush = flush_secs, time.monotonic()
         self._write(Event(wall_time=time.time(), file_version="brain.Event:2"))
         self.flush()
 
+    @property
+    def closed(self) -> bool:
+        return self.fd is None
+
     def add(self, summaries: list[Any], step: int) -> None:
         """One event per summary, at ``step``."""
+        if self.fd is None:  # closed, or stopped by a failed write
+            return
         for summary in summaries:
             self._write(self._Event(wall_time=time.time(), step=step, summary=summary))
 
@@ -353,20 +380,65 @@ class EventFile:
         data = event.SerializeToString()
         header = struct.pack("<Q", len(data))
         crc = self._crc
-        self.file.write(
-            header + struct.pack("<I", crc(header)) + data + struct.pack("<I", crc(data))
-        )
-        if time.monotonic() - self.last_flush >= self.flush_secs:
+        self.buffer += header + struct.pack("<I", crc(header)) + data + struct.pack("<I", crc(data))
+        if (
+            time.monotonic() - self.last_flush >= self.flush_secs
+            or len(self.buffer) >= self.BUFFER_BYTES
+        ):
             self.flush()
 
     def flush(self) -> None:
-        self.file.flush()
+        import os
+
         self.last_flush = time.monotonic()
+        if self.fd is None or not self.buffer:
+            return
+        data = memoryview(bytes(self.buffer))  # os.write may take only part of it
+        try:
+            done = 0
+            while done < len(data):
+                done += os.write(self.fd, data[done:])
+        except OSError as exc:
+            self._abandon()
+            self.error = _event_error(self.path, exc)
+            return
+        self.written += len(data)
+        self.buffer.clear()
+
+    def _abandon(self) -> None:
+        """After a failed write: cut the file back to its last complete event, stop."""
+        import os
+
+        fd, self.fd = self.fd, None
+        self.buffer.clear()
+        if fd is None:
+            return
+        try:
+            os.ftruncate(fd, self.written)
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
 
     def close(self) -> None:
-        if not self.file.closed:
+        """Write what is left and close; a write that failed, now or before, is raised."""
+        import os
+
+        if self.fd is not None:
             self.flush()
-            self.file.close()
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+        error, self.error = self.error, None
+        if error is not None:
+            raise error
+
+
+def _event_error(path: Path, exc: OSError) -> RunError:
+    return RunError(
+        f"cannot write TensorBoard events to {path}: {exc.strerror or exc} (the events "
+        "before it are kept; output.tensorboard: false trains without them)"
+    )
 
 
 def _masked_crc32c() -> Callable[[bytes], int]:
@@ -512,11 +584,29 @@ class TensorBoardSink:
             self.events.add([summary], 0)
         self.events.flush()
 
+    def __enter__(self) -> TensorBoardSink:
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        """Closed on every way out; leaving on an error, that error is the one reported
+        (a full disk fails the checkpoint first, then the events)."""
+        try:
+            self.close()
+        except RunError as failed:
+            if exc is None:  # the run's own files were written after the events stopped
+                raise RunError(f"{failed}; the run's other files are written") from None
+
     def close(self) -> None:
-        self.events.close()
-        for extra in (self.val_events, self.truth_events):
-            if extra is not None:
-                extra.close()
+        """Close every event file; the first that cannot be written is the error."""
+        failed = None
+        for events in (self.events, self.val_events, self.truth_events):
+            try:
+                if events is not None:
+                    events.close()
+            except RunError as exc:
+                failed = failed or exc
+        if failed is not None:
+            raise failed
 
 
 def write_truth_run(
@@ -650,7 +740,7 @@ def render_scores(scores: dict[str, Any], console: Console) -> None:
         objective = "- (your loss: pass --loss FILE.py:Class)"
     for name, value in (("rows", scores["rows"]), (f"objective: {loss}", objective),
                         ("MSE", scores["mse"]), ("MAE", scores["mae"]), ("R^2", scores["r2"])):  # fmt: skip
-        table.add_row(name, _fmt(value))
+        table.add_row(*_texts(name, _fmt(value)))
     console.print(table)
     se, ci = scores.get("standard_errors"), scores.get("intervals95") or {}
     if se and scores.get("converged") is False:
@@ -663,13 +753,13 @@ def render_scores(scores: dict[str, Any], console: Console) -> None:
             table.add_column(col, justify="left" if col == "parameter" else "right")
         for name, value in se.items():
             low, high = ci.get(name, (None, None))
-            table.add_row(name, _short(value), f"{_short(low)} .. {_short(high)}")
+            table.add_row(*_texts(name, _short(value), f"{_short(low)} .. {_short(high)}"))
         console.print(table)
 
 
 def render_checks(label: str, rows: list[tuple[str, bool, str]], console: Console) -> None:
     """``huberfit check-loss``: one row per check, with what it found."""
-    table = Table(box=box.SIMPLE_HEAD, title=f"check-loss {label}", title_justify="left")
+    table = Table(box=box.SIMPLE_HEAD, title=Text(f"check-loss {label}"), title_justify="left")
     table.add_column("check")
     table.add_column("", no_wrap=True)
     table.add_column("found")

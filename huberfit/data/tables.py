@@ -125,21 +125,28 @@ def iter_chunks(
     target: str | None,
     chunk_rows: int = 100_000,
     require_target: bool = False,
+    text: bool = False,
 ):
     """Yield ``(frame, X, y or None)`` per chunk of CSV/Parquet input, in bounded memory.
 
     ``path`` is a file, a folder (its .csv/.parquet files) or a glob. ``frame`` holds the
     chunk's columns as read (for writing them back out); ``X`` the ``features`` in that
     order as float64; bad cells raise the same located ``DataError`` as training data,
-    with line/row numbers counted from the top of their file.
+    with line/row numbers counted from the top of their file. ``text``: the frame keeps
+    every cell as it was (``huberfit predict`` writes them back): a CSV's cells as their
+    text (``007`` stays ``007``, an empty cell stays empty), a Parquet file's columns with
+    their Arrow types (integers with nulls stay integers); only ``X`` and ``y`` are numbers.
     """
     files = input_files(str(path))
     for file in files:
-        yield from _file_chunks(Path(file), features, target, chunk_rows, require_target)
+        yield from _file_chunks(Path(file), features, target, chunk_rows, require_target, text)
 
 
 def input_files(path: str) -> list[str]:
-    """A file as it is; a folder or glob as its CSV and Parquet files, sorted."""
+    """A file as it is (``data[1].csv`` too); a folder or glob as its CSV and Parquet
+    files, sorted."""
+    if Path(path).is_file():
+        return [path]
     if any(ch in path for ch in "*?[") or Path(path).is_dir():
         found = [f for src in DATA_SUFFIXES for f in _glob_source(path, src)]
         if not found:
@@ -156,17 +163,33 @@ def _glob_source(path: str, source: str) -> list[str]:
     return [f for f in files if source_of(f) == source]
 
 
-def _file_chunks(file: Path, features, target, chunk_rows: int, require_target: bool):
+# The cells pandas reads as missing (its default ``na_values``): as text they are kept for
+# the output, and read as NaN for the numbers, as in training data.
+NA_TEXT = ["", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND",
+           "1.#QNAN", "<NA>", "N/A", "NA", "NULL", "NaN", "None", "n/a", "nan", "null"]  # fmt: skip
+
+
+def _file_chunks(
+    file: Path, features, target, chunk_rows: int, require_target: bool, text: bool = False
+):
     file = check_file(str(file))
     source = source_of(file)
     columns = read_header(file, source)
     features, has_target = check_columns(file, columns, target, features, require_target)
     wanted = features + ([target] if has_target else [])
     offset = 0
-    for frame in _frames(file, source, columns, chunk_rows):
-        values, _ = _to_numeric(
-            frame[wanted].copy(), wanted, file, source, "error", np.float64, offset
-        )
+    for frame in _frames(file, source, columns, chunk_rows, text):
+        if text and source == "parquet":  # an Arrow batch: its own types out, numbers in
+            import pandas as pd
+            import pyarrow as pa
+
+            numeric = pa.Table.from_batches([frame]).select(wanted).to_pandas()
+            frame = frame.to_pandas(types_mapper=pd.ArrowDtype)
+        elif text:
+            numeric = frame[wanted].replace(NA_TEXT, np.nan)
+        else:
+            numeric = frame[wanted].copy()
+        values, _ = _to_numeric(numeric, wanted, file, source, "error", np.float64, offset)
         X = values[:, : len(features)]
         y = values[:, len(features)] if has_target else None
         offset += len(frame)
@@ -175,24 +198,26 @@ def _file_chunks(file: Path, features, target, chunk_rows: int, require_target: 
         raise DataError(f"{file}: has a header but no data rows")
 
 
-def _frames(file: Path, source: str, columns: list[str], chunk_rows: int):
-    """The file's rows in frames of ``chunk_rows``, named by ``read_header``'s columns."""
+def _frames(file: Path, source: str, columns: list[str], chunk_rows: int, text: bool = False):
+    """The file's rows in frames of ``chunk_rows``, named by ``read_header``'s columns
+    (``text``: CSV cells as strings, Parquet as Arrow record batches)."""
     if source == "parquet":
         import pyarrow as pa
         import pyarrow.parquet as pq
 
         try:
             for batch in pq.ParquetFile(file).iter_batches(batch_size=chunk_rows):
-                yield batch.to_pandas()
+                yield batch if text else batch.to_pandas()
         except (pa.ArrowInvalid, OSError) as exc:
             raise DataError(f"{file}: not a readable Parquet file ({exc})") from None
         return
     import pandas as pd
 
+    as_text: dict[str, Any] = dict(dtype=str, keep_default_na=False, na_filter=False)
     try:
         yield from pd.read_csv(
             file, chunksize=chunk_rows, encoding="utf-8-sig", skipinitialspace=True, engine="c",
-            header=0, names=columns,
+            header=0, names=columns, **(as_text if text else {}),
         )  # fmt: skip
     except pd.errors.ParserError as exc:
         raise DataError(f"{file}: malformed CSV: {exc}") from None
