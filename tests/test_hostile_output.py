@@ -284,13 +284,13 @@ def test_json_output_is_json(run_dir, tmp_path, runner):
 
 
 def test_compare_losses_checks_every_run_before_any_folder(tmp_path, runner, monkeypatch):
-    from huberfit import experiment
+    from huberfit import compare
     from huberfit.config import validate_config
     from huberfit.metrics import delta_label
 
     for delta in (1e300, 1e-320, 5e-324, 0.5, 1e16):  # labels are valid run names
         validate_config({"name": delta_label("huber", delta)}, "label")
-    monkeypatch.setattr(experiment, "delta_label", lambda loss, d: f"{loss} d{d}")
+    monkeypatch.setattr(compare, "delta_label", lambda loss, d: f"{loss} d{d}")
     for extra in (["--losses", ","], ["--losses", "huber,nope"], ["--deltas", "0.5,2"]):
         r = runner.invoke(app, ["compare-losses", "--runs-dir", str(tmp_path / "runs"), *extra])
         _error_line(r)
