@@ -55,8 +55,13 @@ def user_errors(fn: F) -> F:
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from huberfit.interrupts import Interrupted
+
         try:
             return fn(*args, **kwargs)
+        except Interrupted as exc:  # Typer would turn it into a silent exit 130
+            _say_interrupted(exc)
+            raise typer.Exit(130) from None
         except HuberfitError as exc:
             if _debug["on"]:
                 raise
@@ -65,6 +70,28 @@ def user_errors(fn: F) -> F:
             raise typer.Exit(exc.exit_code) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+_said = {"interrupted": False}
+
+
+def _say_interrupted(exc: BaseException | None = None) -> None:
+    """The one line an interrupted command ends with (rank 0 alone under torchrun)."""
+    if _said["interrupted"] or os.environ.get("RANK", "0") != "0":
+        return
+    _said["interrupted"] = True
+    run_dir, epoch = getattr(exc, "run_dir", None), getattr(exc, "saved_epoch", None)
+    at_once = "stopped at once" if getattr(exc, "hard", False) else "interrupted"
+    if run_dir is None:
+        line = f"{at_once}: nothing was saved"
+    elif epoch is None:
+        from huberfit.runs import folder_state
+
+        line = f"{at_once}: {run_dir}: {folder_state(run_dir).detail}"
+    else:
+        line = (f"{at_once}: saved {run_dir} (checkpoint at epoch {epoch}); continue with: "
+                f"huberfit train --resume {run_dir}")  # fmt: skip
+    err.print(line, markup=False, highlight=False, soft_wrap=True)
 
 
 def _version(value: bool) -> None:
@@ -197,10 +224,15 @@ def _train(cfg, ckpt, resume, runs_dir, quiet: bool, dist):
     console.note(f"device: {prepared.device}{how}   data: {prepared.data.source}{ranks}")
     done = ckpt["state"]["epoch"] if ckpt else 0
     if ckpt and done >= cfg.train.epochs:
-        console.note(
-            f"the run already has its {done} epochs; nothing to train "
-            f"(continue it with: huberfit train --resume {resume} train.epochs={done + 10})"
-        )
+        from huberfit.runs import FINISHED, folder_state
+
+        ended = folder_state(resume)
+        if ended.status in FINISHED and ended.metrics is not None:  # nothing to do: no writes
+            console.note(
+                f"the run already has its {done} epochs; nothing to train "
+                f"(continue it with: huberfit train --resume {resume} train.epochs={done + 10})"
+            )
+            return ended.metrics, resume
     outcome = train_run(cfg, console, runs_dir, prepared, run_dir=resume, resume=ckpt, dist=dist)
     return outcome.metrics, outcome.run_dir
 
@@ -229,8 +261,10 @@ def _exit_for(metrics, run_dir, main: bool) -> None:
     if status == "interrupted":
         if main:
             err.print(
-                f"interrupted: saved {run_dir}; continue with: huberfit train --resume {run_dir}"
+                f"interrupted: saved {run_dir}; continue with: huberfit train --resume {run_dir}",
+                markup=False,
             )
+        _said["interrupted"] = True
         raise typer.Exit(130)
 
 
@@ -536,15 +570,21 @@ def _bench_streaming(gigabytes: float, budget_mb: int, folder: Path | None, json
 
 
 def main() -> None:
-    """Console-script entry point."""
+    """Console-script entry point. Ctrl-C/SIGTERM are answered from its first line (see
+    ``huberfit.interrupts``): exit 130 with one line, never a half-imported traceback."""
+    from huberfit import interrupts
+
+    interrupts.install()
     try:
         app()
         code = 0
     except SystemExit as exc:  # Typer ends every command this way
         code = exc.code
-    except KeyboardInterrupt:  # a second Ctrl-C: stop at once
-        err.print("error: interrupted")
+    except KeyboardInterrupt as exc:  # outside a command (Typer's own start-up)
+        _say_interrupted(exc)
         code = 130
+    if code == 130:  # Typer turns a Ctrl-C outside a command into a silent exit 130
+        _say_interrupted()
     _exit(code)
 
 
@@ -554,6 +594,9 @@ def _exit(code: object) -> None:
     the collector's sight, so the collections during interpreter shutdown do not walk
     torch's hundreds of thousands of objects. Measured on a small ``huberfit train``: the
     teardown cost ~0.5 s; frozen, most of it goes (figures in ARCHITECTURE.md)."""
+    from huberfit.interrupts import ignore
+
+    ignore()  # everything is written: a late Ctrl-C must not cut the exit short
     if "torch" in sys.modules:
         import gc
 
