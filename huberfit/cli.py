@@ -83,14 +83,15 @@ def _say_interrupted(exc: BaseException | None = None) -> None:
     run_dir, epoch = getattr(exc, "run_dir", None), getattr(exc, "saved_epoch", None)
     at_once = "stopped at once" if getattr(exc, "hard", False) else "interrupted"
     if run_dir is None:
-        line = f"{at_once}: nothing was saved"
+        line = at_once
     elif epoch is None:
         from huberfit.runs import folder_state
 
         line = f"{at_once}: {run_dir}: {folder_state(run_dir).detail}"
     else:
-        line = (f"{at_once}: saved {run_dir} (checkpoint at epoch {epoch}); continue with: "
-                f"huberfit train --resume {run_dir}")  # fmt: skip
+        what = (f"{run_dir} keeps its checkpoint from epoch {epoch}" if at_once != "interrupted"
+                else f"saved {run_dir} (checkpoint at epoch {epoch})")  # fmt: skip
+        line = f"{at_once}: {what}; continue with: huberfit train --resume {run_dir}"
     err.print(line, markup=False, highlight=False, soft_wrap=True)
 
 

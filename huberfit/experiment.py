@@ -307,6 +307,10 @@ def compare_losses(
         (parent / label).mkdir()
         outcome = train_run(child, console, prepared=prepared, run_dir=parent / label,
                             ticked=ticked, truth_run=False)  # fmt: skip
+        if outcome.result.status == "interrupted":  # Ctrl-C: the comparison stops too
+            stopped = interrupts.Interrupted()
+            stopped.run_dir, stopped.saved_epoch = str(outcome.run_dir), outcome.result.state.epoch
+            raise stopped
         last_step = max(last_step, outcome.result.state.step)
         rows.append(comparison_row(label, outcome.metrics))
     truth = true_params(data)

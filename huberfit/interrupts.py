@@ -33,6 +33,7 @@ from typing import Any
 
 SAME_REQUEST_SECONDS = 2.0
 _SIGNALS = (signal.SIGINT, signal.SIGTERM)
+_RETRY = (signal.SIGALRM,) if hasattr(signal, "setitimer") else ()  # POSIX
 _RETRY_SECONDS = 0.05  # while an import is in progress, look again this often
 
 
@@ -78,7 +79,7 @@ class Policy:
     def _raise_when_safe(self, frame: FrameType | None) -> None:
         if self.critical:
             self.pending = True  # raised when the section ends
-        elif _importing(frame) and hasattr(signal, "setitimer"):
+        elif _importing(frame) and _RETRY:
             self.pending = True
             signal.setitimer(signal.ITIMER_REAL, _RETRY_SECONDS)
         else:
@@ -141,8 +142,8 @@ def install() -> Policy:
     if _main_thread():
         for s in _SIGNALS:
             signal.signal(s, _policy.handle)
-        if hasattr(signal, "SIGALRM"):
-            signal.signal(signal.SIGALRM, _policy._retry)
+        for s in _RETRY:
+            signal.signal(s, _policy._retry)
     return _policy
 
 
@@ -154,7 +155,7 @@ def run_signals() -> Iterator[Policy]:
     if _policy is not None or not _main_thread():
         yield _policy or Policy()  # another thread: no signals reach it
         return
-    previous = {s: signal.getsignal(s) for s in (*_SIGNALS, signal.SIGALRM)}
+    previous = {s: signal.getsignal(s) for s in (*_SIGNALS, *_RETRY)}
     policy = install()
     try:
         yield policy

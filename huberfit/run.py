@@ -11,6 +11,7 @@ periodic and final checkpoints, never a non-finite one.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, closing, contextmanager
 from dataclasses import dataclass
@@ -111,10 +112,18 @@ def open_run(
         yield Run(run_dir, main, Sinks(console, tb), config_yaml, tb)
 
 
+AUTO_CHECKPOINT_SECONDS = 5.0
+
+
 class Checkpoints:
     """The run's checkpoints: every ``every`` epochs (``train.checkpoint_every``; None:
-    only at the end) and when the run stops. A state already saved is not written again,
-    and a non-finite one (a diverged run) never replaces the last finite checkpoint."""
+    at the end of each epoch that ends ``AUTO_CHECKPOINT_SECONDS`` or more after the last
+    checkpoint) and when the run stops. A state already saved is not written again, and a
+    non-finite one (a diverged run) never replaces the last finite checkpoint.
+
+    Why the default is by time: a checkpoint costs 1-12 ms (mostly the two fsyncs; measured
+    on ext4 here, idle to busy), as much as a few epochs of the quickstart (3.6 ms each),
+    and a kill costs at most the work since the last checkpoint: 5 s bounds both."""
 
     def __init__(
         self, run: Run, payload: Callable[[Any], dict[str, Any]], every: int | None,
@@ -123,14 +132,18 @@ class Checkpoints:
         self.run, self.payload, self.every = run, payload, every
         self.saved_at = None if saved is None else self._key(saved)
         self.saved_epoch: int | None = None if saved is None else saved.epoch
+        self.saved_time = time.monotonic()
 
     @staticmethod
     def _key(state: Any) -> tuple[int, int, int]:
         return state.epoch, state.step, state.batch
 
     def periodic(self, state: Any) -> None:
-        """``fit``'s ``on_epoch``: once every ``every`` epochs."""
-        if self.every is not None and state.epoch % self.every == 0:
+        """``fit``'s ``on_epoch``: once every ``every`` epochs (None: by time)."""
+        if self.every is None:
+            if time.monotonic() - self.saved_time >= AUTO_CHECKPOINT_SECONDS:
+                self.save(state)
+        elif state.epoch % self.every == 0:
             self.save(state)
 
     def save(self, state: Any) -> None:
@@ -141,3 +154,4 @@ class Checkpoints:
             return
         self.run.checkpoint(payload)
         self.saved_at, self.saved_epoch = self._key(state), state.epoch
+        self.saved_time = time.monotonic()

@@ -32,7 +32,7 @@ pytestmark = pytest.mark.slow
 # final coefficients" is equality. 13 steps an epoch, each logged: "step" is mid-epoch.
 BASE = ["dtype=float64", "data.n_samples=200", "train.batch_size=12", "train.epochs=3",
         "train.log_every_steps=1", "optimizer.momentum=0.9", "scheduler.name=cosine",
-        "output.tensorboard=false", "output.images=false"]  # fmt: skip
+        "output.tensorboard=false", "output.images=false", "train.checkpoint_every=1"]  # fmt: skip
 STAGES = ["folder", "step", "checkpoint", "scoring", "pictures"]
 
 
@@ -86,6 +86,27 @@ def test_a_signal_at_any_stage_leaves_a_run_that_resumes_exactly(
     assert temporary_files(run_dir) == []
     assert folder_state(run_dir).status == "interrupted"
     monkeypatch.delenv("HUBERFIT_FAULT")
+    assert coefficients(resume_to_the_end(run_dir)) == straight
+
+
+def test_a_second_signal_stops_at_once_and_keeps_the_last_checkpoint(
+    tmp_path, monkeypatch, straight
+):
+    monkeypatch.setattr(interrupts, "SAME_REQUEST_SECONDS", 0.0)  # no window: a new request
+    console = quiet()
+
+    def step(step, loss):
+        if step == 20:  # mid-epoch 2: stop, then stop at once
+            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    console.step = step
+    with pytest.raises(interrupts.Interrupted) as caught:
+        train_run(load_config(None, BASE), console, runs_dir=str(tmp_path))
+    assert caught.value.hard and caught.value.saved_epoch == 1  # nothing new was written
+    (run_dir,) = tmp_path.iterdir()
+    assert torch.load(run_dir / "checkpoint.pt", weights_only=True)["state"]["epoch"] == 1
+    assert folder_state(run_dir).status == "interrupted" and temporary_files(run_dir) == []
     assert coefficients(resume_to_the_end(run_dir)) == straight
 
 
@@ -221,7 +242,7 @@ def test_a_job_wide_ctrl_c_under_torchrun_saves_a_run_that_resumes(tmp_path):
     (tmp_path / "rank.py").write_text(RANK_SCRIPT)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
            "rank.py", "train", "--runs-dir", "k", "train.epochs=100000", "data.n_samples=400",
-           "output.images=false", "output.tensorboard=false"]  # fmt: skip
+           "output.images=false", "output.tensorboard=false", "train.checkpoint_every=1"]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HUBERFIT_DIST_TIMEOUT": "20"}
     try:
         p = subprocess.Popen(cmd, cwd=tmp_path, env=env, start_new_session=True,
