@@ -12,8 +12,9 @@ a run when the CLI has not):
   terminal's process group, and forwarded by torchrun's agent).
 - **Never half-way**: ``Interrupted`` is not raised inside a ``critical`` section (an
   atomic file write: the write finishes, then it is raised) nor inside an ``import`` (it is
-  raised once the import is done: Ctrl-C during start-up never leaves numpy or torch
-  half-imported, which gives tracebacks later or an abort at exit).
+  raised between two imports, ``_ImportGate``, or at the latest 50 ms after: Ctrl-C during
+  start-up never leaves numpy or torch half-imported, which gives tracebacks later or an
+  abort at exit).
 
 ``fault`` is a test hook: ``HUBERFIT_FAULT=stage:SIGNAL[:n]`` sends ``SIGNAL`` to this
 process the ``n``-th time (default: first) the run reaches ``stage`` (see ARCHITECTURE.md).
@@ -24,12 +25,16 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 import threading
 import time
-from collections.abc import Iterator
 from contextlib import contextmanager
-from types import FrameType
-from typing import Any
+
+TYPE_CHECKING = False  # not typing's: that import alone takes ~10 ms of start-up
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+    from types import FrameType
+    from typing import Any
 
 SAME_REQUEST_SECONDS = 2.0
 _SIGNALS = (signal.SIGINT, signal.SIGTERM)
@@ -83,8 +88,13 @@ class Policy:
             self.pending = True
             signal.setitimer(signal.ITIMER_REAL, _RETRY_SECONDS)
         else:
-            self.pending = False
-            raise Interrupted(self.hard)
+            self._raise()
+
+    def _raise(self) -> None:
+        self.pending = False
+        if _RETRY:
+            signal.setitimer(signal.ITIMER_REAL, 0)  # no retry left to fire at exit
+        raise Interrupted(self.hard)
 
     def _retry(self, signum: int, frame: FrameType | None) -> None:
         if self.pending:
@@ -115,11 +125,31 @@ class Policy:
 
     def _raise_pending(self) -> None:
         if self.pending and not self.critical and (self.hard or not self.cooperative):
-            self.pending = False
-            raise Interrupted(self.hard)
+            self._raise()
 
 
 _policy: Policy | None = None
+
+
+class _ImportGate:
+    """A finder that finds nothing, first on ``sys.meta_path``: at the start of an import
+    that no other import encloses (the last one has finished, this one has not begun) an
+    interrupt waiting for the end of an import is raised: before any folder is made."""
+
+    def find_spec(self, name: str, path: Any = None, target: Any = None) -> None:
+        p = _policy
+        if p is None or not p.pending or p.critical or (p.cooperative and not p.hard):
+            return None
+        frame, loads = sys._getframe(1), 0
+        while frame is not None:
+            loads += frame.f_code.co_name == "_find_and_load"
+            frame = frame.f_back
+        if loads <= 1:
+            p._raise()
+        return None
+
+
+_gate = _ImportGate()
 
 
 def _importing(frame: FrameType | None) -> bool:
@@ -134,8 +164,9 @@ def _main_thread() -> bool:
     return threading.current_thread() is threading.main_thread()
 
 
-def install() -> Policy:
-    """Install the process's policy (once; the main thread only) and return it."""
+def install(early: list[float] | None = None) -> Policy:
+    """Install the process's policy (once; the main thread only) and return it. ``early``:
+    the times of requests noted before it could be imported (``huberfit.__main__``)."""
     global _policy
     if _policy is None:
         _policy = Policy()
@@ -144,6 +175,12 @@ def install() -> Policy:
             signal.signal(s, _policy.handle)
         for s in _RETRY:
             signal.signal(s, _policy._retry)
+        if _gate not in sys.meta_path:
+            sys.meta_path.insert(0, _gate)
+    if early and _policy.first_at is None:
+        _policy.first_at = early[0]
+        _policy.stop.set()
+        _policy._raise_when_safe(sys._getframe())
     return _policy
 
 
@@ -161,6 +198,8 @@ def run_signals() -> Iterator[Policy]:
         yield policy
     finally:
         _policy = None
+        if _gate in sys.meta_path:
+            sys.meta_path.remove(_gate)
         for s, h in previous.items():
             signal.signal(s, h if h is not None else signal.SIG_DFL)
 
@@ -178,7 +217,7 @@ def critical() -> Iterator[None]:
 def ignore() -> None:
     """From here on (the process is exiting) signals are ignored."""
     if _main_thread():
-        for s in _SIGNALS:
+        for s in (*_SIGNALS, *_RETRY):
             signal.signal(s, signal.SIG_IGN)
 
 
