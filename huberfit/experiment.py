@@ -150,6 +150,7 @@ def train_run(
                       truth=true_params(data), figures=figures, truth_run=truth_run) as run:  # fmt: skip
             checkpoints = Checkpoints(run, payload, config.train.checkpoint_every,
                                       saved=state if resume else None)  # fmt: skip
+            result: FitResult | None = None
             try:
                 making.close()
                 interrupts.fault("folder")  # test hook
@@ -182,7 +183,8 @@ def train_run(
                 run.finish(metrics, hparams_of(config, data), ticked)
                 run.write_metrics(metrics)
             except interrupts.Interrupted as exc:
-                if not exc.hard:  # the state reached is consistent: keep it
+                # the state reached is consistent (not a second signal's) and not diverged
+                if not exc.hard and (result is None or result.status != "diverged"):
                     checkpoints.save(state)
                 exc.run_dir, exc.saved_epoch = str(run.dir), checkpoints.saved_epoch
                 raise

@@ -195,17 +195,26 @@ def test_ctrl_c_inside_an_import_waits_for_the_import_to_finish(tmp_path, monkey
     del sys.modules["slow_module"]
 
 
+# MSE's SGD at this lr doubles the residuals each step: float64 overflows in epoch 31; the
+# last finite checkpoint (epoch 20) is still far enough from overflow to recover
+DIVERGES = ["loss.name=mse", "optimizer.lr=1.5", "dtype=float64", "train.epochs=60",
+            "train.batch_size=25", "data.n_samples=500", "train.checkpoint_every=20",
+            "output.images=false", "output.tensorboard=false"]  # fmt: skip
+
+
 def test_a_diverged_run_keeps_its_last_finite_checkpoint_and_resumes_with_a_smaller_lr(
-    tmp_path, runner
+    tmp_path, runner, monkeypatch
 ):
-    # MSE's SGD at this lr doubles the residuals each step: float64 overflows in epoch 31;
-    # the last finite checkpoint (epoch 20) is still far enough from overflow to recover
-    args = ["--runs-dir", str(tmp_path), "loss.name=mse", "optimizer.lr=1.5", "dtype=float64",
-            "train.epochs=60", "train.batch_size=25", "data.n_samples=500",
-            "train.checkpoint_every=20", "output.images=false", "output.tensorboard=false"]  # fmt: skip
-    r = runner.invoke(app, ["train", *args])
+    monkeypatch.setenv("HUBERFIT_FAULT", "scoring:SIGINT")  # interrupted after diverging
+    monkeypatch.setattr(interrupts, "_fault_seen", {})
+    r = runner.invoke(app, ["train", "--runs-dir", str(tmp_path / "stopped"), *DIVERGES])
+    assert r.exit_code == 130, r.output
+    (run_dir,) = (tmp_path / "stopped").iterdir()
+    assert torch.load(run_dir / "checkpoint.pt", weights_only=True)["state"]["epoch"] == 20
+    monkeypatch.delenv("HUBERFIT_FAULT")
+    r = runner.invoke(app, ["train", "--runs-dir", str(tmp_path / "runs"), *DIVERGES])
     assert r.exit_code == 1 and "diverged" in r.stderr, r.output
-    (run_dir,) = tmp_path.iterdir()
+    (run_dir,) = (tmp_path / "runs").iterdir()
     ckpt = torch.load(run_dir / "checkpoint.pt", weights_only=True)
     assert all(torch.isfinite(t).all() for t in ckpt["model"].values())
     assert ckpt["state"]["epoch"] == 20
