@@ -95,6 +95,10 @@ def write_text_atomic(path: Path, text: str) -> None:
     _write_atomic(path, lambda fh: fh.write(text.encode("utf-8")))
 
 
+def write_bytes_atomic(path: Path, data: bytes) -> None:
+    _write_atomic(path, lambda fh: fh.write(data))
+
+
 def write_json(path: Path, data: dict[str, Any]) -> None:
     write_text_atomic(path, json.dumps(_json_safe(data), indent=2) + "\n")
 

@@ -22,6 +22,7 @@ from huberfit.artifacts import (
     is_finite,
     make_run_dir,
     save_checkpoint,
+    write_bytes_atomic,
     write_json,
     write_text_atomic,
 )
@@ -60,8 +61,8 @@ class Run:
         """PNG files in the folder, and the same pictures in TensorBoard."""
         if not self.main:
             return
-        for name, png in pictures:
-            (self.dir / f"{name}.png").write_bytes(png)
+        for name, png in pictures:  # atomically: a signal or a full disk never cuts one
+            write_bytes_atomic(self.dir / f"{name}.png", png)
         if self.tensorboard is not None:
             self.tensorboard.images(pictures)
 
