@@ -152,13 +152,15 @@ def train_run(
                                       saved=state if resume else None)  # fmt: skip
             result: FitResult | None = None
             try:
-                making.close()
-                interrupts.fault("folder")  # test hook
-                if resume:
-                    run.reopen()
-                # 4. train until done, stopped early, diverged or interrupted
-                console.start(state.epoch, steps)
+                # 4. train until done, stopped early, diverged or interrupted; a first
+                # signal from here (or one while the folder was made) stops after a step,
+                # on every rank at the same one
                 with policy.in_fit() as stop:
+                    making.close()
+                    interrupts.fault("folder")  # test hook
+                    if resume:
+                        run.reopen()
+                    console.start(state.epoch, steps)
                     result = fit(model, loss_fn, train, optimizer,
                                  interrupts.fault_sinks(run.sinks), settings,
                                  scorer.evaluator(val), scheduler=scheduler, state=state,

@@ -3,9 +3,10 @@
 One policy for the whole process (``install``; ``train_run`` installs it for the length of
 a run when the CLI has not):
 
-- **A first request** (SIGINT or SIGTERM) asks the run to stop. While ``fit`` trains
-  (``cooperative``) it only sets ``stop``: training finishes its step and the run saves.
-  Anywhere else (start-up, final scoring, pictures) it raises ``Interrupted`` at once.
+- **A first request** (SIGINT or SIGTERM) asks the run to stop. While the run's folder is
+  open and ``fit`` has not returned (``in_fit``) it only sets ``stop``: training finishes
+  its step (under torchrun: all ranks the same one) and the run saves. Anywhere else
+  (start-up, final scoring, pictures) it raises ``Interrupted`` at once.
 - **A second request** stops at once, also inside ``fit``: ``Interrupted(hard=True)``; the
   run keeps its last checkpoint. A repeat within ``SAME_REQUEST_SECONDS`` of the first is
   the same request: a job-wide Ctrl-C reaches each torchrun worker twice (from the
