@@ -98,14 +98,15 @@ class Policy:
         raise Interrupted(self.hard)
 
     def _retry(self, signum: int, frame: FrameType | None) -> None:
-        if self.pending:
+        if self.pending and (self.hard or not self.cooperative):
             self._raise_when_safe(frame)
 
     # -- sections ---------------------------------------------------------------------
 
     @contextmanager
     def in_fit(self) -> Iterator[threading.Event]:
-        """``fit`` polls ``stop``: a first request only sets it."""
+        """The run's folder is open and ``fit`` polls ``stop``: a first request only sets it
+        (one that came while the folder was being made, too)."""
         self.cooperative += 1
         try:
             if self.pending and not self.hard:
