@@ -181,7 +181,7 @@ class TrainConfig(_Section):
     log_every_steps: int = Field(10, ge=1, description="loss/train every N steps")
     fused: bool = Field(True, description="closed-form gradients for built-in losses")
     checkpoint_every: int | None = Field(
-        None, ge=1, description="checkpoint.pt every N epochs; null: every 5 s or more"
+        None, ge=1, description="checkpoint.pt every N epochs; null: 1st, then >= 5 s apart"
     )
 
 

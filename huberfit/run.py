@@ -118,8 +118,8 @@ AUTO_CHECKPOINT_SECONDS = 5.0
 
 class Checkpoints:
     """The run's checkpoints: every ``every`` epochs (``train.checkpoint_every``; None:
-    at the end of each epoch that ends ``AUTO_CHECKPOINT_SECONDS`` or more after the last
-    checkpoint) and when the run stops. A state already saved is not written again, and a
+    after the first epoch, then after each epoch that ends ``AUTO_CHECKPOINT_SECONDS`` or
+    more after the last checkpoint) and when the run stops. A state already saved is not written again, and a
     non-finite one (a diverged run) never replaces the last finite checkpoint.
 
     Why the default is by time: a checkpoint costs 1-12 ms (mostly the two fsyncs; measured
@@ -140,9 +140,10 @@ class Checkpoints:
         return state.epoch, state.step, state.batch
 
     def periodic(self, state: Any) -> None:
-        """``fit``'s ``on_epoch``: once every ``every`` epochs (None: by time)."""
+        """``fit``'s ``on_epoch``: once every ``every`` epochs (None: the first, then by time)."""
         if self.every is None:
-            if time.monotonic() - self.saved_time >= AUTO_CHECKPOINT_SECONDS:
+            first = self.saved_at is None
+            if first or time.monotonic() - self.saved_time >= AUTO_CHECKPOINT_SECONDS:
                 self.save(state)
         elif state.epoch % self.every == 0:
             self.save(state)

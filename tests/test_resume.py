@@ -130,7 +130,7 @@ def test_moved_data_resumes_from_any_folder_other_data_is_refused(tmp_path, runn
     assert f"path: {tmp_path / 'two' / 'moved.csv'}" in (run / "config.yaml").read_text()
 
 
-def test_by_default_a_checkpoint_is_written_once_5_seconds_have_passed(monkeypatch):
+def test_by_default_the_first_epoch_is_saved_then_once_5_seconds_have_passed(monkeypatch):
     from huberfit import run as run_mod
     from huberfit.loop import TrainState
 
@@ -143,13 +143,14 @@ def test_by_default_a_checkpoint_is_written_once_5_seconds_have_passed(monkeypat
             written.append(payload["epoch"])
 
     every = run_mod.Checkpoints(Folder(), lambda st: {"epoch": st.epoch}, every=None)
-    every.periodic(TrainState(epoch=1, step=5))  # cheap epochs: not slowed by checkpoints
-    assert written == []
+    every.periodic(TrainState(epoch=1, step=5))  # the first: a kill from now on loses little
+    every.periodic(TrainState(epoch=2, step=10))  # cheap epochs: not slowed by checkpoints
+    assert written == [1]
     monkeypatch.setattr(run_mod, "AUTO_CHECKPOINT_SECONDS", 0.0)  # as if 5 s had passed
-    every.periodic(TrainState(epoch=2, step=10))
-    every.save(TrainState(epoch=2, step=10))  # the same state again: not rewritten
-    assert written == [2]
+    every.periodic(TrainState(epoch=3, step=15))
+    every.save(TrainState(epoch=3, step=15))  # the same state again: not rewritten
+    assert written == [1, 3]
     each = run_mod.Checkpoints(Folder(), lambda st: {"epoch": st.epoch}, every=2)
     for epoch in (3, 4, 5, 6):
         each.periodic(TrainState(epoch=epoch, step=epoch))
-    assert written == [2, 4, 6]
+    assert written == [1, 3, 4, 6]
