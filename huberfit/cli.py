@@ -59,8 +59,13 @@ def user_errors(fn: F) -> F:
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from huberfit.interrupts import Interrupted
+
         try:
             return fn(*args, **kwargs)
+        except Interrupted as exc:  # Typer would turn it into a silent exit 130
+            _say_interrupted(exc)
+            raise typer.Exit(130) from None
         except HuberfitError as exc:
             if _debug["on"]:
                 raise
@@ -87,6 +92,29 @@ def print_json(data: Any) -> None:
 
     sys.stdout.write(json_text(data) + "\n")
     sys.stdout.flush()
+
+
+_said = {"interrupted": False}
+
+
+def _say_interrupted(exc: BaseException | None = None) -> None:
+    """The one line an interrupted command ends with (rank 0 alone under torchrun)."""
+    if _said["interrupted"] or os.environ.get("RANK", "0") != "0":
+        return
+    _said["interrupted"] = True
+    run_dir, epoch = getattr(exc, "run_dir", None), getattr(exc, "saved_epoch", None)
+    at_once = "stopped at once" if getattr(exc, "hard", False) else "interrupted"
+    if run_dir is None:
+        line = at_once
+    elif epoch is None:
+        from huberfit.runs import folder_state
+
+        line = f"{at_once}: {run_dir}: {folder_state(run_dir).detail}"
+    else:
+        what = (f"{run_dir} keeps its checkpoint from epoch {epoch}" if at_once != "interrupted"
+                else f"saved {run_dir} (checkpoint at epoch {epoch})")  # fmt: skip
+        line = f"{at_once}: {what}; continue with: huberfit train --resume {run_dir}"
+    err.print(line, markup=False, highlight=False, soft_wrap=True)
 
 
 def _version(value: bool) -> None:
@@ -218,10 +246,15 @@ def _train(cfg, ckpt, resume, runs_dir, quiet: bool, dist):
     console.note(f"device: {prepared.device}{how}   data: {prepared.data.source}{ranks}")
     done = ckpt["state"]["epoch"] if ckpt else 0
     if ckpt and done >= cfg.train.epochs:
-        console.note(
-            f"the run already has its {done} epochs; nothing to train "
-            f"(continue it with: huberfit train --resume {resume} train.epochs={done + 10})"
-        )
+        from huberfit.runs import FINISHED, folder_state
+
+        ended = folder_state(resume)
+        if ended.status in FINISHED and ended.metrics is not None:  # nothing to do: no writes
+            console.note(
+                f"the run already has its {done} epochs; nothing to train "
+                f"(continue it with: huberfit train --resume {resume} train.epochs={done + 10})"
+            )
+            return ended.metrics, resume
     outcome = train_run(cfg, console, runs_dir, prepared, run_dir=resume, resume=ckpt, dist=dist)
     return outcome.metrics, outcome.run_dir
 
@@ -250,8 +283,10 @@ def _exit_for(metrics, run_dir, main: bool) -> None:
     if status == "interrupted":
         if main:
             err.print(
-                f"interrupted: saved {run_dir}; continue with: huberfit train --resume {run_dir}"
+                f"interrupted: saved {run_dir}; continue with: huberfit train --resume {run_dir}",
+                markup=False,
             )
+        _said["interrupted"] = True
         raise typer.Exit(130)
 
 
@@ -384,8 +419,7 @@ def _run_comparison(cfg, names, deltas, runs_dir, quiet: bool, json_out: bool) -
     elif not quiet:
         render_comparison(result.rows, result.verdict, str(result.parent), out)
     if result.interrupted:
-        err.print(f"interrupted: continue with: huberfit sweep --resume {result.parent}",
-                  markup=False)  # fmt: skip
+        _say_sweep_interrupted(result.parent)
         raise typer.Exit(130)
 
 
@@ -465,9 +499,15 @@ def sweep(
     )
     talk(f"sweep: {plan.trials} trial(s), {plan.sampler} sampler, {plan.metric} "
          f"({plan.direction}){', pruning' * plan.prune}; folder {parent}")  # fmt: skip
-    summary = sw.execute(plan, parent, talk, workers=workers,
-                         threads_each=threads or (1 if workers > 1 else None),
-                         resume=resume is not None)  # fmt: skip
+    from huberfit.interrupts import Interrupted
+
+    try:
+        summary = sw.execute(plan, parent, talk, workers=workers,
+                             threads_each=threads or (1 if workers > 1 else None),
+                             resume=resume is not None)  # fmt: skip
+    except Interrupted as exc:  # a second Ctrl-C: at once; the trial keeps its checkpoint
+        _say_sweep_interrupted(parent, "stopped at once" if exc.hard else "interrupted")
+        raise typer.Exit(130) from None
     if json_out:
         payload = {"parent": str(parent), "best": str(summary.best) if summary.best else None,
                    "metric": plan.metric, "trials": summary.rows}  # fmt: skip
@@ -478,8 +518,14 @@ def sweep(
         render_trials(summary.rows, plan.metric, [d.key for d in plan.dims], str(parent),
                       str(summary.best) if summary.best else None, out)  # fmt: skip
     if summary.interrupted:
-        err.print(f"interrupted: continue with: huberfit sweep --resume {parent}", markup=False)
+        _say_sweep_interrupted(parent)
         raise typer.Exit(130)
+
+
+def _say_sweep_interrupted(parent: Path, how: str = "interrupted") -> None:
+    """A sweep's (or comparison's) last line when stopped: how to finish it."""
+    _said["interrupted"] = True
+    err.print(f"{how}: continue with: huberfit sweep --resume {parent}", markup=False)
 
 
 # ----------------------------------------------------------------------------- use a run
@@ -686,15 +732,21 @@ def _dim(message: str) -> None:
 
 
 def main() -> None:
-    """Console-script entry point."""
+    """Console-script entry point. Ctrl-C/SIGTERM are answered from its first line (see
+    ``huberfit.interrupts``): exit 130 with one line, never a half-imported traceback."""
+    from huberfit import interrupts
+
+    interrupts.install()
     try:
         app()
         code = 0
     except SystemExit as exc:  # Typer ends every command this way
         code = exc.code
-    except KeyboardInterrupt:  # a second Ctrl-C: stop at once
-        err.print("error: interrupted")
+    except KeyboardInterrupt as exc:  # outside a command (Typer's own start-up)
+        _say_interrupted(exc)
         code = 130
+    if code == 130:  # Typer turns a Ctrl-C outside a command into a silent exit 130
+        _say_interrupted()
     _exit(code)
 
 
@@ -704,6 +756,9 @@ def _exit(code: object) -> None:
     the collector's sight, so the collections during interpreter shutdown do not walk
     torch's hundreds of thousands of objects. Measured on a small ``huberfit train``: the
     teardown cost ~0.5 s; frozen, most of it goes (figures in ARCHITECTURE.md)."""
+    from huberfit.interrupts import ignore
+
+    ignore()  # everything is written: a late Ctrl-C must not cut the exit short
     if "torch" in sys.modules:
         import gc
 

@@ -183,6 +183,9 @@ class TrainConfig(_Section):
     zero_grad: bool = Field(
         True, description="false: gradients add up across steps (the classic mistake)"
     )
+    checkpoint_every: int | None = Field(
+        None, ge=1, description="checkpoint.pt every N epochs; null: 1st, then >= 5 s apart"
+    )
 
 
 class OutputConfig(_Section):

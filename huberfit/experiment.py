@@ -1,23 +1,30 @@
 """The experiment: the recipe that wires every other room together.
 
 ``train_run`` reads top to bottom: device and data, model + loss, optimizer, batches,
-the run folder and its sinks (``run.open_run``), ``fit``, final metrics, checkpoint,
-pictures. Everything that can fail on user input (config, device, data) fails before the
-run folder exists. ``compare_losses`` trains one run per loss on the same data.
+the run folder and its sinks (``run.open_run``), ``fit`` (a checkpoint every
+``train.checkpoint_every`` epochs), the final checkpoint, final metrics, pictures and,
+last, ``metrics.json``. Everything that can fail on user input (config, device, data)
+fails before the run folder exists. From the folder's creation to ``metrics.json`` a
+signal saves the state reached (``huberfit.interrupts``). ``compare_losses`` trains one
+run per loss on the same data.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from contextlib import ExitStack, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
+from huberfit import interrupts
 from huberfit.artifacts import (
+    check_same_data,
     check_same_loss,
     checkpoint_payload,
     restore,
@@ -38,8 +45,10 @@ from huberfit.metrics import (
 )
 from huberfit.model import build_model, read_coefficients
 from huberfit.optim import build_optimizer, build_scheduler
-from huberfit.run import open_run, stop_on_signals
+from huberfit.run import Checkpoints, open_run
 from huberfit.sinks import ConsoleSink, Sinks
+
+STATUS_WITH_PICTURES = ("completed", "early_stopped")  # not diverged or interrupted
 
 
 @dataclass
@@ -64,6 +73,7 @@ def prepare(config: Config, dist: Any = None, own_loss: bool | None = None) -> P
     own loss module (``own_loss``; default: the config's) the target keeps its units."""
     device = dist.device if dist is not None else resolve_device(config.device, config.dtype)
     own = is_own(config.loss.name) if own_loss is None else own_loss
+    interrupts.fault("data")  # test hook
     data = load_data(
         config.data, config.seed, config.dtype, config.model.bias, scale_target=not own
     )
@@ -114,49 +124,92 @@ def train_run(
     weights, bias = read_coefficients(model)  # before any restore: a function of the seed
     if resume:
         check_same_loss(resume, config.loss.name)
-    state = restore(resume, model, optimizer, scheduler) if resume else TrainState()
+        check_same_data(resume, data, config.data.path)
+    state = TrainState()
+    if resume:  # a diverged run resumes with a smaller lr (artifacts.load_resume)
+        state = restore(resume, model, optimizer, scheduler, lr=config.optimizer.lr)
+        then = resume["config"]["optimizer"]["lr"]
+        if config.optimizer.lr != then:
+            console.note(f"optimizer.lr: {config.optimizer.lr:g} from epoch {state.epoch + 1} "
+                         f"on (the run diverged with {then:g})")  # fmt: skip
     rank, world = (0, 1) if dist is None else (dist.rank, dist.world)
     train, val = make_batches(config, data, device, rank, world)
     steps = train.steps_per_epoch(config.train.grad_accum_steps)
     settings = fit_settings(config, steps, data.scaling.y_scale**spec.power, console)
     scorer = Scorer(loss_fn, data, spec.power, dist)
     figures = lambda: pictures(config, data, scorer.params(model))  # noqa: E731
-    # 3. the run folder and its sinks, closed on every path out
-    with open_run(saved, console, run_dir=run_dir, runs_dir=runs_dir, dist=dist,
-                  truth=true_params(data), figures=figures, truth_run=truth_run) as run:  # fmt: skip
-        # 4. train until done, stopped early, diverged or interrupted
-        console.start(state.epoch, steps)
-        with stop_on_signals() as stop:
-            watcher = _Watch(watch, stop) if watch is not None else None
-            sinks = run.sinks if watcher is None else Sinks(run.sinks, watcher)
-            result = fit(model, loss_fn, train, optimizer, sinks, settings,
-                         scorer.evaluator(val), scheduler=scheduler, state=state, stop=stop,
-                         reducer=dist)  # fmt: skip
-        if watcher is not None and watcher.why and result.status == "interrupted":
-            result.status, result.message = "pruned", watcher.why
-        # 5. final metrics in original units, checkpoint, pictures
-        metrics = final_metrics(config, data, device, model, result, scorer, train, val, scale)
-        metrics.update(run_dir=str(run.dir), started=started, initial_weights=[*weights, bias],
-                       batch_order_digest=train.order_digest(), world_size=world)  # fmt: skip
-        run.save(checkpoint_payload(saved, data, model, optimizer, scheduler, result.state,
-                                    world, config.loss), metrics)  # fmt: skip
-        if run.main and config.output.images and result.status != "diverged":
-            run.pictures(figures())
-        run.finish(metrics, {**hparams_of(config, data), **(hparams or {})}, ticked)
+    payload = lambda st: checkpoint_payload(saved, data, model, optimizer, scheduler, st,  # noqa: E731
+                                            world, config.loss)  # fmt: skip
+    # 3. the run folder and its sinks, closed on every path out. From here on a signal
+    # saves the state reached (a second one: at once, keeping the last checkpoint)
+    with interrupts.run_signals() as policy, ExitStack() as making:
+        making.enter_context(policy.critical_section())  # a signal waits for the folder
+        with open_run(saved, console, run_dir=run_dir, runs_dir=runs_dir, dist=dist,
+                      truth=true_params(data), figures=figures, truth_run=truth_run) as run:  # fmt: skip
+            checkpoints = Checkpoints(run, payload, config.train.checkpoint_every,
+                                      saved=state if resume else None)  # fmt: skip
+            result: FitResult | None = None
+            try:
+                # 4. train until done, stopped early, diverged or interrupted; a first
+                # signal from here (or one while the folder was made) stops after a step,
+                # on every rank at the same one
+                with policy.in_fit() as stop:
+                    making.close()
+                    interrupts.fault("folder")  # test hook
+                    if resume:
+                        run.reopen()
+                    console.start(state.epoch, steps)
+                    sinks = interrupts.fault_sinks(run.sinks)
+                    watcher = _Watch(watch, stop) if watch is not None else None
+                    result = fit(model, loss_fn, train, optimizer,
+                                 sinks if watcher is None else Sinks(sinks, watcher), settings,
+                                 scorer.evaluator(val), scheduler=scheduler, state=state,
+                                 stop=watcher or stop, reducer=dist,
+                                 on_epoch=checkpoints.periodic)  # fmt: skip
+                if watcher is not None and watcher.why and not stop.is_set():
+                    if result.status == "interrupted":  # stopped by the watch, not a signal
+                        result.status, result.message = "pruned", watcher.why
+                # 5. the state reached, saved first; final metrics in original units;
+                # pictures; metrics.json last (a folder without it is resumable)
+                if result.status != "diverged":  # its last finite checkpoint stays
+                    checkpoints.save(result.state)
+                interrupts.fault("scoring")  # test hook
+                # under torchrun scoring sums over processes: signals wait for its end
+                # (a diverged or huge model's scores overflow: inf/NaN, written as null)
+                with (policy.critical_section() if dist is not None else nullcontext(),
+                      np.errstate(over="ignore", invalid="ignore")):  # fmt: skip
+                    metrics = final_metrics(config, data, device, model, result, scorer,
+                                            train, val, scale)  # fmt: skip
+                metrics.update(run_dir=str(run.dir), started=started,
+                               initial_weights=[*weights, bias],
+                               batch_order_digest=train.order_digest(), world_size=world)  # fmt: skip
+                if run.main and config.output.images and result.status in STATUS_WITH_PICTURES:
+                    interrupts.fault("pictures")  # test hook
+                    run.pictures(figures())
+                run.finish(metrics, {**hparams_of(config, data), **(hparams or {})}, ticked)
+                run.write_metrics(metrics)
+            except interrupts.Interrupted as exc:
+                # the state reached is consistent (not a second signal's) and not diverged
+                if not exc.hard and (result is None or result.status != "diverged"):
+                    checkpoints.save(state)
+                exc.run_dir, exc.saved_epoch = str(run.dir), checkpoints.saved_epoch
+                raise
     return Outcome(run.dir, metrics, result, model)
 
 
 class _Watch:
-    """A sink that asks ``watch`` after each epoch whether to stop, and stops the loop."""
+    """A sink that asks ``watch`` after each epoch whether to stop, and ``fit``'s stop flag:
+    set by the watch, or by a signal (``signals``, the run's own flag)."""
 
-    def __init__(self, watch: Callable[[EpochReport], str | None], stop: Any) -> None:
-        self.watch, self.stop, self.why = watch, stop, ""
+    def __init__(self, watch: Callable[[EpochReport], str | None], signals: Any) -> None:
+        self.watch, self.signals, self.why = watch, signals, ""
 
     def epoch(self, report: EpochReport) -> None:
-        why = self.watch(report)
-        if why:
-            self.why = why
-            self.stop.set()
+        if not self.why:
+            self.why = self.watch(report) or ""
+
+    def is_set(self) -> bool:
+        return bool(self.why) or self.signals.is_set()
 
 
 def fit_in_memory(config: Config, data: Dataset) -> tuple[nn.Linear, FitResult]:

@@ -63,6 +63,7 @@ class TrainState:
     best_weights: dict[str, torch.Tensor] | None = None
     last_finite_loss: float | None = None
     lbfgs_stalls: int = 0
+    prev_lbfgs: float | None = None  # the last epoch's L-BFGS objective (for lbfgs_stalls)
     smoothing: float | None = None  # the current rounding of a kinked loss (L-BFGS)
 
     def to_dict(self) -> dict[str, Any]:
@@ -133,6 +134,7 @@ def fit(
     state: TrainState | None = None,
     stop: threading.Event | None = None,
     reducer: Reducer | None = None,
+    on_epoch: Callable[[TrainState], None] | None = None,
 ) -> FitResult:
     """Train until ``settings.epochs``, early stopping, divergence or ``stop`` is set.
 
@@ -141,7 +143,8 @@ def fit(
     message says where; on ``stop`` the current step is finished and the status is
     ``interrupted``. With a ``reducer`` (several processes, each with a sharded batch
     source), gradients and losses are summed over processes every step, and the processes
-    agree on stopping, so they all take the same steps.
+    agree on stopping, so they all take the same steps. ``on_epoch(state)`` is called after
+    each epoch that training continues past (the periodic checkpoint; never per step).
     """
     state = state or TrainState()
     stop = stop or threading.Event()
@@ -150,7 +153,9 @@ def fit(
     status, message = "completed", ""
     start = time.perf_counter()
     try:
-        while state.epoch < settings.epochs:
+        if state.epoch < settings.epochs and run.stop_agreed(stop):  # asked before any step
+            status = "interrupted"
+        while status != "interrupted" and state.epoch < settings.epochs:
             report = run.lbfgs_epoch() if run.is_lbfgs else run.epoch(stop)
             if report is None:  # stopped mid-epoch
                 status = "interrupted"
@@ -169,6 +174,8 @@ def fit(
             if run.stop_agreed(stop):
                 status = "interrupted"
                 break
+            if on_epoch is not None:
+                on_epoch(state)
     except Diverged as exc:
         status, message = "diverged", str(exc)
     seconds = time.perf_counter() - start
@@ -194,7 +201,6 @@ class _Run:
         self.samples = 0
         self.last: EpochReport | None = None
         self.history: list[EpochReport] = []
-        self.prev_lbfgs: float | None = None
         self.reducer: Reducer | None = None
         self.message = ""
         self.smooth = self.is_lbfgs and hasattr(loss_fn, "smoothing")
@@ -404,7 +410,7 @@ class _Run:
         if self.smooth:
             return self._lower_smoothing()
         value = self.last.train_loss
-        prev, self.prev_lbfgs = self.prev_lbfgs, value
+        prev, self.state.prev_lbfgs = self.state.prev_lbfgs, value
         if prev is None:
             return False
         self.state.lbfgs_stalls = self.state.lbfgs_stalls + 1 if value >= prev else 0

@@ -4,20 +4,22 @@
 ``config.yaml``, opens the sinks in one ``ExitStack`` so that every path out (success, a
 diverged run, an error, Ctrl-C) closes them, and hands back a ``Run`` whose writers do
 nothing on ranks other than 0. A new sink is one ``stack.enter_context`` line below.
-``stop_on_signals`` turns Ctrl-C / SIGTERM into a request to stop after the current step.
+Signals while the folder is open: ``huberfit.interrupts`` (the policy) and
+``experiment.train_run`` (what is saved at each stage). ``Checkpoints`` writes the
+periodic and final checkpoints, never a non-finite one.
 """
 
 from __future__ import annotations
 
-import signal
-import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from huberfit.artifacts import (
+    is_finite,
     make_run_dir,
     save_checkpoint,
     write_bytes_atomic,
@@ -38,17 +40,28 @@ class Run:
     config_yaml: str
     tensorboard: TensorBoardSink | None = None
 
-    def save(self, checkpoint: dict[str, Any], metrics: dict[str, Any]) -> None:
-        """``checkpoint.pt`` and ``metrics.json`` (atomically)."""
+    def checkpoint(self, payload: dict[str, Any]) -> None:
+        """``checkpoint.pt`` (atomically)."""
         if self.main:
-            save_checkpoint(self.dir / "checkpoint.pt", checkpoint)
+            save_checkpoint(self.dir / "checkpoint.pt", payload)
+
+    def write_metrics(self, metrics: dict[str, Any]) -> None:
+        """``metrics.json`` (atomically): written last, it marks the run as ended."""
+        if self.main:
             write_json(self.dir / "metrics.json", metrics)
+
+    def reopen(self) -> None:
+        """A resumed run: its old ``metrics.json`` describes an end it is about to move, so
+        it goes; until the run ends again the folder is its checkpoint (``runs``, like
+        ``--resume``, calls it interrupted if the process is killed)."""
+        if self.main:
+            (self.dir / "metrics.json").unlink(missing_ok=True)
 
     def pictures(self, pictures: list[tuple[str, bytes]]) -> None:
         """PNG files in the folder, and the same pictures in TensorBoard."""
         if not self.main:
             return
-        for name, png in pictures:
+        for name, png in pictures:  # atomically: a signal or a full disk never cuts one
             write_bytes_atomic(self.dir / f"{name}.png", png)
         if self.tensorboard is not None:
             self.tensorboard.images(pictures)
@@ -100,24 +113,47 @@ def open_run(
         yield Run(run_dir, main, Sinks(console, tb), config_yaml, tb)
 
 
-@contextmanager
-def stop_on_signals() -> Iterator[threading.Event]:
-    """An event that Ctrl-C / SIGTERM set (training finishes its step and saves); a second
-    Ctrl-C interrupts at once. A SIGTERM after a Ctrl-C does not: torchrun sends one to its
-    workers when the terminal's Ctrl-C reaches it too."""
-    stop = threading.Event()
-    if threading.current_thread() is not threading.main_thread():
-        yield stop
-        return
+AUTO_CHECKPOINT_SECONDS = 5.0
 
-    def handler(signum, frame):
-        if stop.is_set() and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        stop.set()
 
-    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield stop
-    finally:
-        for s, h in previous.items():
-            signal.signal(s, h)
+class Checkpoints:
+    """The run's checkpoints: every ``every`` epochs (``train.checkpoint_every``; None:
+    after the first epoch, then after each epoch that ends ``AUTO_CHECKPOINT_SECONDS`` or
+    more after the last checkpoint) and when the run stops. A state already saved is not written again, and a
+    non-finite one (a diverged run) never replaces the last finite checkpoint.
+
+    Why the default is by time: a checkpoint costs 1-12 ms (mostly the two fsyncs; measured
+    on ext4 here, idle to busy), as much as a few epochs of the quickstart (3.6 ms each),
+    and a kill costs at most the work since the last checkpoint: 5 s bounds both."""
+
+    def __init__(
+        self, run: Run, payload: Callable[[Any], dict[str, Any]], every: int | None,
+        saved: Any = None,
+    ) -> None:  # fmt: skip
+        self.run, self.payload, self.every = run, payload, every
+        self.saved_at = None if saved is None else self._key(saved)
+        self.saved_epoch: int | None = None if saved is None else saved.epoch
+        self.saved_time = time.monotonic()
+
+    @staticmethod
+    def _key(state: Any) -> tuple[int, int, int]:
+        return state.epoch, state.step, state.batch
+
+    def periodic(self, state: Any) -> None:
+        """``fit``'s ``on_epoch``: once every ``every`` epochs (None: the first, then by time)."""
+        if self.every is None:
+            first = self.saved_at is None
+            if first or time.monotonic() - self.saved_time >= AUTO_CHECKPOINT_SECONDS:
+                self.save(state)
+        elif state.epoch % self.every == 0:
+            self.save(state)
+
+    def save(self, state: Any) -> None:
+        if not self.run.main or self._key(state) == self.saved_at:
+            return
+        payload = self.payload(state)
+        if not is_finite(payload):
+            return
+        self.run.checkpoint(payload)
+        self.saved_at, self.saved_epoch = self._key(state), state.epoch
+        self.saved_time = time.monotonic()

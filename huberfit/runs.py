@@ -4,12 +4,17 @@ Reads ``metrics.json`` (and ``comparison.json`` for compare-losses parents, whos
 listed under them). A folder whose files cannot be read, or hold JSON of another shape, is
 listed as ``unreadable`` with what is wrong; nothing here raises on a bad run folder (only
 on a runs folder that cannot be listed). Torch-free: reading JSON needs no model.
+
+``folder_state`` is the one judge of what a run folder is (finished, resumable, stopped
+before its first checkpoint, not a run): ``huberfit runs`` lists its words and
+``--resume`` refuses with the same words.
 """
 
 from __future__ import annotations
 
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -86,19 +91,58 @@ def _json_type(value: Any) -> str:
     return names.get(type(value), type(value).__name__)
 
 
+FINISHED = ("completed", "early_stopped", "diverged")
+
+
+@dataclass
+class FolderState:
+    """What a run folder is. ``status``: a metrics.json status, ``interrupted`` (a
+    checkpoint and no metrics.json: stopped by a signal, a kill or a crash), ``incomplete``
+    (stopped before its first checkpoint), ``not a run`` or ``unreadable``. ``resumable``:
+    ``--resume`` can continue it. ``detail``: the words both ``runs`` and ``--resume`` use."""
+
+    status: str
+    detail: str
+    resumable: bool
+    metrics: dict[str, Any] | None = None
+
+
+def folder_state(folder: str | Path) -> FolderState:
+    """Judge a run folder from the files in it (never raises; reads no checkpoint)."""
+    folder = Path(folder)
+    checkpoint = (folder / "checkpoint.pt").is_file()
+    metrics_file = folder / "metrics.json"
+    if metrics_file.is_file():
+        try:
+            m = json.loads(metrics_file.read_text(encoding="utf-8"))
+            status = m["status"]
+            if not isinstance(status, str):
+                raise TypeError(f"status is {status!r}")
+        except (OSError, ValueError, KeyError, TypeError, RecursionError) as exc:
+            return FolderState("unreadable", f"metrics.json: {exc}", checkpoint)
+        if checkpoint:
+            return FolderState(status, m.get("message") or "", True, m)
+        return FolderState(status, f"{status} before its first checkpoint (no checkpoint.pt): "
+                           "nothing to resume; train it again", False, m)  # fmt: skip
+    if checkpoint:
+        return FolderState("interrupted", "stopped before its end (no metrics.json); "
+                           f"continue it with: huberfit train --resume {folder}", True)  # fmt: skip
+    if (folder / "config.yaml").is_file():
+        return FolderState("incomplete", "stopped before its first checkpoint (no "
+                           "checkpoint.pt): nothing to resume; train it again with: huberfit "
+                           f"train --config {folder / 'config.yaml'}", False)  # fmt: skip
+    return FolderState("not a run", "not a huberfit run folder (no config.yaml, checkpoint.pt "
+                       "or metrics.json)", False)  # fmt: skip
+
+
 def _run_row(folder: Path) -> dict[str, Any]:
     row: dict[str, Any] = {"name": folder.name, "folder": str(folder), "kind": "run"}
-    metrics_file = folder / "metrics.json"
-    if not metrics_file.is_file():
-        if (folder / "config.yaml").is_file():
-            status, detail = "incomplete", "no metrics.json: the process stopped before the end"
-        else:
-            status, detail = "not a run", "no metrics.json or config.yaml"
-        return {**row, "status": status, "detail": detail, "started": _stamp(_started(folder))}
+    state = folder_state(folder)
+    if state.metrics is None:
+        return {**row, "status": state.status, "detail": state.detail,
+                "started": _stamp(_started(folder))}  # fmt: skip
     try:
-        m = _checked(_read_json(metrics_file), RUN_KEYS, "metrics.json")
-        if m.get("status") is None:
-            raise _Unexpected("metrics.json: no 'status'")
+        m = _checked(state.metrics, RUN_KEYS, "metrics.json")
         val = _checked(m.get("val") or {}, {"loss": NUMBER, "mae": NUMBER}, "metrics.json val")
     except (OSError, ValueError, RecursionError) as exc:
         return {**row, "status": "unreadable", "detail": _why(exc, "metrics.json"),
@@ -116,6 +160,7 @@ def _run_row(folder: Path) -> dict[str, Any]:
         "val_loss": val.get("loss"),
         "val_mae": val.get("mae"),
         "coefficient_error": m.get("coefficient_error"),
+        **({} if state.resumable else {"detail": state.detail}),
     }
 
 

@@ -652,8 +652,9 @@ def tick_hparams(exp: Any, ticked: list[str]) -> None:
 
 
 def coefficient_error(fitted: dict[str, float], truth: dict[str, float]) -> float:
-    """L2 distance between fitted and true parameters (intercept included)."""
-    return math.sqrt(sum((fitted[k] - v) ** 2 for k, v in truth.items() if k in fitted))
+    """L2 distance between fitted and true parameters (intercept included); hypot: huge
+    but finite coefficients (a run on its way to diverging) give inf, never OverflowError."""
+    return math.hypot(*(fitted[k] - v for k, v in truth.items() if k in fitted))
 
 
 def hparam_metrics(metrics: dict[str, Any]) -> dict[str, float]:

@@ -866,7 +866,7 @@ def execute(
 ) -> Summary:
     """Run the sweep's trials here (``workers`` 1) or in ``workers`` processes, one line
     per finished trial through ``note``; then the table, ``trials.csv`` and ``best.yaml``."""
-    from huberfit.run import stop_on_signals
+    from huberfit import interrupts
     from huberfit.sinks import ConsoleSink
 
     study = open_study(plan, parent)
@@ -879,7 +879,9 @@ def execute(
                 and t.state.name not in ("RUNNING", "WAITING")]  # fmt: skip
     line = _progress(plan, note, len(finished))
     results: list[TrialResult] = []
-    with stop_on_signals() as stop:
+    # a first Ctrl-C/SIGTERM stops the trial after its step (it saves) and then the sweep;
+    # a second one stops at once (interrupts.Interrupted), the trial keeping its checkpoint
+    with interrupts.run_signals() as policy, policy.in_fit() as stop:
         if workers <= 1:
             with threads(threads_each):
                 results = work(plan, parent, study, console, stop, line, prepared_for)
@@ -947,12 +949,12 @@ def _supervise(plan, parent, study, workers, threads_each, stop, line) -> None:
 def run_worker(parent: Path, index: int, threads_each: int | None) -> int:
     """``huberfit sweep --worker PARENT``: one worker process of a sweep (exit 130 when
     stopped by a signal)."""
-    from huberfit.run import stop_on_signals
+    from huberfit import interrupts
     from huberfit.sinks import ConsoleSink
 
     plan = load_parent(parent)
     study = open_study(plan, parent, worker=index)
-    with stop_on_signals() as stop, threads(threads_each):
+    with interrupts.run_signals() as policy, policy.in_fit() as stop, threads(threads_each):
         results = work(plan, parent, study, ConsoleSink(1, quiet=True), stop)
     stopped = stop.is_set() or any(r.state == "interrupted" for r in results)
     return 130 if stopped else 0

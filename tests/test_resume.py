@@ -1,0 +1,156 @@
+"""--resume against damaged checkpoints, moved data and runs with nothing left to train:
+one line each, nothing of the run rewritten."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from huberfit.cli import app
+
+QUICK = ["--quiet", "train.epochs=2", "data.n_samples=200", "output.images=false",
+         "output.tensorboard=false"]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> Path:
+    runs = tmp_path_factory.mktemp("runs")
+    r = CliRunner().invoke(app, ["train", "--runs-dir", str(runs), *QUICK])
+    assert r.exit_code == 0, r.output
+    (folder,) = runs.iterdir()
+    return folder
+
+
+@pytest.fixture
+def run_dir(trained, tmp_path) -> Path:
+    """A copy of one trained run (2 epochs), for each test to damage."""
+    return Path(shutil.copytree(trained, tmp_path / trained.name))
+
+
+def one_error_line(r) -> str:
+    assert r.exit_code == 1, r.output
+    assert "Traceback" not in r.output
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), r.stderr
+    return lines[0]
+
+
+def test_random_bytes_are_not_a_huberfit_checkpoint(run_dir, runner):
+    (run_dir / "checkpoint.pt").write_bytes(os.urandom(4096))
+    for args in (["train", "--resume", str(run_dir)],
+                 ["predict", "--run", str(run_dir), "--input", "x.csv"]):  # fmt: skip
+        line = one_error_line(runner.invoke(app, args))
+        assert "not a huberfit checkpoint" in line and "weights_only" not in line
+
+
+def _damage(ckpt: dict, how: str) -> None:
+    if how == "no state":
+        del ckpt["state"]
+    elif how == "weight shape":
+        ckpt["model"]["weight"] = torch.zeros(1, 5)
+    elif how == "weight type":
+        ckpt["model"]["weight"] = [[1.0, 2.0, 3.0]]
+    elif how == "epoch type":
+        ckpt["state"]["epoch"] = "two"
+    elif how == "unknown state entry":
+        ckpt["state"]["surprise"] = 1
+    elif how == "scaling length":
+        ckpt["scaling"]["x_mean"] = [0.0]
+    elif how == "optimizer lr":
+        ckpt["optimizer"]["param_groups"][0]["lr"] = "fast"
+    elif how == "no rng":
+        ckpt["rng"] = {}
+    elif how == "nan weights":
+        ckpt["model"]["weight"] = torch.full((1, 3), float("nan"))
+    elif how == "features":
+        ckpt["feature_names"] = []
+
+
+DAMAGES = ["no state", "weight shape", "weight type", "epoch type", "unknown state entry",
+           "scaling length", "optimizer lr", "no rng", "nan weights", "features"]  # fmt: skip
+
+
+@pytest.mark.parametrize("how", DAMAGES)
+def test_a_checkpoint_with_a_bad_entry_is_one_line(run_dir, runner, how):
+    path = run_dir / "checkpoint.pt"
+    ckpt = torch.load(path, weights_only=True)
+    _damage(ckpt, how)
+    torch.save(ckpt, path)
+    line = one_error_line(runner.invoke(app, ["train", "--resume", str(run_dir)]))
+    assert f"{path}: not a usable huberfit checkpoint: " in line, line
+    if how == "nan weights":
+        assert "smaller optimizer.lr" in line
+
+
+def test_resuming_a_finished_run_with_nothing_to_train_writes_nothing(run_dir, runner):
+    before = {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in run_dir.rglob("*")
+              if p.is_file()}  # fmt: skip
+    r = runner.invoke(app, ["train", "--resume", str(run_dir), "--json"])
+    assert r.exit_code == 0, r.output
+    assert "nothing to train" in r.stderr
+    assert json.loads(r.stdout)["epochs"] == 2
+    after = {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in run_dir.rglob("*")
+             if p.is_file()}  # fmt: skip
+    assert after == before
+
+
+@pytest.mark.slow
+def test_moved_data_resumes_from_any_folder_other_data_is_refused(tmp_path, runner, monkeypatch):
+    frame = pd.DataFrame({"a": range(40), "b": [i % 7 for i in range(40)]})
+    frame = frame.assign(y=2.0 * frame.a - frame.b + 1)
+    (tmp_path / "one").mkdir()
+    (tmp_path / "two").mkdir()
+    frame.to_csv(tmp_path / "one" / "d.csv", index=False)
+    monkeypatch.chdir(tmp_path / "one")
+    data = ["data.source=csv", "data.path=d.csv", "data.target=y"]
+    r = runner.invoke(app, ["train", "--runs-dir", str(tmp_path / "runs"), *QUICK, *data])
+    assert r.exit_code == 0, r.output
+    (run,) = (tmp_path / "runs").iterdir()
+    (tmp_path / "one" / "d.csv").rename(tmp_path / "two" / "moved.csv")
+    frame.iloc[:30].to_csv(tmp_path / "two" / "other.csv", index=False)
+    monkeypatch.chdir(tmp_path / "two")  # a relative data.path: from the current folder
+    r = runner.invoke(app, ["train", "--resume", str(run), "--quiet", "train.epochs=3",
+                            "data.path=other.csv"])  # fmt: skip
+    line = one_error_line(r)
+    assert f"data.path: {tmp_path / 'two' / 'other.csv'} is not the data this run" in line
+    r = runner.invoke(app, ["train", "--resume", str(run), "train.epochs=3", "data.path=moved.csv",
+                            "--json"])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["epochs"] == 3
+    monkeypatch.chdir(tmp_path)  # and saved in full: resuming from elsewhere finds it
+    r = runner.invoke(app, ["train", "--resume", str(run), "train.epochs=4", "--quiet"])
+    assert r.exit_code == 0, r.output
+    assert f"path: {tmp_path / 'two' / 'moved.csv'}" in (run / "config.yaml").read_text()
+
+
+def test_by_default_the_first_epoch_is_saved_then_once_5_seconds_have_passed(monkeypatch):
+    from huberfit import run as run_mod
+    from huberfit.loop import TrainState
+
+    written = []
+
+    class Folder:
+        main = True
+
+        def checkpoint(self, payload):
+            written.append(payload["epoch"])
+
+    every = run_mod.Checkpoints(Folder(), lambda st: {"epoch": st.epoch}, every=None)
+    every.periodic(TrainState(epoch=1, step=5))  # the first: a kill from now on loses little
+    every.periodic(TrainState(epoch=2, step=10))  # cheap epochs: not slowed by checkpoints
+    assert written == [1]
+    monkeypatch.setattr(run_mod, "AUTO_CHECKPOINT_SECONDS", 0.0)  # as if 5 s had passed
+    every.periodic(TrainState(epoch=3, step=15))
+    every.save(TrainState(epoch=3, step=15))  # the same state again: not rewritten
+    assert written == [1, 3]
+    each = run_mod.Checkpoints(Folder(), lambda st: {"epoch": st.epoch}, every=2)
+    for epoch in (3, 4, 5, 6):
+        each.periodic(TrainState(epoch=epoch, step=epoch))
+    assert written == [1, 3, 4, 6]
