@@ -16,7 +16,7 @@ import torch
 
 from huberfit.config import Config, DataConfig
 from huberfit.data.batches import BatchSource, InMemoryBatches, ShardedBatches, StreamBatches
-from huberfit.data.scaling import Scaling, fit_scaling
+from huberfit.data.scaling import Scaling, check_range, fit_scaling
 from huberfit.data.split import split_indices
 from huberfit.data.stream import StreamInfo, scan, should_stream
 from huberfit.data.synthetic import make_synthetic
@@ -92,10 +92,16 @@ def _load_in_memory(
             notes.append(f"dropped {dropped} rows with missing or non-finite cells")
         source = f"{cfg.path} ({X.shape[0]} rows)"
     # 2. split, 3. scaling from the training rows
-    train_idx, val_idx = split_indices(X.shape[0], cfg.val_fraction, seed, where=source)
-    scaling, scale_notes = fit_scaling(X[train_idx], y[train_idx], cfg.standardize, center=bias)
+    where = cfg.path if cfg.source != "synthetic" else "data.n_samples"
+    train_idx, val_idx = split_indices(X.shape[0], cfg.val_fraction, seed, where=str(where))
+    columns = [*names, cfg.target or "y"]
+    scaling, scale_notes = fit_scaling(
+        X[train_idx], y[train_idx], cfg.standardize, center=bias, names=columns, where=str(where)
+    )
     if not scale_target:
         scaling = replace(scaling, y_mean=0.0, y_scale=1.0)
+    low, high = np.r_[X.min(axis=0), y.min()], np.r_[X.max(axis=0), y.max()]
+    check_range(low.astype(np.float64), high.astype(np.float64), scaling, columns, dtype, where)
     notes += [f"feature '{names[i]}' {msg}" for i, msg in scale_notes]
     tdtype = TORCH_DTYPES[dtype]
 
@@ -123,6 +129,7 @@ def _load_streamed(
                 cfg.standardize, center=bias)  # fmt: skip
     if not scale_target:
         info.scaling = replace(info.scaling, y_mean=0.0, y_scale=1.0)
+    check_range(info.low, info.high, info.scaling, info.columns, dtype, cfg.path or "")
 
     def tensors(rows: np.ndarray) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         if len(rows) == 0:
@@ -149,7 +156,9 @@ def dataset_from_arrays(
     trains (no validation split), standardized as a config's data would be."""
     X, y = np.asarray(X, dtype=np.float64), np.asarray(y, dtype=np.float64).reshape(-1)
     names = names or [f"x{i}" for i in range(X.shape[1])]
-    scaling, notes = fit_scaling(X, y, True, center=bias)
+    scaling, notes = fit_scaling(X, y, True, center=bias, names=[*names, "y"])
+    check_range(np.r_[X.min(axis=0), y.min()], np.r_[X.max(axis=0), y.max()], scaling,
+                [*names, "y"], dtype)  # fmt: skip
     tdtype = TORCH_DTYPES[dtype]
     ys = ((y - scaling.y_mean) / scaling.y_scale).reshape(-1, 1)
     return Dataset(
