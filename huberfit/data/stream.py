@@ -30,7 +30,6 @@ import numpy as np
 from huberfit.data.scaling import Moments, Scaling, scaling_from
 from huberfit.data.split import check_split, in_validation, row_hash
 from huberfit.data.tables import (
-    _to_numeric,
     check_arrow_types,
     check_columns,
     check_file,
@@ -38,6 +37,7 @@ from huberfit.data.tables import (
     csv_row,
     header_lines,
     not_utf8,
+    numeric_values,
     parquet_schema,
     read_header,
     reader_names,
@@ -225,7 +225,7 @@ def _numbers(batch, columns: list[str], path: str, first: int) -> np.ndarray:
 
         frame = pd.DataFrame({columns[i]: col.to_pandas() for i, col in strings.items()})
         wanted = [columns[i] for i in strings]
-        values, _ = _to_numeric(frame, wanted, Path(path), "parquet", "keep", np.float64, first)
+        values, _ = numeric_values(frame, wanted, Path(path), "parquet", "keep", np.float64, first)
         out[:, list(strings)] = values
     return out
 

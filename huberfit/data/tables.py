@@ -3,7 +3,7 @@
 The one header reader (``read_header``: quotes, spaces after commas, a BOM, CRLF) names
 the columns for every path that reads a table: loading into memory, streaming,
 ``huberfit predict`` and ``huberfit eval``. Bad files raise ``DataError`` naming the file,
-column and line. Readers (pandas, pyarrow) are imported lazily. numpy otherwise.
+column and line, worded here once for every reader (pandas, pyarrow). Readers (pandas, pyarrow) are imported lazily. numpy otherwise.
 """
 
 from __future__ import annotations
@@ -60,10 +60,10 @@ def read_table(
     wanted = features + ([target] if has_target else [])
     try:
         frame = _read_frame(file, source, columns, wanted, dtype)
-        values, dropped = _to_numeric(frame, wanted, file, source, missing, dtype)
+        values, dropped = numeric_values(frame, wanted, file, source, missing, dtype)
     except _Float32Overflow:
         frame = _read_frame(file, source, columns, wanted, np.float64)
-        values, dropped = _to_numeric(frame, wanted, file, source, missing, np.float64)
+        values, dropped = numeric_values(frame, wanted, file, source, missing, np.float64)
     if values.shape[0] == 0:
         kind = "has a header but no data rows" if not dropped else "has no complete rows left"
         raise DataError(f"{file}: {kind}")
@@ -185,7 +185,7 @@ def _file_chunks(file: Path, features, target, chunk_rows: int, require_target: 
     for frame in _frames(file, source, columns, chunk_rows):
         if not len(frame):
             continue
-        values, _ = _to_numeric(
+        values, _ = numeric_values(
             frame[wanted].copy(), wanted, file, source, "error", np.float64, offset
         )
         X = values[:, : len(features)]
@@ -339,7 +339,7 @@ _ARROW_KINDS = ("is_integer", "is_floating", "is_boolean", "is_decimal", "is_str
                 "is_large_string", "is_null")  # fmt: skip
 
 
-def parquet_schema(file: Path):
+def parquet_schema(file: Path) -> Any:
     """The Parquet file's schema, or a located error."""
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -350,7 +350,7 @@ def parquet_schema(file: Path):
         raise DataError(f"{file}: not a readable Parquet file ({_first_line(exc)})") from None
 
 
-def check_arrow_types(file: Path | str, schema, columns: list[str]) -> None:
+def check_arrow_types(file: Path | str, schema: Any, columns: list[str]) -> None:
     """A located error for the first of ``columns`` whose type cannot hold numbers
     (lists, structs, dates, timestamps, binary ...), in memory and streamed alike."""
     import pyarrow.types as pat
@@ -389,7 +389,7 @@ def _read_frame(file: Path, source: str, columns: list[str], wanted: list[str], 
     if len(wanted) < len(columns):  # and the last column: a short row leaves it empty
         options["usecols"] = list(dict.fromkeys([*wanted, names[-1]]))
     try:  # fast path: parse straight to floats; a bad cell falls back to the slow diagnosis
-        with np.errstate(over="ignore"):  # float32 overflow: see _to_numeric
+        with np.errstate(over="ignore"):  # float32 overflow: see numeric_values
             frame = pd.read_csv(file, dtype=dtype, **options)
     except pd.errors.ParserError:
         check_ragged(file, len(columns))
@@ -416,9 +416,14 @@ class _Float32Overflow(Exception):
     """Cells parsed as float32 overflowed: read them again as float64."""
 
 
-def _to_numeric(
-    frame, wanted: list[str], file: Path, source: str, missing: str, dtype: type, offset: int = 0
-):
+def numeric_values(
+    frame: Any, wanted: list[str], file: Path, source: str, missing: str, dtype: type,
+    offset: int = 0,
+) -> tuple[np.ndarray, int]:  # fmt: skip
+    """The ``wanted`` columns of ``frame`` as a ``dtype`` array and the rows dropped.
+    Cells that are not numbers are located errors (file, column, line or row counted from
+    the top of the file: ``offset`` rows come before the frame); missing or non-finite
+    cells are errors, dropped rows (``missing='drop'``) or left for the caller (``keep``)."""
     import pandas as pd
 
     def line(row: int) -> int | None:  # row: 0-based data row of this frame
@@ -455,7 +460,7 @@ def _to_numeric(
         # values fit, so read them as float64 (a CSV parsed to float32 is read again)
         if any(frame[c].dtype == np.float32 for c in wanted):
             raise _Float32Overflow
-        return _to_numeric(frame, wanted, file, source, missing, np.float64, offset)
+        return numeric_values(frame, wanted, file, source, missing, np.float64, offset)
     if source == "csv":  # a short row reads as missing cells: say what it is
         check_ragged(file, len(read_header(file, source)))
     bad_rows = ~finite.all(axis=1)
