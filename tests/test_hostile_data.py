@@ -282,3 +282,17 @@ def test_a_file_gone_or_changed_after_the_scan(tmp_path, source):
     path.unlink()
     with pytest.raises(DataError, match=r"d\.\w+: the file is gone since the scan"):
         list(info.rows(info.pieces, "train"))
+
+
+@pytest.mark.parametrize("how", PATHS)
+def test_a_constant_column_has_zero_variance_whatever_its_value(tmp_path, how):
+    """0.1 repeated: numpy's row-by-row mean is off by ~n ulps, which used to pass for a
+    spread of 4e-16, blow the column up to exactly -1 and its coefficient to ~1e17."""
+    path = tmp_path / "constant.csv"
+    path.write_text("a,c,y\n" + "".join(f"{i},0.1,{2 * i}\n" for i in range(1000)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        data = _load(path, how)
+    assert data.scaling.x_mean[1] == 0.1 and data.scaling.x_scale[1] == 1.0
+    assert (data.X_train[:, 1] == 0).all()
+    assert data.notes == ["feature 'c' has zero variance in the training rows; left unscaled"]

@@ -73,6 +73,9 @@ class Moments:
             return cls()
         with np.errstate(over="ignore", invalid="ignore"):  # overflow: see scaling_from
             mean = a.mean(axis=0)
+            # numpy sums along axis 0 one row after another (error ~ n eps); one corrected
+            # pass makes a constant column's mean exact, and its variance exactly 0
+            mean = mean + (a - mean).mean(axis=0)
             return cls(len(a), mean, ((a - mean) ** 2).sum(axis=0))
 
     def add(self, a: np.ndarray) -> None:
@@ -95,6 +98,9 @@ class Moments:
     def std(self) -> np.ndarray | float:
         """The population standard deviation (``ddof=0``, as ``np.std``)."""
         return np.sqrt(self.m2 / self.n)
+
+
+_ROUNDING = 16 * np.finfo(np.float64).eps  # relative spread that rounding alone produces
 
 
 def fit_scaling(
@@ -140,16 +146,20 @@ def scaling_from(
             f"{where + ': ' if where else ''}column {name!r} is too large to standardize: its variance overflows float64; "
             "rescale the column (divide it by a power of ten)"
         )
-    x_scale = np.where(x_std > 0, x_std, 1.0)
+    # A constant column's computed std is rounding, not 0 (0.1 repeated 1000 times: 1.4e-17):
+    # dividing by it would blow the column up to +-1 and its coefficient to ~1e17. A spread
+    # within a few ulps of the mean is no spread at all.
+    varies = x_std > _ROUNDING * np.abs(x_mean)
+    x_scale = np.where(varies, x_std, 1.0)
     notes = [
         (int(i), "has zero variance in the training rows; left unscaled")
-        for i in np.flatnonzero(~(x_std > 0))
+        for i in np.flatnonzero(~varies)
     ]
     scaling = Scaling(
         [float(v) for v in x_mean],
         [float(v) for v in x_scale],
         y_mean,
-        y_std if y_std > 0 else 1.0,
+        y_std if y_std > _ROUNDING * abs(y_mean) else 1.0,
     )
     return scaling, notes
 
