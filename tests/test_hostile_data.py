@@ -296,3 +296,10 @@ def test_a_constant_column_has_zero_variance_whatever_its_value(tmp_path, how):
     assert data.scaling.x_mean[1] == 0.1 and data.scaling.x_scale[1] == 1.0
     assert (data.X_train[:, 1] == 0).all()
     assert data.notes == ["feature 'c' has zero variance in the training rows; left unscaled"]
+
+
+@pytest.mark.parametrize("how", PATHS)
+def test_a_quote_that_never_closes(tmp_path, how):
+    path = tmp_path / "quote.csv"
+    path.write_text('a,b,y\n1,2,3\n4,5,6\n7,8,"9\n')
+    assert _error(path, how) == f"{path}: line 4 opens a quoted cell that never closes"

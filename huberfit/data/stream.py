@@ -169,6 +169,8 @@ def _arrow_message(exc: Exception, path: str, names: list[str] | None, skip: int
                 line, value = found[0], found[1][col]
                 if undecodable(value):
                     return not_utf8(file, line, value, name)
+                if "\n" in value and csv_row(file, data_row + 1, arrow=True) is None:
+                    return f"{path}: line {line} opens a quoted cell that never closes"
                 return f"{path}: non-numeric value {value!r} in column {name!r} at line {line}"
         m = _RAGGED.search(text)
         if m:

@@ -8,6 +8,7 @@ column and line, worded here once for every reader (pandas, pyarrow). Readers (p
 
 from __future__ import annotations
 
+import collections
 import csv
 import difflib
 import glob
@@ -220,8 +221,7 @@ def _frames(file: Path, source: str, columns: list[str], chunk_rows: int):
             _check_short_rows(frame.iloc[:, -1], file, columns)
             yield frame
     except pd.errors.ParserError as exc:
-        check_ragged(file, len(columns))
-        raise DataError(f"{file}: malformed CSV: {_first_line(exc)}") from None
+        raise malformed(file, columns, exc) from None
     except UnicodeDecodeError:
         check_utf8(file)
 
@@ -298,6 +298,17 @@ def check_ragged(file: Path, n_columns: int, arrow: bool = False) -> None:
             raise DataError(
                 f"{file}: line {line} has {len(row)} cells where the header has {n_columns}"
             )
+
+
+def malformed(file: Path, columns: list[str], exc: Exception) -> DataError:
+    """pandas' tokenizer error, located: a ragged row, a quote never closed, or its words."""
+    check_ragged(file, len(columns))
+    if "EOF inside string" in str(exc):  # the quote runs to the end: the last row has it
+        last = collections.deque(_csv_rows(file, arrow=False), maxlen=1)
+        if last:
+            return DataError(f"{file}: line {last[0][0]} opens a quoted cell that never closes")
+    words = _first_line(exc).removeprefix("Error tokenizing data. C error: ")
+    return DataError(f"{file}: malformed CSV ({words})")
 
 
 def check_utf8(file: Path) -> None:
@@ -391,15 +402,13 @@ def _read_frame(file: Path, source: str, columns: list[str], wanted: list[str], 
     try:  # fast path: parse straight to floats; a bad cell falls back to the slow diagnosis
         with np.errstate(over="ignore"):  # float32 overflow: see numeric_values
             frame = pd.read_csv(file, dtype=dtype, **options)
-    except pd.errors.ParserError:
-        check_ragged(file, len(columns))
-        raise
+    except pd.errors.ParserError as exc:
+        raise malformed(file, columns, exc) from None
     except ValueError:
         try:
             frame = pd.read_csv(file, dtype=object, skipinitialspace=True, **options)
-        except pd.errors.ParserError:
-            check_ragged(file, len(columns))
-            raise
+        except pd.errors.ParserError as exc:
+            raise malformed(file, columns, exc) from None
     _check_short_rows(frame[names[-1]], file, columns)
     return frame
 
