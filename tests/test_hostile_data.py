@@ -64,6 +64,15 @@ def test_ragged_row_names_file_line_and_counts(tmp_path, how, cells):
     assert message == f"{path}: line 6 has {cells} cells where the header has 3"
 
 
+@pytest.mark.parametrize("how", PATHS)
+def test_one_cell_more_on_every_row_is_ragged_not_an_index(tmp_path, how):
+    """pandas took the extra first cell of every row as the index: the columns shifted
+    and training went on, silently, on the wrong columns."""
+    path = tmp_path / "shifted.csv"
+    path.write_text("a,y\n" + "".join(f"{i},{2 * i},{3 * i}\n" for i in range(10)))
+    assert _error(path, how) == f"{path}: line 2 has 3 cells where the header has 2"
+
+
 def test_ragged_row_is_one_line_in_train_predict_and_eval(tmp_path, runner):
     good = tmp_path / "good.csv"
     good.write_text("\n".join(_csv_lines()) + "\n")

@@ -284,6 +284,8 @@ def scan(path: str, source: str, target: str | None, features: list[str] | None,
     """Pass 1: validate every batch, count, split, and compute the training statistics."""
     files = resolve_files(path, source)
     header = file_columns(files, source)
+    if header:  # the columns first, as in memory
+        check_columns(Path(files[0]), header, target, features, require_target=True)
     pieces, names = open_pieces(files, source, header, [])
     names = header or names  # the header's (unnamed columns stay unnamed)
     features, _ = check_columns(Path(files[0]), names, target, features, require_target=True)

@@ -9,9 +9,11 @@ column and line, worded here once for every reader (pandas, pyarrow). Readers (p
 from __future__ import annotations
 
 import collections
+import contextlib
 import csv
 import difflib
 import glob
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -91,7 +93,7 @@ def check_columns(
         )
     dupes = sorted({c for c in columns if c and columns.count(c) > 1})
     if dupes:
-        raise DataError(f"{file}: duplicate column names: {', '.join(dupes)}")
+        raise DataError(f"{file}: duplicate column names: {', '.join(map(_show, dupes))}")
     has_target = target is not None and target in columns
     if require_target and not has_target:
         raise DataError(f"{file}: target column {target!r} not found{_suggest(target, columns)}")
@@ -213,10 +215,13 @@ def _frames(file: Path, source: str, columns: list[str], chunk_rows: int):
 
     # strict UTF-8 here: predict writes every column back out
     try:
-        for frame in pd.read_csv(
-            file, chunksize=chunk_rows, encoding="utf-8-sig", skipinitialspace=True, engine="c",
-            header=0, names=reader_names(columns), skiprows=header_lines(file) - 1,
-        ):  # fmt: skip
+        with _strict(file, columns):
+            reader = pd.read_csv(
+                file, chunksize=chunk_rows, encoding="utf-8-sig", skipinitialspace=True,
+                engine="c", header=0, names=reader_names(columns),
+                skiprows=header_lines(file) - 1, index_col=False,
+            )  # fmt: skip
+        for frame in _strict_iter(reader, file, columns):
             frame.columns = columns
             _check_short_rows(frame.iloc[:, -1], file, columns)
             yield frame
@@ -298,6 +303,30 @@ def check_ragged(file: Path, n_columns: int, arrow: bool = False) -> None:
             raise DataError(
                 f"{file}: line {line} has {len(row)} cells where the header has {n_columns}"
             )
+
+
+@contextlib.contextmanager
+def _strict(file: Path, columns: list[str]):
+    """pandas only warns when rows have more cells than the header (and drops them):
+    a ragged row, located."""
+    import pandas as pd
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", pd.errors.ParserWarning)
+        try:
+            yield
+        except pd.errors.ParserWarning:
+            check_ragged(file, len(columns))
+            raise DataError(f"{file}: rows have more cells than the header") from None
+
+
+def _strict_iter(chunks, file: Path, columns: list[str]):
+    while True:
+        with _strict(file, columns):
+            frame = next(chunks, None)
+        if frame is None:
+            return
+        yield frame
 
 
 def malformed(file: Path, columns: list[str], exc: Exception) -> DataError:
@@ -393,20 +422,22 @@ def _read_frame(file: Path, source: str, columns: list[str], wanted: list[str], 
     # own reading of it; data cells parse as numbers with or without spaces around them.
     # Bytes that are not UTF-8 pass as surrogates: only the columns used must be text.
     names = reader_names(columns)
+    # index_col=False: rows with one cell more than the header are ragged, not an index
     options: dict[str, Any] = dict(
         encoding="utf-8-sig", encoding_errors="surrogateescape", engine="c", header=0,
-        names=names, skiprows=header_lines(file) - 1,
+        names=names, skiprows=header_lines(file) - 1, index_col=False,
     )  # fmt: skip
     if len(wanted) < len(columns):  # and the last column: a short row leaves it empty
         options["usecols"] = list(dict.fromkeys([*wanted, names[-1]]))
     try:  # fast path: parse straight to floats; a bad cell falls back to the slow diagnosis
-        with np.errstate(over="ignore"):  # float32 overflow: see numeric_values
+        with np.errstate(over="ignore"), _strict(file, columns):  # float32: numeric_values
             frame = pd.read_csv(file, dtype=dtype, **options)
     except pd.errors.ParserError as exc:
         raise malformed(file, columns, exc) from None
     except ValueError:
         try:
-            frame = pd.read_csv(file, dtype=object, skipinitialspace=True, **options)
+            with _strict(file, columns):
+                frame = pd.read_csv(file, dtype=object, skipinitialspace=True, **options)
         except pd.errors.ParserError as exc:
             raise malformed(file, columns, exc) from None
     _check_short_rows(frame[names[-1]], file, columns)
@@ -414,10 +445,11 @@ def _read_frame(file: Path, source: str, columns: list[str], wanted: list[str], 
 
 
 def _check_short_rows(last, file: Path, columns: list[str]) -> None:
-    """pandas fills a row with too few cells with missing ones: some, not all, of the last
-    column's cells missing (an unnamed column of trailing commas is empty throughout)."""
+    """pandas fills a row with too few cells with missing ones, so a missing cell in the
+    last column may be a short row (an unnamed column of trailing commas is empty
+    throughout: that one is not)."""
     missing = last.isna()
-    if missing.any() and not missing.all():
+    if missing.any() and not (columns[-1] == "" and missing.all()):
         check_ragged(file, len(columns))
 
 
@@ -487,4 +519,9 @@ def _suggest(name: str | None, columns: list[str]) -> str:
     close = difflib.get_close_matches(name or "", columns, n=1, cutoff=0.5)
     if close:
         return f" (did you mean {close[0]!r}?)"
-    return f"; columns are: {', '.join(columns[:20])}"
+    return f"; columns are: {', '.join(map(_show, columns[:20]))}"
+
+
+def _show(name: str) -> str:
+    """A column name as typed, or quoted when it holds line breaks or other controls."""
+    return name if name.isprintable() else repr(name)
