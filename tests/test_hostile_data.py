@@ -304,7 +304,31 @@ def test_a_constant_column_has_zero_variance_whatever_its_value(tmp_path, how):
         data = _load(path, how)
     assert data.scaling.x_mean[1] == 0.1 and data.scaling.x_scale[1] == 1.0
     assert (data.X_train[:, 1] == 0).all()
-    assert data.notes == ["feature 'c' has zero variance in the training rows; left unscaled"]
+    assert data.notes == [
+        "feature 'c' has zero variance in the training rows; left unscaled, coefficient 0"
+    ]
+    assert data.constant == [1]
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "lbfgs"])
+def test_a_constant_feature_gets_coefficient_zero_and_no_garbled_errors(tmp_path, optimizer):
+    """Standardized, a constant column is 0 and its weight gets no gradient: it kept its
+    random initial value (reported as 33.5 here, the intercept making up for it) and the
+    standard errors took the square root of a negative rounding."""
+    from huberfit.experiment import train_run
+    from huberfit.sinks import ConsoleSink
+
+    path = tmp_path / "constant.csv"
+    path.write_text("a,c,y\n" + "".join(f"{i},0.1,{2 * i + 1}\n" for i in range(200)))
+    cfg = load_config(None, ["data.source=csv", f"data.path={path}", "data.target=y",
+                             f"optimizer.name={optimizer}", "train.epochs=3", "dtype=float64",
+                             "output.tensorboard=false", "output.images=false"])  # fmt: skip
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        metrics = train_run(cfg, ConsoleSink(1, quiet=True), runs_dir=str(tmp_path)).metrics
+    assert metrics["coefficients"]["c"] == 0.0
+    assert metrics["standard_errors"] is None
+    assert metrics["standard_error_note"].startswith("not defined: the design is singular")
 
 
 @pytest.mark.parametrize("how", PATHS)

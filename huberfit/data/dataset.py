@@ -47,6 +47,7 @@ class Dataset:
     outliers_train: np.ndarray | None = None  # bool per training row (synthetic only)
     outliers_val: np.ndarray | None = None
     notes: list[str] = field(default_factory=list)  # warnings for the console
+    constant: list[int] = field(default_factory=list)  # zero-variance features: weight 0
     stream: StreamInfo | None = None
 
 
@@ -118,7 +119,7 @@ def _load_in_memory(
         true_weights=truth_w, true_bias=truth_b,
         outliers_train=None if outliers is None else outliers[train_idx],
         outliers_val=None if outliers is None else outliers[val_idx],
-        notes=notes,
+        notes=notes, constant=[i for i, _ in scale_notes],
     )  # fmt: skip
 
 
@@ -144,7 +145,7 @@ def _load_streamed(
         X_train=X_train, y_train=y_train, X_val=X_val, y_val=y_val,
         feature_names=info.features, scaling=info.scaling,
         source=f"{cfg.path} ({info.n_rows} rows in {files} file(s), streamed)",
-        n_rows=info.n_rows, notes=info.notes, stream=info,
+        n_rows=info.n_rows, notes=info.notes, stream=info, constant=info.constant,
     )  # fmt: skip
 
 
@@ -165,6 +166,7 @@ def dataset_from_arrays(
         X_train=_tensor(scaling.apply_x(X), tdtype), y_train=_tensor(ys, tdtype), X_val=None,
         y_val=None, feature_names=names, scaling=scaling, source=f"arrays ({len(X)} rows)",
         n_rows=len(X), notes=[f"feature '{names[i]}' {msg}" for i, msg in notes],
+        constant=[i for i, _ in notes],
     )  # fmt: skip
 
 

@@ -152,7 +152,7 @@ def scaling_from(
     varies = x_std > _ROUNDING * np.abs(x_mean)
     x_scale = np.where(varies, x_std, 1.0)
     notes = [
-        (int(i), "has zero variance in the training rows; left unscaled")
+        (int(i), "has zero variance in the training rows; left unscaled, coefficient 0")
         for i in np.flatnonzero(~varies)
     ]
     scaling = Scaling(

@@ -250,6 +250,7 @@ class StreamInfo:
     low: np.ndarray | None = None  # per column (features, target): the smallest value
     high: np.ndarray | None = None  # and the largest
     notes: list[str] = field(default_factory=list)
+    constant: list[int] = field(default_factory=list)  # zero-variance features
     forced_val: int = -1  # tiny data: the one validation row when the hash picked none
 
     def validation_mask(self, rows: np.ndarray) -> np.ndarray:
@@ -332,6 +333,7 @@ def scan(path: str, source: str, target: str | None, features: list[str] | None,
                   Moments(stats.n, stats.mean[f], stats.m2[f]))  # fmt: skip
     info.scaling, notes = scaling_from(per_column, f, standardize, center, columns, path)
     info.notes = [f"feature '{features[i]}' {msg}" for i, msg in notes]
+    info.constant = [i for i, _ in notes]
     info.samples = _samples(info) if info.forced_val >= 0 else _stack(samples, len(columns))
     return info
 
