@@ -188,9 +188,26 @@ def test_values_beyond_float32(tmp_path, how):
     message = _error(path, how, dtype="float32", standardize=False)
     assert message.startswith(f"{path}: column 'a' reaches ")
     assert message.endswith(
-        "beyond float32's range (3.4e+38); set dtype: float64, or rescale the column"
+        "beyond float32's range (3.4e+38); set data.standardize: true, dtype: float64, or "
+        "rescale the column"
     )
     assert _load(path, how, dtype="float64", standardize=False).X_train.isfinite().all()
+
+
+@pytest.mark.parametrize("how", PATHS)
+def test_unscaled_values_whose_squares_overflow(tmp_path, how):
+    """data.standardize: false on values near 1e300: the loss overflowed, and training
+    hung in memory (over 10 minutes) or was called divergence with lr advice."""
+    frame = _frame()
+    frame["a"] *= 1e300
+    path = tmp_path / "big.csv"
+    frame.to_csv(path, index=False, float_format="%.17g")
+    message = _error(path, how, standardize=False)
+    assert message.startswith(f"{path}: column 'a' reaches ")
+    assert message.endswith(
+        "unscaled: its squares summed over 40 rows overflow float64; set data.standardize: "
+        "true, or rescale the column"
+    )
 
 
 # ----------------------------------------------------------------- data.features

@@ -102,7 +102,8 @@ def _load_in_memory(
     if not scale_target:
         scaling = replace(scaling, y_mean=0.0, y_scale=1.0)
     low, high = np.r_[X.min(axis=0), y.min()], np.r_[X.max(axis=0), y.max()]
-    check_range(low.astype(np.float64), high.astype(np.float64), scaling, columns, dtype, where)
+    check_range(low.astype(np.float64), high.astype(np.float64), scaling, columns, dtype,
+                str(where), len(X))  # fmt: skip
     notes += [f"feature '{names[i]}' {msg}" for i, msg in scale_notes]
     tdtype = TORCH_DTYPES[dtype]
 
@@ -130,7 +131,8 @@ def _load_streamed(
                 cfg.standardize, center=bias)  # fmt: skip
     if not scale_target:
         info.scaling = replace(info.scaling, y_mean=0.0, y_scale=1.0)
-    check_range(info.low, info.high, info.scaling, info.columns, dtype, cfg.path or "")
+    check_range(info.low, info.high, info.scaling, info.columns, dtype, cfg.path or "",
+                info.n_rows)  # fmt: skip
 
     def tensors(rows: np.ndarray) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         if len(rows) == 0:
@@ -159,7 +161,7 @@ def dataset_from_arrays(
     names = names or [f"x{i}" for i in range(X.shape[1])]
     scaling, notes = fit_scaling(X, y, True, center=bias, names=[*names, "y"])
     check_range(np.r_[X.min(axis=0), y.min()], np.r_[X.max(axis=0), y.max()], scaling,
-                [*names, "y"], dtype)  # fmt: skip
+                [*names, "y"], dtype, n_rows=len(X))  # fmt: skip
     tdtype = TORCH_DTYPES[dtype]
     ys = ((y - scaling.y_mean) / scaling.y_scale).reshape(-1, 1)
     return Dataset(

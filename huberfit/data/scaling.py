@@ -166,24 +166,33 @@ def scaling_from(
 
 def check_range(
     low: np.ndarray, high: np.ndarray, scaling: Scaling, names: list[str], dtype: str,
-    where: str = "",
+    where: str = "", n_rows: int = 1,
 ) -> None:  # fmt: skip
     """The values of every column (``low``/``high``: per-column extremes of the features,
-    then the target), once scaled, must fit the training ``dtype``: a located error with
-    advice otherwise (float32 holds up to 3.4e38)."""
+    then the target), as training sees them, must fit the training ``dtype`` (float32
+    holds up to 3.4e38); a column left unscaled (``data.standardize: false``, or the
+    target of your own loss) must keep the squares of its values summed over ``n_rows``
+    finite, as every loss and gradient sums them. A located error with advice otherwise.
+    """
     mean = np.array([*scaling.x_mean, scaling.y_mean])
     scale = np.array([*scaling.x_scale, scaling.y_scale])
     with np.errstate(over="ignore", invalid="ignore"):
         reach = np.maximum(np.abs(high - mean), np.abs(low - mean)) / scale
     limit = float(np.finfo(np.float32 if dtype == "float32" else np.float64).max)
-    over = np.flatnonzero(~(reach <= limit))
-    if len(over):
-        i = int(over[0])
-        scaled = " once scaled" if scale[i] != 1 or mean[i] != 0 else ""
-        advice = "set dtype: float64, or rescale the column" if dtype == "float32" else (
-            "rescale the column"
-        )  # fmt: skip
+    unscaled = (scale == 1) & (mean == 0)
+    squares = np.sqrt(limit / max(n_rows, 1))
+    over = np.flatnonzero(~(reach <= np.where(unscaled, squares, limit)))
+    if not len(over):
+        return
+    i = int(over[0])
+    at = f"{where + ': ' if where else ''}column {names[i]!r} reaches {float(reach[i]):.3g}"
+    advice = ("data.standardize: true, " if unscaled[i] else "") + (
+        "dtype: float64, " if dtype == "float32" else ""
+    )  # fmt: skip
+    advice = f"set {advice}or rescale the column" if advice else "rescale the column"
+    if unscaled[i] and reach[i] <= limit:
         raise DataError(
-            f"{where + ': ' if where else ''}column {names[i]!r} reaches {float(reach[i]):.3g}{scaled}, beyond {dtype}'s "
-            f"range ({limit:.3g}); {advice}"
+            f"{at} unscaled: its squares summed over {n_rows} rows overflow {dtype}; {advice}"
         )
+    scaled = "" if unscaled[i] else " once scaled"
+    raise DataError(f"{at}{scaled}, beyond {dtype}'s range ({limit:.3g}); {advice}")
