@@ -327,7 +327,7 @@ def test_a_constant_column_has_zero_variance_whatever_its_value(tmp_path, how):
     assert data.constant == [1]
 
 
-@pytest.mark.parametrize("optimizer", ["sgd", "lbfgs"])
+@pytest.mark.parametrize("optimizer", ["sgd", pytest.param("lbfgs", marks=pytest.mark.slow)])
 def test_a_constant_feature_gets_coefficient_zero_and_no_garbled_errors(tmp_path, optimizer):
     """Standardized, a constant column is 0 and its weight gets no gradient: it kept its
     random initial value (reported as 33.5 here, the intercept making up for it) and the
