@@ -78,6 +78,25 @@ class DataConfig(_Section):
                 raise ValueError(f"data.target is required when data.source is {self.source}")
         return self
 
+    @model_validator(mode="after")
+    def _check_features(self) -> DataConfig:
+        names = self.features
+        if names is None:
+            return self
+        if not names:
+            raise ValueError("data.features is empty; list at least one column, or null for all")
+        if any(not n.strip() for n in names):
+            raise ValueError("data.features holds an empty column name")
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"data.features lists {', '.join(map(repr, dupes))} more than once")
+        if self.target in names:
+            raise ValueError(
+                f"data.features includes the target {self.target!r}; a model cannot use "
+                "its own target as a feature"
+            )
+        return self
+
 
 class ModelConfig(_Section):
     bias: bool = Field(True, description="fit an intercept")

@@ -114,7 +114,7 @@ def train_run(
     # 2. model and loss (in standardized units), optimizer, scheduler, batches
     spec = spec_of(config.loss)
     model = build_model(len(data.feature_names), config.model.bias, config.seed,
-                        data.X_train.dtype).to(device)  # fmt: skip
+                        data.X_train.dtype, zero=data.constant).to(device)  # fmt: skip
     loss_fn = spec.build(config.loss.delta / data.scaling.y_scale, config.loss.quantile)
     if is_own(config.loss.name):  # the classic mistakes, caught before anything is written
         preflight(loss_fn, own_label(config.loss.name), device, data.scaling.y_scale,
@@ -220,7 +220,7 @@ def fit_in_memory(config: Config, data: Dataset) -> tuple[nn.Linear, FitResult]:
     config, _ = resolve_delta(config, data)
     spec = spec_of(config.loss)
     model = build_model(len(data.feature_names), config.model.bias, config.seed,
-                        data.X_train.dtype).to(device)  # fmt: skip
+                        data.X_train.dtype, zero=data.constant).to(device)  # fmt: skip
     loss_fn = spec.build(config.loss.delta / data.scaling.y_scale, config.loss.quantile)
     optimizer = build_optimizer(config, model)
     train, val = make_batches(config, data, device)

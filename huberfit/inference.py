@@ -43,6 +43,10 @@ def standard_errors(
     n, p = A.shape
     if n <= p:
         return None
+    if np.linalg.matrix_rank(A) < p:  # inv(A'A) would be rounding, its diagonal negative
+        return {"standard_errors": None, "intervals95": None, "standard_error_note":
+                "not defined: the design is singular (a constant feature, or one that is a "
+                "combination of others)"}  # fmt: skip
     try:
         xtx_inv = np.linalg.inv(A.T @ A)
     except np.linalg.LinAlgError:

@@ -7,16 +7,21 @@ data room's ``Scaling.to_original``. Must not import data, losses, train or sink
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 from torch import nn
 
 
-def build_model(n_features: int, bias: bool, seed: int, dtype: torch.dtype) -> nn.Linear:
+def build_model(
+    n_features: int, bias: bool, seed: int, dtype: torch.dtype, zero: Sequence[int] = ()
+) -> nn.Linear:
     """``nn.Linear(n_features, 1)`` initialised like torch's default, but from ``seed``.
 
     torch's default init draws from the global RNG; a dedicated generator makes the initial
     weights a function of the seed alone, so every loss in a comparison starts identically.
+    The features in ``zero`` (constant in the training rows: standardized, they are 0 and
+    their weights get no gradient) start, and so stay, at weight 0 instead of a random one.
     """
     model = nn.Linear(n_features, 1, bias=bias, dtype=dtype)
     gen = torch.Generator().manual_seed(seed)
@@ -25,6 +30,7 @@ def build_model(n_features: int, bias: bool, seed: int, dtype: torch.dtype) -> n
         model.weight.uniform_(-bound, bound, generator=gen)
         if model.bias is not None:
             model.bias.uniform_(-bound, bound, generator=gen)
+        model.weight[0, list(zero)] = 0.0
     return model
 
 

@@ -65,8 +65,17 @@ class TrainedRun:
 
     def predict(self, X: np.ndarray) -> np.ndarray:
         """Predictions in original units for ``X (n, n_features)`` in original units."""
-        Xs = (X - self.x_mean) / self.x_scale
-        return (Xs @ self.weight + self.bias) * self.y_scale + self.y_mean
+        with np.errstate(over="ignore", invalid="ignore"):
+            Xs = (X - self.x_mean) / self.x_scale
+            out = (Xs @ self.weight + self.bias) * self.y_scale + self.y_mean
+        if not np.isfinite(out).all():  # finite cells far beyond the training data's scale
+            row = int(np.flatnonzero(~np.isfinite(out))[0])
+            col = int(np.argmax(np.abs(np.nan_to_num(Xs[row], nan=np.inf))))
+            raise DataError(
+                f"a prediction overflows float64: column {self.features[col]!r} holds "
+                f"{X[row, col]:.3g}, far beyond the training data's scale; rescale the input"
+            )
+        return out
 
 
 def load_run(run_dir: str | Path) -> TrainedRun:

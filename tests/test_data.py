@@ -164,7 +164,7 @@ def test_parquet_non_numeric_names_row(tmp_path):
 
 def test_too_few_rows_for_split(tmp_path):
     path = _csv(tmp_path, "x,y\n1,2\n3,4\n")
-    with pytest.raises(DataError, match="too few for data.val_fraction"):
+    with pytest.raises(DataError, match="of 2 rows, data.val_fraction=0.5 puts 1 in validation"):
         load_dataset(DataConfig(source="csv", path=path, target="y", val_fraction=0.5), seed=0)
 
 

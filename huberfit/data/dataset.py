@@ -16,7 +16,7 @@ import torch
 
 from huberfit.config import Config, DataConfig
 from huberfit.data.batches import BatchSource, InMemoryBatches, ShardedBatches, StreamBatches
-from huberfit.data.scaling import Scaling, fit_scaling
+from huberfit.data.scaling import Scaling, check_range, fit_scaling
 from huberfit.data.split import split_indices
 from huberfit.data.stream import StreamInfo, scan, should_stream
 from huberfit.data.synthetic import make_synthetic
@@ -47,6 +47,7 @@ class Dataset:
     outliers_train: np.ndarray | None = None  # bool per training row (synthetic only)
     outliers_val: np.ndarray | None = None
     notes: list[str] = field(default_factory=list)  # warnings for the console
+    constant: list[int] = field(default_factory=list)  # zero-variance features: weight 0
     stream: StreamInfo | None = None
 
 
@@ -92,10 +93,17 @@ def _load_in_memory(
             notes.append(f"dropped {dropped} rows with missing or non-finite cells")
         source = f"{cfg.path} ({X.shape[0]} rows)"
     # 2. split, 3. scaling from the training rows
-    train_idx, val_idx = split_indices(X.shape[0], cfg.val_fraction, seed, where=source)
-    scaling, scale_notes = fit_scaling(X[train_idx], y[train_idx], cfg.standardize, center=bias)
+    where = cfg.path if cfg.source != "synthetic" else "data.n_samples"
+    train_idx, val_idx = split_indices(X.shape[0], cfg.val_fraction, seed, where=str(where))
+    columns = [*names, cfg.target or "y"]
+    scaling, scale_notes = fit_scaling(
+        X[train_idx], y[train_idx], cfg.standardize, center=bias, names=columns, where=str(where)
+    )
     if not scale_target:
         scaling = replace(scaling, y_mean=0.0, y_scale=1.0)
+    low, high = np.r_[X.min(axis=0), y.min()], np.r_[X.max(axis=0), y.max()]
+    check_range(low.astype(np.float64), high.astype(np.float64), scaling, columns, dtype,
+                str(where), len(X))  # fmt: skip
     notes += [f"feature '{names[i]}' {msg}" for i, msg in scale_notes]
     tdtype = TORCH_DTYPES[dtype]
 
@@ -112,7 +120,7 @@ def _load_in_memory(
         true_weights=truth_w, true_bias=truth_b,
         outliers_train=None if outliers is None else outliers[train_idx],
         outliers_val=None if outliers is None else outliers[val_idx],
-        notes=notes,
+        notes=notes, constant=[i for i, _ in scale_notes],
     )  # fmt: skip
 
 
@@ -123,6 +131,8 @@ def _load_streamed(
                 cfg.standardize, center=bias)  # fmt: skip
     if not scale_target:
         info.scaling = replace(info.scaling, y_mean=0.0, y_scale=1.0)
+    check_range(info.low, info.high, info.scaling, info.columns, dtype, cfg.path or "",
+                info.n_rows)  # fmt: skip
 
     def tensors(rows: np.ndarray) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         if len(rows) == 0:
@@ -137,7 +147,7 @@ def _load_streamed(
         X_train=X_train, y_train=y_train, X_val=X_val, y_val=y_val,
         feature_names=info.features, scaling=info.scaling,
         source=f"{cfg.path} ({info.n_rows} rows in {files} file(s), streamed)",
-        n_rows=info.n_rows, notes=info.notes, stream=info,
+        n_rows=info.n_rows, notes=info.notes, stream=info, constant=info.constant,
     )  # fmt: skip
 
 
@@ -149,13 +159,16 @@ def dataset_from_arrays(
     trains (no validation split), standardized as a config's data would be."""
     X, y = np.asarray(X, dtype=np.float64), np.asarray(y, dtype=np.float64).reshape(-1)
     names = names or [f"x{i}" for i in range(X.shape[1])]
-    scaling, notes = fit_scaling(X, y, True, center=bias)
+    scaling, notes = fit_scaling(X, y, True, center=bias, names=[*names, "y"])
+    check_range(np.r_[X.min(axis=0), y.min()], np.r_[X.max(axis=0), y.max()], scaling,
+                [*names, "y"], dtype, n_rows=len(X))  # fmt: skip
     tdtype = TORCH_DTYPES[dtype]
     ys = ((y - scaling.y_mean) / scaling.y_scale).reshape(-1, 1)
     return Dataset(
         X_train=_tensor(scaling.apply_x(X), tdtype), y_train=_tensor(ys, tdtype), X_val=None,
         y_val=None, feature_names=names, scaling=scaling, source=f"arrays ({len(X)} rows)",
         n_rows=len(X), notes=[f"feature '{names[i]}' {msg}" for i, msg in notes],
+        constant=[i for i, _ in notes],
     )  # fmt: skip
 
 

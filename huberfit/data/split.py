@@ -29,13 +29,17 @@ def in_validation(rows: np.ndarray, seed: int, val_fraction: float) -> np.ndarra
 
 
 def check_split(n: int, n_val: int, val_fraction: float, where: str) -> None:
-    """At least two rows to train on, or a located error."""
-    if n - n_val < 2:
-        needed = 2 + (1 if val_fraction > 0 else 0)
-        raise DataError(
-            f"{where}: {n} rows are too few for data.val_fraction={val_fraction}; "
-            f"need at least {needed} rows (2 to train on)"
-        )
+    """At least two rows to train on after the validation split, or a located error
+    saying how many rows there are, how many the split took and how many training needs."""
+    if n - n_val >= 2:
+        return
+    if n_val == 0:
+        raise DataError(f"{where}: has {n} row{'s' * (n != 1)}; training needs at least 2")
+    raise DataError(
+        f"{where}: of {n} rows, data.val_fraction={val_fraction} puts {n_val} in validation "
+        f"and leaves {n - n_val} to train on; training needs at least 2: add rows or lower "
+        "data.val_fraction"
+    )
 
 
 def split_indices(

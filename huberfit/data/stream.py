@@ -29,7 +29,21 @@ import numpy as np
 
 from huberfit.data.scaling import Moments, Scaling, scaling_from
 from huberfit.data.split import check_split, in_validation, row_hash
-from huberfit.data.tables import check_columns, read_header, resolve_files
+from huberfit.data.tables import (
+    check_arrow_types,
+    check_columns,
+    check_file,
+    check_ragged,
+    csv_row,
+    header_lines,
+    not_utf8,
+    numeric_values,
+    parquet_schema,
+    read_header,
+    reader_names,
+    resolve_files,
+    undecodable,
+)
 from huberfit.errors import DataError
 
 READ_ROWS = 65_536  # rows per record batch read from a file
@@ -45,6 +59,9 @@ class Piece:
     first_row: int = 0  # global index of its first row
     rows: int = 0
     train_rows: int = 0
+    file_row: int = 0  # index of its first row in its file
+    skip: int = 0  # CSV: lines up to the header
+    stamp: tuple[int, int] | None = None  # the file's size and mtime when scanned
 
     def split_rows(self, split: str) -> int:
         return self.train_rows if split == "train" else self.rows - self.train_rows
@@ -54,9 +71,9 @@ def file_columns(files: list[str], source: str) -> list[str]:
     """The columns every file shares (by ``read_header``), or a located error."""
     if "://" in files[0]:  # an object store: pyarrow reads the header
         return []
-    names = read_header(Path(files[0]), source)
+    names = read_header(check_file(files[0]), source)
     for f in files[1:]:
-        other = read_header(Path(f), source)
+        other = read_header(check_file(f), source)
         if other != names:
             raise DataError(f"{f}: its columns {other} differ from {files[0]}'s {names}")
     return names
@@ -68,25 +85,47 @@ def open_pieces(files: list[str], source: str, names: list[str], typed: list[str
     import pyarrow as pa
     import pyarrow.dataset as ds
 
+    if source == "parquet":
+        groups = {0: files}
+    else:  # files with the header on another line are read with another skip
+        groups = {}
+        for f in files:
+            groups.setdefault(header_lines(Path(f)) if names else 0, []).append(f)
+    pieces, schema_names = [], []
+    for skip, group in groups.items():
+        try:
+            fmt = "parquet" if source == "parquet" else _csv_format(names, typed, skip)
+            dataset = ds.dataset(group, format=fmt)
+            fragments = list(dataset.get_fragments())
+        except (pa.ArrowException, OSError) as exc:
+            raise DataError(_arrow_message(exc, _failed_path(exc, group), names, skip)) from None
+        schema_names = list(dataset.schema.names)
+        for fragment in fragments:
+            stamp = _stamp(fragment.path)
+            if source == "parquet":
+                file_row = 0
+                for rg in fragment.split_by_row_group():
+                    rows = sum(r.num_rows for r in rg.row_groups)
+                    pieces.append(Piece(fragment.path, rg, rows=rows, file_row=file_row,
+                                        stamp=stamp))  # fmt: skip
+                    file_row += rows
+            else:
+                pieces.append(Piece(fragment.path, fragment, skip=skip, stamp=stamp))
+    if len(groups) > 1:  # back in the files' order, as in memory
+        order = {f: i for i, f in enumerate(files)}
+        pieces.sort(key=lambda p: order.get(p.path, len(files)))
+    return pieces, schema_names
+
+
+def _stamp(path: str) -> tuple[int, int] | None:
     try:
-        if source == "parquet":
-            dataset = ds.dataset(files, format="parquet")
-        else:
-            dataset = ds.dataset(files, format=_csv_format(names, typed))
-    except (pa.ArrowInvalid, OSError) as exc:
-        raise DataError(_arrow_message(exc, files[0], names)) from None
-    pieces = []
-    for fragment in dataset.get_fragments():
-        if source == "parquet":
-            for rg in fragment.split_by_row_group():
-                rows = sum(r.num_rows for r in rg.row_groups)
-                pieces.append(Piece(fragment.path, rg, rows=rows))
-        else:
-            pieces.append(Piece(fragment.path, fragment))
-    return pieces, list(dataset.schema.names)
+        st = os.stat(path)
+    except OSError:  # an object store
+        return None
+    return st.st_size, st.st_mtime_ns
 
 
-def _csv_format(names: list[str], typed: list[str]):
+def _csv_format(names: list[str], typed: list[str], skip: int):
     import pyarrow as pa
     import pyarrow.csv as pcsv
     import pyarrow.dataset as ds
@@ -95,7 +134,9 @@ def _csv_format(names: list[str], typed: list[str]):
     # keeps quotes after a space (`"x 1", "x2"` would give a column ` "x2"`)
     read = pcsv.ReadOptions(block_size=1 << 22)
     if names:
-        read = pcsv.ReadOptions(block_size=1 << 22, column_names=names, skip_rows=1)
+        read = pcsv.ReadOptions(
+            block_size=1 << 22, column_names=reader_names(names), skip_rows=skip
+        )
     types = {c: pa.float64() for c in typed} or None
     return ds.CsvFileFormat(
         parse_options=pcsv.ParseOptions(),
@@ -104,25 +145,51 @@ def _csv_format(names: list[str], typed: list[str]):
     )
 
 
-_ROW = re.compile(
-    r"In CSV column #(\d+): Row #(\d+): CSV conversion error to \w+: invalid value '([^']*)'"
-)
+_CONVERT = re.compile(r"In CSV column #(\d+): Row #(\d+): CSV conversion error")
+_RAGGED = re.compile(r"CSV parse error: Row #(\d+): Expected (\d+) columns, got (\d+)")
+_SOURCE = re.compile(r"(?:input source|local file) '([^']+)'")
 
 
-def _arrow_message(exc: Exception, path: str, names: list[str] | None = None) -> str:
+def _failed_path(exc: Exception, files: list[str]) -> str:
+    m = _SOURCE.search(str(exc))
+    return m.group(1) if m else files[0]
+
+
+def _arrow_message(exc: Exception, path: str, names: list[str] | None, skip: int = 1) -> str:
+    """pyarrow's error as the in-memory reader words it: file, line, column, value."""
     text = str(exc)
-    m = _ROW.search(text)
-    if m and names:
-        col, line, value = int(m.group(1)), int(m.group(2)), m.group(3)
-        name = names[col] if col < len(names) else f"#{col}"
-        return f"{path}: non-numeric value {value!r} in column {name!r} at line {line}"
-    return f"{path}: cannot read ({text.splitlines()[0]})"
+    file = Path(path)
+    if names and "://" not in path:
+        m = _CONVERT.search(text)
+        if m:  # Row #n counts the skipped lines and the rows, not blank lines
+            col, data_row = int(m.group(1)), int(m.group(2)) - skip - 1
+            found = csv_row(file, data_row, arrow=True)
+            name = names[col] if col < len(names) else f"#{col + 1}"
+            if found and col < len(found[1]):
+                line, value = found[0], found[1][col]
+                if undecodable(value):
+                    return not_utf8(file, line, value, name)
+                if "\n" in value and csv_row(file, data_row + 1, arrow=True) is None:
+                    return f"{path}: line {line} opens a quoted cell that never closes"
+                return f"{path}: non-numeric value {value!r} in column {name!r} at line {line}"
+        m = _RAGGED.search(text)
+        if m:
+            check_ragged(file, len(names), arrow=True)  # raises, located
+            return f"{path}: a row has {m.group(3)} cells where the header has {m.group(2)}"
+    if isinstance(exc, FileNotFoundError) or "No such file" in text:
+        return f"{path}: the file is gone (removed or renamed since it was found)"
+    detail = (text.splitlines() or [type(exc).__name__])[0].rsplit("Invalid: ", 1)[-1]
+    return f"{path}: cannot read it ({detail})"
 
 
 def read_piece(piece: Piece, columns: list[str], names: list[str]) -> Iterator[np.ndarray]:
     """The piece's rows as float64 arrays ``(n, len(columns))``, batch by batch."""
     import pyarrow as pa
 
+    if piece.stamp is not None and _stamp(piece.path) != piece.stamp:
+        what = "is gone" if not os.path.exists(piece.path) else "has changed"
+        raise DataError(f"{piece.path}: the file {what} since the scan at the start of the run")
+    row = piece.file_row
     try:
         # little read-ahead: arrow's defaults (16 batches, 4 files) hold hundreds of MB
         batches = piece.fragment.to_batches(
@@ -130,11 +197,39 @@ def read_piece(piece: Piece, columns: list[str], names: list[str]) -> Iterator[n
         )
         for batch in batches:
             if batch.num_rows:
-                yield np.column_stack(
-                    [batch.column(i).to_numpy(zero_copy_only=False) for i in range(len(columns))]
-                ).astype(np.float64, copy=False)
-    except (pa.ArrowInvalid, pa.ArrowTypeError, OSError) as exc:
-        raise DataError(_arrow_message(exc, piece.path, names)) from None
+                yield _numbers(batch, columns, piece.path, row)
+                row += batch.num_rows
+    except (pa.ArrowException, OSError) as exc:
+        raise DataError(_arrow_message(exc, piece.path, names, piece.skip)) from None
+
+
+def _numbers(batch, columns: list[str], path: str, first: int) -> np.ndarray:
+    """A record batch as float64 ``(n, columns)``: numbers as they are; strings parsed
+    (and dictionary-encoded columns decoded) as in memory, bad cells located."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.types as pat
+
+    out = np.empty((batch.num_rows, len(columns)))
+    strings = {}
+    for i in range(len(columns)):
+        col = batch.column(i)
+        if pat.is_dictionary(col.type):
+            col = col.dictionary_decode()
+        if pat.is_string(col.type) or pat.is_large_string(col.type):
+            strings[i] = col
+        elif pat.is_floating(col.type):
+            out[:, i] = col.to_numpy(zero_copy_only=False)
+        else:  # integers, booleans, decimals, nulls
+            out[:, i] = pc.cast(col, pa.float64(), safe=False).to_numpy(zero_copy_only=False)
+    if strings:
+        import pandas as pd
+
+        frame = pd.DataFrame({columns[i]: col.to_pandas() for i, col in strings.items()})
+        wanted = [columns[i] for i in strings]
+        values, _ = numeric_values(frame, wanted, Path(path), "parquet", "keep", np.float64, first)
+        out[:, list(strings)] = values
+    return out
 
 
 @dataclass
@@ -152,7 +247,10 @@ class StreamInfo:
     n_val: int
     scaling: Scaling
     samples: dict[str, np.ndarray] = field(default_factory=dict)  # 'train'/'val' raw rows
+    low: np.ndarray | None = None  # per column (features, target): the smallest value
+    high: np.ndarray | None = None  # and the largest
     notes: list[str] = field(default_factory=list)
+    constant: list[int] = field(default_factory=list)  # zero-variance features
     forced_val: int = -1  # tiny data: the one validation row when the hash picked none
 
     def validation_mask(self, rows: np.ndarray) -> np.ndarray:
@@ -187,21 +285,28 @@ def scan(path: str, source: str, target: str | None, features: list[str] | None,
     """Pass 1: validate every batch, count, split, and compute the training statistics."""
     files = resolve_files(path, source)
     header = file_columns(files, source)
+    if header:  # the columns first, as in memory
+        check_columns(Path(files[0]), header, target, features, require_target=True)
     pieces, names = open_pieces(files, source, header, [])
+    names = header or names  # the header's (unnamed columns stay unnamed)
     features, _ = check_columns(Path(files[0]), names, target, features, require_target=True)
     columns = features + [target]
     if source == "csv":  # reopen with every used column typed as float64
-        pieces, names = open_pieces(files, source, header, columns)
-    stats, row, line_in_file, last_path = Moments(), 0, 0, None
+        pieces, _ = open_pieces(files, source, header, columns)
+    else:  # the types every file holds, as in memory (a dataset has the first file's)
+        for f in files if "://" not in files[0] else []:
+            check_arrow_types(f, parquet_schema(Path(f)), columns)
+    stats, row = Moments(), 0
+    low, high = np.full(len(columns), np.inf), np.full(len(columns), -np.inf)
     smallest = (math.inf, -1)  # (hash, row): the validation row of last resort
     samples: dict[str, list[np.ndarray]] = {"train": [], "val": []}
     n_val = 0
     for piece in pieces:
-        line_in_file = 0 if piece.path != last_path else line_in_file
-        last_path, piece.first_row = piece.path, row
+        piece.first_row = row
         train_rows = 0
         for a in read_piece(piece, columns, names):
-            _check_finite(a, piece, line_in_file, source, columns)
+            _check_finite(a, piece, row - piece.first_row, source, columns)
+            low, high = np.minimum(low, a.min(axis=0)), np.maximum(high, a.max(axis=0))
             rows = np.arange(row, row + len(a))
             val = in_validation(rows, seed, val_fraction)
             h = row_hash(rows, seed)
@@ -209,26 +314,45 @@ def scan(path: str, source: str, target: str | None, features: list[str] | None,
                 smallest = (float(h.min()), int(rows[np.argmin(h)]))
             train = a[~val]
             train_rows += len(train)
-            stats.add(train if center else train * train)
+            stats.add(train if center else _squares(train))
             _keep_sample(samples, train, a[val])
             n_val += int(val.sum())
-            row, line_in_file = row + len(a), line_in_file + len(a)
+            row += len(a)
         piece.rows, piece.train_rows = row - piece.first_row, train_rows
+    _check_rows(files, pieces)
     info = StreamInfo(pieces, names, features, target, seed, val_fraction, row, row - n_val,
-                      n_val, Scaling([], [], 0.0, 1.0))  # fmt: skip
+                      n_val, Scaling([], [], 0.0, 1.0), low=low, high=high)  # fmt: skip
     if val_fraction > 0 and n_val == 0 and row:  # as split.split_indices does in memory
         _force_validation_row(info, smallest[1])
         stats = Moments()
         for a in info.raw_rows(pieces, "train"):
-            stats.add(a if center else a * a)
+            stats.add(a if center else _squares(a))
     check_split(row, info.n_val, val_fraction, path)
     f = len(features)
     per_column = (Moments(stats.n, stats.mean[:f], stats.m2[:f]),
                   Moments(stats.n, stats.mean[f], stats.m2[f]))  # fmt: skip
-    info.scaling, notes = scaling_from(per_column, f, standardize, center)
+    info.scaling, notes = scaling_from(per_column, f, standardize, center, columns, path)
     info.notes = [f"feature '{features[i]}' {msg}" for i, msg in notes]
+    info.constant = [i for i, _ in notes]
     info.samples = _samples(info) if info.forced_val >= 0 else _stack(samples, len(columns))
     return info
+
+
+def _squares(a: np.ndarray) -> np.ndarray:
+    with np.errstate(over="ignore"):  # overflow: scaling_from names the column
+        return a * a
+
+
+def _check_rows(files: list[str], pieces: list[Piece]) -> None:
+    """Every file has data rows, as ``tables.read_table`` requires in memory."""
+    if "://" in files[0]:
+        return
+    rows = {str(Path(f)): 0 for f in files}
+    for piece in pieces:
+        rows[str(Path(piece.path))] = rows.get(str(Path(piece.path)), 0) + piece.rows
+    for f, n in rows.items():
+        if n == 0:
+            raise DataError(f"{f}: has a header but no data rows")
 
 
 def _force_validation_row(info: StreamInfo, row: int) -> None:
@@ -252,11 +376,16 @@ def _stack(samples: dict[str, list[np.ndarray]], width: int) -> dict[str, np.nda
 
 
 def _check_finite(a: np.ndarray, piece: Piece, first: int, source: str, columns: list[str]) -> None:
+    """``first``: the index of ``a``'s first row in the piece."""
     finite = np.isfinite(a)
     if finite.all():
         return
-    r, c = np.argwhere(~finite)[0]
-    where = f"line {first + r + 2}" if source == "csv" else f"row {first + r + 1}"
+    r, c = (int(i) for i in np.argwhere(~finite)[0])
+    row = piece.file_row + first + r  # 0-based data row in the file
+    where = f"row {row + 1}"
+    if source == "csv" and "://" not in piece.path:
+        found = csv_row(Path(piece.path), row, arrow=True)
+        where = f"line {found[0]}" if found else f"data row {row + 1}"
     raise DataError(
         f"{piece.path}: missing or non-finite cell in column {columns[c]!r} at {where}; "
         "streaming needs complete rows"
