@@ -22,8 +22,9 @@ CHECKPOINT_FORMAT = 1
 
 
 def make_run_dir(runs_dir: str | Path, name: str, prefix: str = "") -> Path:
-    """Create ``<runs_dir>/<prefix><name>-<YYYYmmdd-HHMMSS>`` (``-2``, ``-3``... if taken)."""
-    parent = Path(runs_dir)
+    """Create ``<runs_dir>/<prefix><name>-<YYYYmmdd-HHMMSS>`` (``-2``, ``-3``... if taken).
+    ``~`` in ``runs_dir`` is the home folder, as in ``data.path``."""
+    parent = Path(runs_dir).expanduser()
     try:
         parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -36,6 +37,8 @@ def make_run_dir(runs_dir: str | Path, name: str, prefix: str = "") -> Path:
             return candidate
         except FileExistsError:
             continue
+        except OSError as exc:  # a name too long for this file system, no permission, ...
+            raise RunError(f"cannot create run folder {candidate}: {exc.strerror}") from None
     raise RunError(f"cannot find a free run folder name for {stem} in {parent}")
 
 

@@ -17,7 +17,7 @@ SIDE_RUNS = {"truth", "val"}  # TensorBoard-only folders beside runs (see sinks.
 
 def list_runs(runs_dir: str | Path) -> list[dict[str, Any]]:
     """Summary rows of every run under ``runs_dir``, newest first; children follow parents."""
-    root = Path(runs_dir)
+    root = Path(runs_dir).expanduser()
     if not root.is_dir():
         return []
     rows: list[dict[str, Any]] = []
