@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from huberfit.config import user_path
 from huberfit.errors import RunError
 
 CHECKPOINT_FORMAT = 1
@@ -24,11 +25,12 @@ CHECKPOINT_FORMAT = 1
 def make_run_dir(runs_dir: str | Path, name: str, prefix: str = "") -> Path:
     """Create ``<runs_dir>/<prefix><name>-<YYYYmmdd-HHMMSS>`` (``-2``, ``-3``... if taken).
     ``~`` in ``runs_dir`` is the home folder, as in ``data.path``."""
-    parent = Path(runs_dir).expanduser()
+    parent = user_path(runs_dir)
     try:
         parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise RunError(f"cannot create runs folder {parent}: {exc.strerror}") from None
+    except (OSError, ValueError) as exc:  # ValueError: a NUL in the path
+        why = getattr(exc, "strerror", None) or exc
+        raise RunError(f"cannot create runs folder {parent}: {why}") from None
     stem = f"{prefix}{name}-{time.strftime('%Y%m%d-%H%M%S')}"
     for i in range(1, 10_000):
         candidate = parent / (stem if i == 1 else f"{stem}-{i}")

@@ -40,6 +40,17 @@ class _Section(BaseModel):
         extra="forbid", strict=True, validate_default=True, allow_inf_nan=False
     )
 
+    @field_validator("*")
+    @classmethod
+    def _no_nul(cls, value: Any) -> Any:
+        # no file, column or run name holds one; the OS refuses it in a path (ValueError)
+        if any(
+            isinstance(v, str) and "\x00" in v
+            for v in (value if isinstance(value, list) else [value])
+        ):
+            raise ValueError("must not contain a NUL character")
+        return value
+
 
 class DataConfig(_Section):
     """Where the rows come from, how they are split and scaled."""
@@ -376,7 +387,7 @@ def parse_yaml(text: str, source: str, loader: type = _Loader) -> Any:
         context, cmark = getattr(exc, "context", None), getattr(exc, "context_mark", None)
         if context and cmark and (mark is None or cmark.line != mark.line):
             problem += f" ({context} started at line {cmark.line + 1}, column {cmark.column + 1})"
-        raise ConfigError(f"{where}: invalid YAML: {problem}") from None
+        raise ConfigError(f"{where}: invalid YAML: {_clip(problem, 200)}") from None
 
 
 def _line_column(text: str | bytes, position: int) -> str:
@@ -545,8 +556,19 @@ def override_keys(overrides: list[str]) -> set[str]:
 
 
 def _resolve_from(folder: Path, file: str) -> str:
-    p = Path(file).expanduser()
+    if "\x00" in file:  # not a path: the schema refuses it by name
+        return file
+    p = user_path(file)
     return str(p if p.is_absolute() or "://" in file else (folder / p).resolve())
+
+
+def user_path(text: str | Path) -> Path:
+    """``text`` as a path, ``~`` and ``~user`` expanded as a shell does (a ``~user`` that
+    does not exist stays as written). Every path a person gives goes through here."""
+    try:
+        return Path(text).expanduser()
+    except RuntimeError:  # no such user, or no home folder
+        return Path(text)
 
 
 def validate_config(
@@ -570,7 +592,7 @@ def validate_config(
         raise ConfigError(_problems_line(problems, source)) from None
 
 
-PROBLEMS_WIDTH = 300
+PROBLEMS_WIDTH = 250
 
 
 def _problems_line(problems: dict[str, bool], source: str) -> str:
@@ -758,7 +780,7 @@ def _unknown_key(loc: list[str]) -> str:
         field = section.model_fields.get(part) if section else None
         ann = _unwrap(field.annotation) if field else None
         section = ann if _is_model(ann) else None
-    where = _clip(".".join(loc), 80)
+    where = _clip(".".join(loc), 40)
     known = list(section.model_fields) if section else []
     close = difflib.get_close_matches(loc[-1][:80], known, n=1, cutoff=0.6)
     hint = f" (did you mean '{'.'.join([*loc[:-1], close[0]])}'?)" if close else ""

@@ -12,12 +12,14 @@ import time
 from pathlib import Path
 from typing import Any
 
+from huberfit.config import user_path
+
 SIDE_RUNS = {"truth", "val"}  # TensorBoard-only folders beside runs (see sinks.py)
 
 
 def list_runs(runs_dir: str | Path) -> list[dict[str, Any]]:
     """Summary rows of every run under ``runs_dir``, newest first; children follow parents."""
-    root = Path(runs_dir).expanduser()
+    root = user_path(runs_dir)
     if not root.is_dir():
         return []
     rows: list[dict[str, Any]] = []
