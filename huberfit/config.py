@@ -305,10 +305,11 @@ def _check_tree(
     size, depth = 1, 0
     if isinstance(node, yaml.MappingNode):
         first: dict[tuple[str, str], yaml.Node] = {}
+        seen_here: set[int] = set()  # a key given twice through one alias is one node
         for key, value in node.value:
             if isinstance(key, yaml.ScalarNode) and key.tag != "tag:yaml.org,2002:merge":
                 other = first.setdefault((key.tag, key.value), key)
-                if other is not key:
+                if other is not key or id(key) in seen_here:
                     where = _clip(".".join([*path, key.value]))
                     raise yaml.composer.ComposerError(
                         None, None,
@@ -316,6 +317,7 @@ def _check_tree(
                         f"{key.start_mark.line + 1}); keep one",
                         key.start_mark,
                     )  # fmt: skip
+            seen_here.add(id(key))
             name = key.value if isinstance(key, yaml.ScalarNode) else "?"
             for child, child_path in ((key, path), (value, [*path, str(name)])):
                 n, d = _check_tree(child, child_path, seen)
@@ -452,13 +454,13 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
             )
         if len(parts) > MAX_DEPTH:
             raise ConfigError(f"override {_clip(key)}: keys nest at most {MAX_DEPTH} levels")
-        node = raw
+        raw = node = dict(raw)  # copied along the key's path: the caller's mapping stays as it was
         for i, part in enumerate(parts[:-1]):
-            child = node.setdefault(part, {})
+            child = node.get(part, {})
             if not isinstance(child, dict):
                 where = _clip(".".join(parts[: i + 1]))
                 raise ConfigError(f"override {_clip(key)}: {where} is a value, not a section")
-            node = child
+            node[part] = node = dict(child)
         node[parts[-1]] = parse_override_value(parts, value, f"override {_clip(key)}")
     return raw
 
@@ -583,8 +585,13 @@ def validate_config(
     except ValidationError as exc:
         overridden = overridden or set()
         problems: dict[str, bool] = {}  # message -> from an override (a union's tries: one)
+        hints: set[str] = set()  # a section's valid keys, listed once
         for err in exc.errors(include_url=False):
             key, message = _problem(err)
+            hint = re.search(r" \(valid keys here: [^)]*\)$", message)
+            if hint and hint.group(0) in hints:
+                message = message[: hint.start()]
+            hints.add(hint.group(0) if hint else "")
             from_override = bool(source) and any(
                 key == k or key.startswith(k + ".") for k in overridden
             )

@@ -243,6 +243,18 @@ def test_paths_with_a_nul_or_an_unknown_user_are_named_not_crashed(tmp_path, mon
 # ----------------------------------------------------------------------------- messages
 
 
+def test_overrides_leave_the_callers_mapping_and_shared_anchors_alone(tmp_path):
+    from huberfit.api import _config
+
+    mine = {"optimizer": {"lr": 0.1}}
+    assert _config(mine, ["optimizer.lr=0.2"]).optimizer.lr == 0.2
+    assert mine == {"optimizer": {"lr": 0.1}}
+    f = tmp_path / "c.yaml"  # one anchored mapping used twice: an override changes one use
+    f.write_text("data: &d {true_weights: [1, 2, 3]}\nloss: {name: m:C, kwargs: *d}\n")
+    cfg = load_config(f, ["data.true_weights=[4, 5, 6]"])
+    assert cfg.loss.kwargs == {"true_weights": [1, 2, 3]}
+
+
 def test_empty_dotted_parts_are_named():
     for key in ("data..x", ".seed", "data."):
         msg = _override_refused(f"{key}=1")
