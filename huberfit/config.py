@@ -24,9 +24,16 @@ DEVICE_PATTERN = r"^(auto|cpu|mps|cuda(:[0-9]+)?)$"
 # A run folder is <prefix><name>-<YYYYmmdd-HHMMSS>[-N]: a name of at most 128 characters
 # keeps it well inside the 255 bytes a file name may have (ext4, APFS, NTFS).
 MAX_NAME = 128
-MAX_SEED = 2**63 - 1  # seeds torch and NumPy generators (64-bit), with room for seed + 1
+MAX_INT = 2**63 - 1  # every integer key: what torch, NumPy and Python sizes hold
+MAX_SEED = MAX_INT  # seeds torch and NumPy generators (64-bit), with room for seed + 1
 
-PositiveFloat = Annotated[float, Field(gt=0)]
+# Bounds on finite values that would still overflow: torch multiplies the optimizer's
+# numbers into float32 tensors (largest float32: 3.4e38), and synthetic data are squared and
+# summed in float64 for scaling (1e100 squared and summed over 1e12 rows stays finite).
+F32_MAX = 3.4028234663852886e38
+SYNTHETIC_MAX = 1e100
+PositiveFloat = Annotated[float, Field(gt=0, le=F32_MAX)]
+Synthetic = Annotated[float, Field(ge=-SYNTHETIC_MAX, le=SYNTHETIC_MAX)]
 # The learning rate an optimizer gets when optimizer.lr is not given. SGD and Adam: steps
 # that train the built-in experiment (standardized data) in its 50 epochs; L-BFGS: 1, the
 # unit quasi-Newton step its line search starts from (smaller values stop it early).
@@ -42,13 +49,15 @@ class _Section(BaseModel):
 
     @field_validator("*")
     @classmethod
-    def _no_nul(cls, value: Any) -> Any:
-        # no file, column or run name holds one; the OS refuses it in a path (ValueError)
-        if any(
-            isinstance(v, str) and "\x00" in v
-            for v in (value if isinstance(value, list) else [value])
-        ):
-            raise ValueError("must not contain a NUL character")
+    def _fits(cls, value: Any) -> Any:
+        # every key, generally: no string holds a NUL (no file, column or run name does; the
+        # OS refuses one in a path), no integer exceeds 64 bits (torch, NumPy and Python's
+        # own sizes are 64-bit: a larger one would crash them mid-run)
+        for v in value if isinstance(value, list) else [value]:
+            if isinstance(v, str) and "\x00" in v:
+                raise ValueError("must not contain a NUL character")
+            if isinstance(v, int) and not isinstance(v, bool) and v > MAX_INT:
+                raise ValueError(f"must be <= {MAX_INT} (a 64-bit integer)")
         return value
 
 
@@ -60,11 +69,15 @@ class DataConfig(_Section):
     )
     n_samples: int = Field(2000, ge=2, description="synthetic only: number of rows")
     n_features: int = Field(3, ge=1, description="synthetic only: number of features")
-    noise_std: float = Field(0.5, ge=0, description="synthetic only: std of the Gaussian noise")
+    noise_std: float = Field(
+        0.5, ge=0, le=SYNTHETIC_MAX, description="synthetic only: std of the Gaussian noise"
+    )
     outlier_fraction: float = Field(0.1, ge=0, lt=1, description="share of corrupted rows")
-    outlier_scale: float = Field(20.0, ge=0, description="typical outlier error, target units")
-    true_weights: list[float] | None = Field(None, description="null: drawn from the seed")
-    true_bias: float = Field(1.0, description="synthetic only: the true intercept")
+    outlier_scale: float = Field(
+        20.0, ge=0, le=SYNTHETIC_MAX, description="typical outlier error, target units"
+    )
+    true_weights: list[Synthetic] | None = Field(None, description="null: drawn from the seed")
+    true_bias: Synthetic = Field(1.0, description="synthetic only: the true intercept")
     path: str | None = Field(None, description="csv/parquet file, relative to the config")
     target: str | None = Field(None, description="csv/parquet: the target column")
     features: list[str] | None = Field(None, description="null: every column but the target")
@@ -154,8 +167,8 @@ class LossConfig(_Section):
             return delta
         if isinstance(delta, bool) or not isinstance(delta, int | float):
             raise ValueError("must be a number > 0 or auto")
-        if not (0 < delta < float("inf")):
-            raise ValueError("must be a finite number > 0 or auto")
+        if not (0 < delta <= F32_MAX):
+            raise ValueError(f"must be a finite number > 0 (at most {F32_MAX:.5g}) or auto")
         return float(delta)
 
 
@@ -169,9 +182,10 @@ class OptimizerConfig(_Section):
     )
     momentum: float = Field(0.0, ge=0, lt=1, description="sgd only")
     nesterov: bool = Field(False, description="sgd only; needs momentum > 0")
-    weight_decay: float = Field(0.0, ge=0, description="L2 penalty (not with lbfgs)")
+    weight_decay: float = Field(0.0, ge=0, le=F32_MAX, description="L2 penalty (not with lbfgs)")
     max_iter: int = Field(100, ge=1, description="lbfgs only: iterations per epoch")
-    history_size: int = Field(20, ge=1, description="lbfgs only")
+    # torch allocates a list of this length at every step: a bound, not a preference
+    history_size: int = Field(20, ge=1, le=10_000, description="lbfgs only")
 
     @model_validator(mode="after")
     def _check_nesterov(self) -> OptimizerConfig:
@@ -188,7 +202,7 @@ class SchedulerConfig(_Section):
     name: Literal["none", "cosine", "step"] = Field("none", description="none | cosine | step")
     step_size: int = Field(10, ge=1, description="step: epochs between decays")
     gamma: float = Field(0.5, gt=0, le=1, description="step: decay factor")
-    min_lr: float = Field(0.0, ge=0, description="cosine: final learning rate")
+    min_lr: float = Field(0.0, ge=0, le=F32_MAX, description="cosine: final learning rate")
 
 
 class TrainConfig(_Section):

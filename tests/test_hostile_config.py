@@ -155,6 +155,22 @@ def test_non_finite_floats_are_refused_by_key(key, value):
     assert msg.startswith(f"{key} must be a finite number; got "), msg
 
 
+@pytest.mark.parametrize(
+    "override, expected",
+    [("optimizer.lr=1e39", "optimizer.lr must be <= 3.40282e+38"),
+     ("optimizer.weight_decay=1e308", "optimizer.weight_decay must be <= 3.40282e+38"),
+     ("scheduler.min_lr=1e308", "scheduler.min_lr must be <= 3.40282e+38"),
+     ("loss.delta=1e308", "loss.delta must be a finite number > 0 (at most 3.4028e+38)"),
+     ("data.noise_std=1e160", "data.noise_std must be <= 1e+100"),
+     ("data.true_bias=-1e308", "data.true_bias must be >= -1e+100"),
+     ("data.true_weights=[1, 1e200, 3]", "data.true_weights.1 must be <= 1e+100")],
+)  # fmt: skip
+def test_finite_values_that_would_overflow_are_refused_by_key(override, expected):
+    # they crashed torch's float32 kernels ("cannot be converted to type float without
+    # overflow"), or overflowed the synthetic target's scale into a HuberLoss ValueError
+    assert _override_refused(override).startswith(expected)
+
+
 def test_non_finite_true_weights_are_refused_by_item():
     assert _override_refused("data.true_weights=[1, .nan, 2]").startswith(
         "data.true_weights.1 must be a finite number; got nan"
@@ -172,6 +188,21 @@ def test_seeds_beyond_63_bits_are_refused_and_the_largest_shuffles():
     X = torch.zeros(10, 1)  # the largest seed's epoch order is a permutation, not an overflow
     order = InMemoryBatches(X, X, 4, load_config(None, [f"seed={MAX_SEED}"]).seed).order(3)
     assert sorted(order.tolist()) == list(range(10))
+
+
+@pytest.mark.parametrize("key", ["train.grad_accum_steps", "optimizer.history_size",
+                                 "train.epochs", "data.memory_budget_mb"])  # fmt: skip
+def test_integers_beyond_64_bits_are_refused_by_key(key):
+    # they crashed torch or Python mid-run (islice, an index-sized integer)
+    assert _override_refused(f"{key}={10**20}").startswith(f"{key} must be <= ")
+
+
+def test_lbfgs_history_is_bounded():
+    # torch's L-BFGS allocates a list of history_size entries at every step
+    assert load_config(None, ["optimizer.history_size=10000"]).optimizer.history_size == 10000
+    assert _override_refused("optimizer.history_size=10001").startswith(
+        "optimizer.history_size must be <= 10000; got 10001"
+    )
 
 
 def test_sizes_that_cannot_fit_are_refused_before_allocating():
