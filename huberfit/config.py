@@ -1,8 +1,10 @@
 """The config: a typed pydantic schema, YAML loading, dotted overrides and error messages.
 
 Validated once, at the edge: everything below receives a ``Config`` it can trust. Every
-problem in a file is reported at once, each naming the dotted key, the constraint and the
-value given. Torch-free (imported by ``huberfit --help``).
+problem in a file is reported at once, in one line, each naming the dotted key, the
+constraint and the value given. Hostile input (a device, an alias bomb, deep nesting,
+duplicate keys, NaN, numbers that overflow where they are used) is refused by a bounded
+loader and the schema, never a traceback. Torch-free (imported by ``huberfit --help``).
 """
 
 from __future__ import annotations

@@ -329,7 +329,7 @@ def test_many_problems_are_counted_not_listed(tmp_path):
     assert msg.count("unknown key") >= 1 and msg.endswith("more problems")
 
 
-def test_subcommands_and_resume_share_the_loader(runner, tmp_path):
+def test_every_command_reads_configs_and_overrides_through_one_loader(runner, tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("seed: 1\nseed: 2\n")
     for argv in (["config", "show"], ["config", "validate"], ["train"], ["compare-losses"]):
