@@ -284,15 +284,20 @@ class _Guarded:
     last one silently)."""
 
     _depth = 0
+    _nodes = 0
 
     def compose_node(self, parent: Any, index: Any) -> Any:
         self._depth += 1
+        self._nodes += 1  # stops a long flat list early, before it is all composed
         try:
-            if self._depth > MAX_DEPTH:
+            if self._depth > MAX_DEPTH or self._nodes > MAX_VALUES:
                 mark = self.peek_event().start_mark  # type: ignore[attr-defined]
                 raise yaml.composer.ComposerError(
-                    None, None, f"nested deeper than {MAX_DEPTH} levels", mark
-                )
+                    None, None,
+                    f"nested deeper than {MAX_DEPTH} levels" if self._depth > MAX_DEPTH
+                    else f"more than {MAX_VALUES:,} values (a config needs a few dozen)",
+                    mark,
+                )  # fmt: skip
             return super().compose_node(parent, index)  # type: ignore[misc]
         finally:
             self._depth -= 1

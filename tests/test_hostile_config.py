@@ -86,6 +86,16 @@ def test_alias_bomb_is_refused_before_it_expands(tmp_path):
     assert load_config(f).data.true_weights == [1, 2, 3]
 
 
+def test_too_many_values_stop_the_reading_where_they_pass_the_bound(tmp_path, monkeypatch):
+    from huberfit import config
+
+    monkeypatch.setattr(config, "MAX_VALUES", 1000)  # 100,000 takes PyYAML ~3 s to reach
+    msg = _refused(tmp_path, "data:\n  features: [" + ",".join(["a"] * 5000) + "]\n")
+    assert msg.endswith(
+        "c.yaml:2:2004: invalid YAML: more than 1,000 values (a config needs a few dozen)"
+    )
+
+
 def test_config_path_must_be_a_regular_file_of_bounded_size(tmp_path):
     with pytest.raises(ConfigError, match=r"not a regular file \(a device\?\): /dev/zero$"):
         load_config("/dev/zero")
