@@ -347,7 +347,7 @@ def _own_file_absolute(name: str) -> str:
     from huberfit.config import user_path
 
     file, sep, cls = name.rpartition(":")
-    if sep and file.endswith(".py") and "\x00" not in file:
+    if sep and file.endswith(".py"):
         return f"{user_path(file).resolve()}:{cls}"
     return name
 

@@ -95,11 +95,11 @@ def _check_fits_in_memory(cfg: DataConfig) -> None:
 
 
 def _bytes(n: float) -> str:
-    for unit in ("bytes", "KB", "MB", "GB", "TB", "PB"):
-        if n < 1000 or unit == "PB":
-            return f"{n:.0f} {unit}" if unit == "bytes" else f"{n:.3g} {unit}"
+    for unit in ("bytes", "KB", "MB", "GB", "TB"):
+        if n < 1000:
+            return f"{n:.3g} {unit}"
         n /= 1000
-    return f"{n:.3g} EB"  # pragma: no cover
+    return f"{n:.3g} PB"
 
 
 def _load_in_memory(
