@@ -26,18 +26,21 @@ from pathlib import Path
 from typing import Any
 
 from huberfit import interrupts
+from huberfit.config import user_path
 from huberfit.errors import RunError
 
 CHECKPOINT_FORMAT = 1
 
 
 def make_run_dir(runs_dir: str | Path, name: str, prefix: str = "") -> Path:
-    """Create ``<runs_dir>/<prefix><name>-<YYYYmmdd-HHMMSS>`` (``-2``, ``-3``... if taken)."""
-    parent = Path(runs_dir)
+    """Create ``<runs_dir>/<prefix><name>-<YYYYmmdd-HHMMSS>`` (``-2``, ``-3``... if taken).
+    ``~`` in ``runs_dir`` is the home folder, as in ``data.path``."""
+    parent = user_path(runs_dir)
     try:
         parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise RunError(f"cannot create runs folder {parent}: {exc.strerror}") from None
+    except (OSError, ValueError) as exc:  # ValueError: a NUL in the path
+        why = getattr(exc, "strerror", None) or exc
+        raise RunError(f"cannot create runs folder {parent}: {why}") from None
     stem = f"{prefix}{name}-{time.strftime('%Y%m%d-%H%M%S')}"
     for i in range(1, 10_000):
         candidate = parent / (stem if i == 1 else f"{stem}-{i}")
@@ -46,6 +49,8 @@ def make_run_dir(runs_dir: str | Path, name: str, prefix: str = "") -> Path:
             return candidate
         except FileExistsError:
             continue
+        except OSError as exc:  # a name too long for this file system, no permission, ...
+            raise RunError(f"cannot create run folder {candidate}: {exc.strerror}") from None
     raise RunError(f"cannot find a free run folder name for {stem} in {parent}")
 
 

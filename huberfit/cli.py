@@ -399,9 +399,11 @@ def compare_losses(
 
 def _own_file_absolute(name: str) -> str:
     """``my_loss.py:MyHuber`` as given on the command line: the file from the current folder."""
+    from huberfit.config import user_path
+
     file, sep, cls = name.rpartition(":")
     if sep and file.endswith(".py"):
-        return f"{Path(file).expanduser().resolve()}:{cls}"
+        return f"{user_path(file).resolve()}:{cls}"
     return name
 
 
@@ -582,7 +584,9 @@ def evaluate(
         if own_label(trained.loss) != cls:
             raise ConfigError(f"--loss: this run trained {own_label(trained.loss)}, not {cls}")
         if file.endswith(".py"):
-            loss = f"{Path(file).expanduser().resolve()}:{cls}"
+            from huberfit.config import user_path
+
+            loss = f"{user_path(file).resolve()}:{cls}"
         own = load_own_loss(loss, trained.loss_kwargs)
     scores = evaluate_file(trained, input, target, own)
     if json_out:

@@ -1,26 +1,41 @@
 """The config: a typed pydantic schema, YAML loading, dotted overrides and error messages.
 
 Validated once, at the edge: everything below receives a ``Config`` it can trust. Every
-problem in a file is reported at once, each naming the dotted key, the constraint and the
-value given. Torch-free (imported by ``huberfit --help``).
+problem in a file is reported at once, in one line, each naming the dotted key, the
+constraint and the value given. Hostile input (a device, an alias bomb, deep nesting,
+duplicate keys, NaN, numbers that overflow where they are used) is refused by a bounded
+loader and the schema, never a traceback. Torch-free (imported by ``huberfit --help``).
 """
 
 from __future__ import annotations
 
 import difflib
 import re
+import stat
 from pathlib import Path
-from typing import Annotated, Any, Literal, get_args, get_origin
+from types import UnionType
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from huberfit.errors import ConfigError
+from huberfit.errors import ConfigError, one_line
 
 NAME_PATTERN = r"^[A-Za-z0-9_.-]+$"
 DEVICE_PATTERN = r"^(auto|cpu|mps|cuda(:[0-9]+)?)$"
+# A run folder is <prefix><name>-<YYYYmmdd-HHMMSS>[-N]: a name of at most 128 characters
+# keeps it well inside the 255 bytes a file name may have (ext4, APFS, NTFS).
+MAX_NAME = 128
+MAX_INT = 2**63 - 1  # every integer key: what torch, NumPy and Python sizes hold
+MAX_SEED = MAX_INT  # seeds torch and NumPy generators (64-bit), with room for seed + 1
 
-PositiveFloat = Annotated[float, Field(gt=0)]
+# Bounds on finite values that would still overflow: torch multiplies the optimizer's
+# numbers into float32 tensors (largest float32: 3.4e38), and synthetic data are squared and
+# summed in float64 for scaling (1e100 squared and summed over 1e12 rows stays finite).
+F32_MAX = 3.4028234663852886e38
+SYNTHETIC_MAX = 1e100
+PositiveFloat = Annotated[float, Field(gt=0, le=F32_MAX)]
+Synthetic = Annotated[float, Field(ge=-SYNTHETIC_MAX, le=SYNTHETIC_MAX)]
 # The learning rate an optimizer gets when optimizer.lr is not given. SGD and Adam: steps
 # that train the built-in experiment (standardized data) in its 50 epochs; L-BFGS: 1, the
 # unit quasi-Newton step its line search starts from (smaller values stop it early).
@@ -28,8 +43,24 @@ DEFAULT_LR = {"sgd": 0.05, "adam": 0.01, "adamw": 0.01, "lbfgs": 1.0}
 
 
 class _Section(BaseModel):
-    # strict: a quoted "5" is not silently taken for 5; extra="forbid": no misspelt keys.
-    model_config = ConfigDict(extra="forbid", strict=True, validate_default=True)
+    # strict: a quoted "5" is not silently taken for 5; extra="forbid": no misspelt keys;
+    # allow_inf_nan=False: every float key (and list of floats) is finite, or refused by name.
+    model_config = ConfigDict(
+        extra="forbid", strict=True, validate_default=True, allow_inf_nan=False
+    )
+
+    @field_validator("*")
+    @classmethod
+    def _fits(cls, value: Any) -> Any:
+        # every key, generally: no string holds a NUL (no file, column or run name does; the
+        # OS refuses one in a path), no integer exceeds 64 bits (torch, NumPy and Python's
+        # own sizes are 64-bit: a larger one would crash them mid-run)
+        for v in value if isinstance(value, list) else [value]:
+            if isinstance(v, str) and "\x00" in v:
+                raise ValueError("must not contain a NUL character")
+            if isinstance(v, int) and not isinstance(v, bool) and v > MAX_INT:
+                raise ValueError(f"must be <= {MAX_INT} (a 64-bit integer)")
+        return value
 
 
 class DataConfig(_Section):
@@ -40,11 +71,15 @@ class DataConfig(_Section):
     )
     n_samples: int = Field(2000, ge=2, description="synthetic only: number of rows")
     n_features: int = Field(3, ge=1, description="synthetic only: number of features")
-    noise_std: float = Field(0.5, ge=0, description="synthetic only: std of the Gaussian noise")
+    noise_std: float = Field(
+        0.5, ge=0, le=SYNTHETIC_MAX, description="synthetic only: std of the Gaussian noise"
+    )
     outlier_fraction: float = Field(0.1, ge=0, lt=1, description="share of corrupted rows")
-    outlier_scale: float = Field(20.0, ge=0, description="typical outlier error, target units")
-    true_weights: list[float] | None = Field(None, description="null: drawn from the seed")
-    true_bias: float = Field(1.0, description="synthetic only: the true intercept")
+    outlier_scale: float = Field(
+        20.0, ge=0, le=SYNTHETIC_MAX, description="typical outlier error, target units"
+    )
+    true_weights: list[Synthetic] | None = Field(None, description="null: drawn from the seed")
+    true_bias: Synthetic = Field(1.0, description="synthetic only: the true intercept")
     path: str | None = Field(None, description="csv/parquet file, relative to the config")
     target: str | None = Field(None, description="csv/parquet: the target column")
     features: list[str] | None = Field(None, description="null: every column but the target")
@@ -153,8 +188,8 @@ class LossConfig(_Section):
             return delta
         if isinstance(delta, bool) or not isinstance(delta, int | float):
             raise ValueError("must be a number > 0 or auto")
-        if not (0 < delta < float("inf")):
-            raise ValueError("must be a finite number > 0 or auto")
+        if not (0 < delta <= F32_MAX):
+            raise ValueError(f"must be a finite number > 0 (at most {F32_MAX:.5g}) or auto")
         return float(delta)
 
 
@@ -168,9 +203,10 @@ class OptimizerConfig(_Section):
     )
     momentum: float = Field(0.0, ge=0, lt=1, description="sgd only")
     nesterov: bool = Field(False, description="sgd only; needs momentum > 0")
-    weight_decay: float = Field(0.0, ge=0, description="L2 penalty (not with lbfgs)")
+    weight_decay: float = Field(0.0, ge=0, le=F32_MAX, description="L2 penalty (not with lbfgs)")
     max_iter: int = Field(100, ge=1, description="lbfgs only: iterations per epoch")
-    history_size: int = Field(20, ge=1, description="lbfgs only")
+    # torch allocates a list of this length at every step: a bound, not a preference
+    history_size: int = Field(20, ge=1, le=10_000, description="lbfgs only")
 
     @model_validator(mode="after")
     def _check_nesterov(self) -> OptimizerConfig:
@@ -187,7 +223,7 @@ class SchedulerConfig(_Section):
     name: Literal["none", "cosine", "step"] = Field("none", description="none | cosine | step")
     step_size: int = Field(10, ge=1, description="step: epochs between decays")
     gamma: float = Field(0.5, gt=0, le=1, description="step: decay factor")
-    min_lr: float = Field(0.0, ge=0, description="cosine: final learning rate")
+    min_lr: float = Field(0.0, ge=0, le=F32_MAX, description="cosine: final learning rate")
 
 
 class TrainConfig(_Section):
@@ -248,8 +284,15 @@ class SweepConfig(_Section):
 class Config(_Section):
     """A whole experiment. The defaults are the built-in quickstart experiment."""
 
-    name: str = Field("quickstart", pattern=NAME_PATTERN, description="run name, never a path")
-    seed: int = Field(0, ge=0, description="seeds data, split, initial weights, shuffling")
+    name: str = Field(
+        "quickstart",
+        pattern=NAME_PATTERN,
+        max_length=MAX_NAME,
+        description="run name, never a path",
+    )
+    seed: int = Field(
+        0, ge=0, le=MAX_SEED, description="seeds data, split, initial weights, shuffling"
+    )
     device: str = Field(
         "auto", pattern=DEVICE_PATTERN, description="auto | cpu | cuda | cuda:N | mps"
     )
@@ -286,9 +329,118 @@ class Config(_Section):
 
 # ----------------------------------------------------------------------------- YAML
 
+# What a config may be. A config holds a few dozen keys; these bounds keep hostile or
+# mistaken input (a device, a data file given as --config, an alias bomb, a nest of
+# brackets) from reading forever, expanding without end or recursing past Python's stack.
+MAX_CONFIG_BYTES = 1 << 20  # 1 MiB
+MAX_DEPTH = 32  # levels of nesting, counted through aliases
+MAX_VALUES = 100_000  # scalars, lists and mappings, aliases expanded
 
-class _Loader(yaml.SafeLoader):
+
+class _Guarded:
+    """A YAML loader that refuses, at the line and column where it happens, what the
+    config could never use and what would otherwise hang or crash: nesting deeper than
+    ``MAX_DEPTH`` (PyYAML composes recursively), aliases that expand past ``MAX_VALUES``
+    values or into themselves, and duplicate keys (YAML forbids them; PyYAML keeps the
+    last one silently)."""
+
+    _depth = 0
+    _nodes = 0
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        self._depth += 1
+        self._nodes += 1  # stops a long flat list early, before it is all composed
+        try:
+            if self._depth > MAX_DEPTH or self._nodes > MAX_VALUES:
+                mark = self.peek_event().start_mark  # type: ignore[attr-defined]
+                raise yaml.composer.ComposerError(
+                    None, None,
+                    f"nested deeper than {MAX_DEPTH} levels" if self._depth > MAX_DEPTH
+                    else f"more than {MAX_VALUES:,} values (a config needs a few dozen)",
+                    mark,
+                )  # fmt: skip
+            return super().compose_node(parent, index)  # type: ignore[misc]
+        finally:
+            self._depth -= 1
+
+    def get_single_node(self) -> Any:
+        node = super().get_single_node()  # type: ignore[misc]
+        if node is not None:
+            _check_tree(node, [], {})
+        return node
+
+
+def _check_tree(
+    node: yaml.Node, path: list[str], seen: dict[int, tuple[int, int] | None]
+) -> tuple[int, int]:
+    """(values, depth) of ``node`` with aliases expanded; raises on a cycle, on too many
+    values or levels, and on a duplicate key. An alias is the same node object as its
+    anchor, so ``seen`` counts it once (the walk stays as deep as the text)."""
+    if id(node) in seen:
+        known = seen[id(node)]
+        if known is None:
+            raise yaml.composer.ComposerError(
+                None, None, "an alias refers to a node that contains it", node.start_mark
+            )
+        return known
+    seen[id(node)] = None
+    size, depth = 1, 0
+    if isinstance(node, yaml.MappingNode):
+        first: dict[tuple[str, str], yaml.Node] = {}
+        seen_here: set[int] = set()  # a key given twice through one alias is one node
+        for key, value in node.value:
+            if isinstance(key, yaml.ScalarNode) and key.tag != "tag:yaml.org,2002:merge":
+                other = first.setdefault((key.tag, key.value), key)
+                if other is not key or id(key) in seen_here:
+                    where = _clip(".".join([*path, key.value]))
+                    raise yaml.composer.ComposerError(
+                        None, None,
+                        f"duplicate key '{where}' (lines {other.start_mark.line + 1} and "
+                        f"{key.start_mark.line + 1}); keep one",
+                        key.start_mark,
+                    )  # fmt: skip
+            seen_here.add(id(key))
+            name = key.value if isinstance(key, yaml.ScalarNode) else "?"
+            for child, child_path in ((key, path), (value, [*path, str(name)])):
+                n, d = _check_tree(child, child_path, seen)
+                size, depth = size + n, max(depth, d)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, child in enumerate(node.value):
+            n, d = _check_tree(child, [*path, str(i)], seen)
+            size, depth = size + n, max(depth, d)
+    depth += 1
+    if size > MAX_VALUES:
+        raise yaml.composer.ComposerError(
+            None, None,
+            f"aliases expand this to more than {MAX_VALUES:,} values (a config needs a few dozen)",
+            node.start_mark,
+        )  # fmt: skip
+    if depth > MAX_DEPTH:
+        raise yaml.composer.ComposerError(
+            None, None, f"aliases nest this deeper than {MAX_DEPTH} levels", node.start_mark
+        )
+    seen[id(node)] = (size, depth)
+    return size, depth
+
+
+class _Loader(_Guarded, yaml.SafeLoader):
     """SafeLoader that also reads ``1e-3`` as a float (YAML 1.1 would read a string)."""
+
+    def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
+        # PyYAML's own constructors raise plain Python errors on values they cannot build
+        # (`!!int x`, `2024-13-01`, an integer of 5000 digits): located here, at the value
+        try:
+            return super().construct_object(node, deep)
+        except (ValueError, TypeError, KeyError, AttributeError, OverflowError) as exc:
+            what = node.tag.rpartition(":")[2] or "a value"
+            why = f": {_clip(str(exc), 80)}" * isinstance(exc, ValueError)
+            raise yaml.constructor.ConstructorError(
+                None, None, f"cannot read this as {what}{why}", node.start_mark
+            ) from None
+
+
+class _TextLoader(_Guarded, yaml.BaseLoader):
+    """BaseLoader (every scalar a string), with the same guards."""
 
 
 _FLOAT = re.compile(
@@ -302,10 +454,16 @@ _FLOAT = re.compile(
 _Loader.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT, list("-+0123456789."))
 
 
-def parse_yaml(text: str, source: str) -> Any:
-    """Parse YAML text safely; a syntax error names ``source``, line and column."""
+def parse_yaml(text: str, source: str, loader: type = _Loader) -> Any:
+    """Parse YAML text safely; a problem names ``source``, line and column."""
     try:
-        return yaml.load(text, Loader=_Loader)  # noqa: S506 - _Loader is a SafeLoader
+        return yaml.load(text, Loader=loader)  # noqa: S506 - _Guarded Safe/BaseLoaders only
+    except yaml.reader.ReaderError as exc:  # a character YAML does not allow (NUL, ...)
+        char = exc.character if isinstance(exc.character, int) else 0
+        where = f"{source}:{_line_column(text, exc.position)}"
+        raise ConfigError(
+            f"{where}: invalid YAML: character U+{char:04X} is not allowed (a binary file?)"
+        ) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{source}:{mark.line + 1}:{mark.column + 1}" if mark else source
@@ -313,20 +471,45 @@ def parse_yaml(text: str, source: str) -> Any:
         context, cmark = getattr(exc, "context", None), getattr(exc, "context_mark", None)
         if context and cmark and (mark is None or cmark.line != mark.line):
             problem += f" ({context} started at line {cmark.line + 1}, column {cmark.column + 1})"
-        raise ConfigError(f"{where}: invalid YAML: {problem}") from None
+        raise ConfigError(f"{where}: invalid YAML: {_clip(problem, 200)}") from None
+
+
+def _line_column(text: str | bytes, position: int) -> str:
+    """``line:column`` (1-based) of the character (or byte) at ``position``."""
+    nl = "\n" if isinstance(text, str) else b"\n"
+    line = text.count(nl, 0, position) + 1  # type: ignore[arg-type]
+    column = position - (text.rfind(nl, 0, position) + 1) + 1  # type: ignore[arg-type]
+    return f"{line}:{column}"
 
 
 def read_config_file(path: str | Path) -> dict[str, Any]:
-    """Read a YAML config file into a mapping (not yet validated)."""
+    """Read a YAML config file into a mapping (not yet validated): a regular file (or a
+    pipe, as ``--config <(...)`` gives) of at most ``MAX_CONFIG_BYTES``, in UTF-8."""
     path = Path(path)
-    if not path.exists():
-        raise ConfigError(f"config file not found: {path}")
-    if path.is_dir():
-        raise ConfigError(f"config path is a directory, not a YAML file: {path}")
     try:
-        text = path.read_text(encoding="utf-8-sig")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"cannot read config file {path}: {exc}") from None
+        mode = path.stat().st_mode
+        if stat.S_ISDIR(mode):
+            raise ConfigError(f"config path is a directory, not a YAML file: {path}")
+        if not (stat.S_ISREG(mode) or stat.S_ISFIFO(mode)):
+            raise ConfigError(f"config path is not a regular file (a device?): {path}")
+        with path.open("rb") as fh:
+            data = fh.read(MAX_CONFIG_BYTES + 1)
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from None
+    if len(data) > MAX_CONFIG_BYTES:
+        raise ConfigError(
+            f"config file is larger than {MAX_CONFIG_BYTES >> 20} MiB: {path} (a config holds "
+            "keys; data go in data.path)"
+        )
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"{path}:{_line_column(data, exc.start)}: not UTF-8 text (byte 0x{data[exc.start]:02x}); "
+            "save the config as UTF-8"
+        ) from None
     raw = parse_yaml(text, str(path))
     if raw is None:
         raise ConfigError(f"config file is empty: {path} (see `huberfit config init`)")
@@ -345,16 +528,22 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
         key, sep, value = item.partition("=")
         key = key.strip()
         if not sep or not key:
-            raise ConfigError(f"override {item!r} must look like dotted.key=value")
+            raise ConfigError(f"override {_clip(repr(item))} must look like dotted.key=value")
         parts = key.split(".")
-        node = raw
+        if not all(part.strip() for part in parts):
+            raise ConfigError(
+                f"override {_clip(key)}: a dotted key has no empty parts (write it as data.path)"
+            )
+        if len(parts) > MAX_DEPTH:
+            raise ConfigError(f"override {_clip(key)}: keys nest at most {MAX_DEPTH} levels")
+        raw = node = dict(raw)  # copied along the key's path: the caller's mapping stays as it was
         for i, part in enumerate(parts[:-1]):
-            child = node.setdefault(part, {})
+            child = node.get(part, {})
             if not isinstance(child, dict):
-                where = ".".join(parts[: i + 1])
-                raise ConfigError(f"override {item!r}: {where} is a value, not a section")
-            node = child
-        node[parts[-1]] = parse_override_value(parts, value, f"override {key}")
+                where = _clip(".".join(parts[: i + 1]))
+                raise ConfigError(f"override {_clip(key)}: {where} is a value, not a section")
+            node[part] = node = dict(child)
+        node[parts[-1]] = parse_override_value(parts, value, f"override {_clip(key)}")
     return raw
 
 
@@ -367,10 +556,7 @@ def parse_override_value(parts: list[str], value: str, source: str) -> Any:
     if kind == "str":
         return text
     if kind == "list[str]" and text not in ("null", "~"):
-        try:  # BaseLoader: every scalar stays a string
-            return yaml.load(text, Loader=yaml.BaseLoader)  # noqa: S506 - BaseLoader builds no objects
-        except yaml.YAMLError:
-            pass  # parse_yaml below reports it with its line and column
+        return parse_yaml(text, source, _TextLoader)  # every scalar stays a string
     return parse_yaml(text, source)
 
 
@@ -470,52 +656,168 @@ def override_keys(overrides: list[str]) -> set[str]:
 
 
 def _resolve_from(folder: Path, file: str) -> str:
-    p = Path(file).expanduser()
+    if "\x00" in file:  # not a path: the schema refuses it by name
+        return file
+    p = user_path(file)
     return str(p if p.is_absolute() or "://" in file else (folder / p).resolve())
+
+
+def user_path(text: str | Path) -> Path:
+    """``text`` as a path, ``~`` and ``~user`` expanded as a shell does (a ``~user`` that
+    does not exist stays as written). Every path a person gives goes through here."""
+    try:
+        return Path(text).expanduser()
+    except RuntimeError:  # no such user, or no home folder
+        return Path(text)
 
 
 def validate_config(
     raw: dict[str, Any], source: str = "config", overridden: set[str] | None = None
 ) -> Config:
-    """Validate a raw mapping; all problems are reported at once in one ConfigError: those
-    of keys in ``overridden`` after ``override:``, the others after ``source:`` (nothing when
-    ``source`` is empty)."""
+    """Validate a raw mapping; the problems are reported at once in one ConfigError line:
+    those of keys in ``overridden`` after ``override:``, the others after ``source:``
+    (nothing when ``source`` is empty). A line holds about ``PROBLEMS_WIDTH`` characters of
+    problems; any beyond are counted (``and 3 more problems``), never a screenful."""
     try:
         return Config.model_validate(raw)
     except ValidationError as exc:
         overridden = overridden or set()
-        mine: list[str] = []
-        theirs: list[str] = []
-        for err in exc.errors():
-            key = ".".join(str(p) for p in err["loc"] if not str(p).startswith("function-after"))
-            from_override = source and any(key == k or key.startswith(k + ".") for k in overridden)
-            (theirs if from_override else mine).append(describe_problem(err))
-        parts = [f"{source}: " * bool(source) + "; ".join(mine)] * bool(mine)
-        parts += ["override: " + "; ".join(theirs)] * bool(theirs)
-        raise ConfigError("; ".join(parts)) from None
+        problems: dict[str, bool] = {}  # message -> from an override (a union's tries: one)
+        hints: set[str] = set()  # a section's valid keys, listed once
+        for err in exc.errors(include_url=False):
+            key, message = _problem(err)
+            hint = re.search(r" \(valid keys here: [^)]*\)$", message)
+            if hint and hint.group(0) in hints:
+                message = message[: hint.start()]
+            hints.add(hint.group(0) if hint else "")
+            from_override = bool(source) and any(
+                key == k or key.startswith(k + ".") for k in overridden
+            )
+            problems.setdefault(message, from_override)
+        raise ConfigError(_problems_line(problems, source)) from None
+
+
+PROBLEMS_WIDTH = 250
+
+
+def _problems_line(problems: dict[str, bool], source: str) -> str:
+    shown: list[tuple[str, bool]] = []
+    width = 0
+    for message, from_override in problems.items():
+        if shown and width + len(message) > PROBLEMS_WIDTH:
+            break
+        shown.append((message, from_override))
+        width += len(message) + 2
+    mine = [m for m, o in shown if not o]
+    theirs = [m for m, o in shown if o]
+    parts = [f"{source}: " * bool(source) + "; ".join(mine)] * bool(mine)
+    parts += ["override: " + "; ".join(theirs)] * bool(theirs)
+    more = len(problems) - len(shown)
+    parts += [f"and {more} more problem{'s' * (more != 1)}"] * bool(more)
+    return "; ".join(parts)
 
 
 def describe_problem(err: dict[str, Any]) -> str:
     """One pydantic error as 'key constraint; got value', with did-you-mean for unknown keys."""
-    loc = [str(p) for p in err["loc"] if not str(p).startswith("function-after")]
-    key = ".".join(loc)
-    kind, ctx, value = err["type"], err.get("ctx", {}), err.get("input")
+    return _problem(err)[1]
+
+
+def _problem(err: dict[str, Any]) -> tuple[str, str]:
+    """(the dotted key a person wrote, one short sentence about it) for a pydantic error.
+
+    The error's location is read against the schema: union members' names (``bool``,
+    ``literal['auto']``) and validator names are pydantic's, not keys, and a cross-key rule
+    (a model validator, located at its section) is its own sentence, naming its keys."""
+    loc = [p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-"))]
+    parts, annotation, union = _user_key(loc)
+    key = _clip(".".join(parts), 80)
+    kind, ctx, value = err["type"], err.get("ctx") or {}, err.get("input")
     if kind == "extra_forbidden":
-        return _unknown_key(loc)
+        return key, _unknown_key(parts)
+    if loc and loc[-1] == "[key]":
+        key = _clip(".".join(parts[:-1]), 80)
+        return key, f"{key or 'config'} keys must be strings; got {_show(value)}"
+    if union:
+        return key, f"{key} must be {_accepted(annotation)}; got {_show(value)}"
     if kind == "value_error":
-        msg = str(ctx.get("error", err["msg"]))
-        return msg if not key else f"{key} {msg}; got {_show(value)}"
+        msg = _clip(str(ctx.get("error", err["msg"])), 200)
+        if _is_model(annotation):  # a cross-key rule: its sentence begins with its key
+            lead = re.match(r"[a-z_]+(?:\.[a-z_]+)*", msg)
+            return (lead.group(0) if lead else key), msg
+        return key, f"{key} {msg}; got {_show(value)}"
+    if kind == "missing":
+        return key, f"{key} is required"
     constraint = _CONSTRAINTS.get(kind)
     if constraint is None:
-        constraint = err["msg"][0].lower() + err["msg"][1:]
+        constraint = _clip(err["msg"][0].lower() + err["msg"][1:], 120)
     else:
         constraint = constraint.format(**{k: _show_ctx(v) for k, v in ctx.items()})
-    if kind == "missing":
-        return f"{key} is required"
     hint = ""
-    if kind in ("string_type", "literal_error") and isinstance(value, (bool, int, float)):
+    if kind in ("string_type", "literal_error") and isinstance(value, bool | int | float):
         hint = " (YAML reads an unquoted yes/no/on/off/number as that; quote it to keep the text)"
-    return f"{key or 'config'} {constraint}; got {_show(value)}{hint}"
+    return key, f"{key or 'config'} {constraint}; got {_show(value)}{hint}"
+
+
+def _user_key(loc: list[Any]) -> tuple[list[str], Any, bool]:
+    """The key path a person wrote for an error location, the schema type found there, and
+    whether the location went on into a union's members (pydantic's names, not keys)."""
+    parts: list[str] = []
+    annotation: Any = Config
+    for part in loc:
+        if part == "[key]":
+            break
+        annotation = _unwrap(annotation)
+        if _is_model(annotation):
+            field = annotation.model_fields.get(str(part))
+            annotation = field.annotation if field else None
+        elif _union_members(annotation):
+            return parts, annotation, True
+        elif get_origin(annotation) in (list, dict):
+            annotation = (get_args(annotation) or (None,))[-1]
+        else:
+            annotation = None
+        parts.append(str(part))
+    return parts, _unwrap(annotation), False
+
+
+def _unwrap(annotation: Any) -> Any:
+    """``Annotated[X, ...]`` and ``X | None`` as X."""
+    while True:
+        if get_origin(annotation) is Annotated:
+            annotation = get_args(annotation)[0]
+        elif len(members := _union_members(annotation, keep_none=False)) == 1:
+            annotation = members[0]
+        else:
+            return annotation
+
+
+def _union_members(annotation: Any, keep_none: bool = True) -> list[Any]:
+    if get_origin(annotation) not in (Union, UnionType):
+        return []
+    return [a for a in get_args(annotation) if keep_none or a is not type(None)]
+
+
+def _is_model(annotation: Any) -> bool:
+    return isinstance(annotation, type) and issubclass(annotation, BaseModel)
+
+
+_TYPE_WORDS = {bool: ["true", "false"], int: ["an integer"], float: ["a number"],
+               str: ["a string"], type(None): ["null"], list: ["a list"], dict: ["a mapping"]}  # fmt: skip
+
+
+def _accepted(annotation: Any) -> str:
+    """What a union key accepts, in words: ``true, false or 'auto'``."""
+    words: list[str] = []
+    for member in _union_members(annotation):
+        member = _unwrap(member)
+        if get_origin(member) is Literal:
+            words += [repr(v) for v in get_args(member)]
+        elif _is_model(member):
+            words.append("a mapping")
+        else:
+            words += _TYPE_WORDS.get(get_origin(member) or member, ["a value"])
+    words = list(dict.fromkeys(words))
+    return ", ".join(words[:-1]) + " or " * (len(words) > 1) + words[-1]
 
 
 _CONSTRAINTS = {
@@ -527,6 +829,7 @@ _CONSTRAINTS = {
     "int_type": "must be an integer",
     "int_from_float": "must be an integer",
     "float_type": "must be a number",
+    "finite_number": "must be a finite number",
     "bool_type": "must be true or false",
     "string_type": "must be a string",
     "list_type": "must be a list",
@@ -534,37 +837,57 @@ _CONSTRAINTS = {
     "model_attributes_type": "must be a mapping of keys",
     "dict_type": "must be a mapping of keys",
     "string_pattern_mismatch": "must match {pattern}",
+    "string_too_long": "must have at most {max_length} characters",
     "too_short": "must have at least {min_length} items",
+    "recursion_loop": "must not contain itself",
 }
 
 
 def _show_ctx(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:g}"
-    return str(value)
+    return _clip(str(value), 80)
 
 
-def _show(value: Any) -> str:
-    if isinstance(value, str):
-        return repr(value)
+def _show(value: Any, width: int = 60) -> str:
+    """A value as the user would write it, in at most about ``width`` characters (never
+    expanding a huge value: a list is walked only as far as it is shown)."""
     if value is None:
         return "null"
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, dict):
         return "a mapping"
-    return str(value)
+    if isinstance(value, str):
+        return _clip(repr(value[:width]), width)
+    if isinstance(value, int) and value.bit_length() > 128:
+        return f"an integer of {value.bit_length()} bits"
+    if isinstance(value, list | tuple | set | frozenset):
+        text = "["
+        for i, item in enumerate(value):
+            if len(text) >= width:
+                return text + "...]"
+            text += ", " * bool(i) + _show(item, width - len(text))
+        return text + "]"
+    return _clip(str(value), width)
+
+
+def _clip(text: str, width: int = 60) -> str:
+    """``text`` on one line (line breaks and other control characters escaped), cut to
+    ``width`` characters with an ellipsis."""
+    text = one_line(text[: width + 1], 4 * width)
+    return text if len(text) <= width else text[: width - 3] + "..."
 
 
 def _unknown_key(loc: list[str]) -> str:
     section: type[BaseModel] | None = Config
     for part in loc[:-1]:
         field = section.model_fields.get(part) if section else None
-        ann = field.annotation if field else None
-        section = ann if isinstance(ann, type) and issubclass(ann, BaseModel) else None
-    where = ".".join(loc)
+        ann = _unwrap(field.annotation) if field else None
+        section = ann if _is_model(ann) else None
+    where = _clip(".".join(loc), 40)
     known = list(section.model_fields) if section else []
-    close = difflib.get_close_matches(loc[-1], known, n=1, cutoff=0.6)
+    close = difflib.get_close_matches(loc[-1][:80], known, n=1, cutoff=0.6)
     hint = f" (did you mean '{'.'.join([*loc[:-1], close[0]])}'?)" if close else ""
     if not close and known:
         hint = f" (valid keys here: {', '.join(known)})"

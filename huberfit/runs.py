@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from huberfit.config import user_path
 from huberfit.errors import RunError
 
 SIDE_RUNS = {"truth", "val"}  # TensorBoard-only folders beside runs (see sinks.py)
@@ -25,7 +26,7 @@ SIDE_RUNS = {"truth", "val"}  # TensorBoard-only folders beside runs (see sinks.
 
 def list_runs(runs_dir: str | Path) -> list[dict[str, Any]]:
     """Summary rows of every run under ``runs_dir``, newest first; children follow parents."""
-    root = Path(runs_dir)
+    root = user_path(runs_dir)
     if not root.is_dir():
         return []
     rows: list[dict[str, Any]] = []

@@ -75,7 +75,8 @@ class InMemoryBatches:
     def order(self, epoch: int) -> torch.Tensor:
         """The permutation of row indices for ``epoch`` (on the CPU; int32 below 2**31
         rows, which torch draws in half the time of int64)."""
-        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        # torch seeds are 64-bit: wrap (identical for every seed that did not overflow)
+        gen = torch.Generator().manual_seed((self.seed * 1_000_003 + epoch) % 2**64)
         dtype = torch.int32 if self.n < 2**31 else torch.int64
         return torch.randperm(self.n, generator=gen, dtype=dtype)
 

@@ -10,6 +10,7 @@ contiguous, in the configured dtype, on the CPU.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -18,7 +19,7 @@ from huberfit.config import Config, DataConfig
 from huberfit.data.batches import BatchSource, InMemoryBatches, ShardedBatches, StreamBatches
 from huberfit.data.scaling import Scaling, check_range, fit_scaling
 from huberfit.data.split import split_indices
-from huberfit.data.stream import StreamInfo, scan, should_stream
+from huberfit.data.stream import StreamInfo, memory_budget_mb, scan, should_stream
 from huberfit.data.synthetic import make_synthetic
 from huberfit.data.tables import read_tables, resolve_files
 from huberfit.errors import ConfigError
@@ -66,8 +67,40 @@ def load_data(
     ):
         data = _load_streamed(cfg, seed, dtype, bias, scale_target)
     else:
+        _check_fits_in_memory(cfg)
         data = _load_in_memory(cfg, seed, dtype, bias, scale_target)
     return data
+
+
+def _check_fits_in_memory(cfg: DataConfig) -> None:
+    """Refuse rows that cannot fit in this machine's memory before allocating any: loading
+    holds about four float64 copies of them at its peak (the rows, the split, the scaled
+    rows, the tensors; measured 3.5 for synthetic data)."""
+    ram = memory_budget_mb(None) * 4 * 2**20  # all of it: memory_budget_mb is a quarter
+    if cfg.source == "synthetic":
+        need = 4 * 8 * cfg.n_samples * (cfg.n_features + 1)
+        what = f"data.n_samples={cfg.n_samples} x data.n_features={cfg.n_features}"
+        fix = "use a smaller data.n_samples or data.n_features (or stream rows from Parquet)"
+    elif cfg.streaming is False and "://" not in (cfg.path or ""):
+        need = 4 * sum(
+            f.stat().st_size for f in map(Path, resolve_files(cfg.path or "", cfg.source))
+        )
+        what = f"loading {cfg.path} (data.streaming: false)"
+        fix = "set data.streaming: auto or true to stream the rows from disk"
+    else:
+        return
+    if need > ram:
+        raise ConfigError(
+            f"{what} needs about {_bytes(need)} of memory; this machine has {_bytes(ram)}: {fix}"
+        )
+
+
+def _bytes(n: float) -> str:
+    for unit in ("bytes", "KB", "MB", "GB", "TB"):
+        if n < 1000:
+            return f"{n:.3g} {unit}"
+        n /= 1000
+    return f"{n:.3g} PB"
 
 
 def _load_in_memory(
