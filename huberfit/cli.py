@@ -409,12 +409,17 @@ def _own_file_absolute(name: str) -> str:
 
 def _run_comparison(cfg, names, deltas, runs_dir, quiet: bool, json_out: bool) -> None:
     from huberfit.compare import compare_losses as compare
-    from huberfit.sinks import ConsoleSink, render_comparison
+    from huberfit.sinks import ConsoleSink
 
     console = ConsoleSink(cfg.train.epochs, quiet=True, err=err)
     notes = ConsoleSink(cfg.train.epochs, quiet=quiet, err=err)
     console.note = notes.note  # per-run notes, no per-epoch lines
-    result = compare(cfg, names, deltas, console, runs_dir)
+    _show_comparison(compare(cfg, names, deltas, console, runs_dir), quiet, json_out)
+
+
+def _show_comparison(result: Any, quiet: bool, json_out: bool) -> None:
+    from huberfit.sinks import render_comparison
+
     if json_out:
         payload = {"runs": result.rows, "verdict": result.verdict, "parent": str(result.parent)}
         print_json(payload)
@@ -469,8 +474,9 @@ def sweep(
     worker: Path | None = typer.Option(None, "--worker", hidden=True),
     worker_index: int = typer.Option(0, "--worker-index", hidden=True),
 ) -> None:
-    """Train one config over a search space (grid, random or TPE, by Optuna): one run per
-    trial under one parent folder, a trials table, and best.yaml."""
+    """Train one config over a search space: grid, random or TPE (Optuna).
+
+    One run folder per trial under one parent, a trials table, trials.csv and best.yaml."""
     from huberfit.errors import ConfigError
 
     if worker is not None:  # one of --workers' processes
@@ -481,21 +487,31 @@ def sweep(
     from huberfit.config import load_config
 
     if resume is not None:
-        if config is not None or overrides:
-            raise ConfigError("--resume finishes a sweep as it was planned; drop --config "
-                              "and the key=value arguments")  # fmt: skip
+        given = {"--config": config, "key=value arguments": overrides, "--sampler": sampler,
+                 "--trials": trials, "--metric": metric, "--direction": direction,
+                 "--no-prune": no_prune, "--study": study, "--name": name,
+                 "--runs-dir": runs_dir}  # fmt: skip
+        if any(given.values()):
+            drop = ", ".join(k for k, v in given.items() if v)
+            raise ConfigError(f"--resume finishes a sweep as it was planned; drop {drop}")
         plan, parent = sw.load_parent(resume), resume
+        plan.storage = sw.storage_for_resume(plan, storage)
     else:
+        from huberfit.config import override_keys
+
         swept, plain = sw.split_args(list(overrides or []))
         cfg = load_config(config, plain + [f"name={name}"] * bool(name))
         raw = cfg.model_dump(mode="json")
         plan = sw.build_plan(cfg, raw, swept, str(config) if config else "", sampler=sampler,
                              trials=trials, metric=metric, direction=direction,
                              prune=False if no_prune else None, study=study or "",
-                             storage=storage)  # fmt: skip
+                             storage=storage, fixed=override_keys(plain))  # fmt: skip
         if plan.storage:  # before any folder: the database must answer
             sw.connect(plan.storage)
         parent = sw.new_parent(plan, cfg, runs_dir)
+    if plan.labels:  # a comparison (compare-losses) continues as one
+        _resume_comparison(plan, parent, quiet, json_out)
+        return
     talk = (
         (lambda text: None) if quiet or json_out else (lambda text: err.print(text, markup=False))
     )
@@ -522,6 +538,17 @@ def sweep(
     if summary.interrupted:
         _say_sweep_interrupted(parent)
         raise typer.Exit(130)
+    if not any(r["state"] == "complete" for r in summary.rows):
+        raise HuberfitError(f"no trial completed (their errors: {parent / 'trials.csv'})")
+
+
+def _resume_comparison(plan, parent: Path, quiet: bool, json_out: bool) -> None:
+    from huberfit.compare import resume_comparison
+    from huberfit.sinks import ConsoleSink
+
+    console = ConsoleSink(1, quiet=True, err=err)
+    console.note = ConsoleSink(1, quiet=quiet or json_out, err=err).note
+    _show_comparison(resume_comparison(plan, parent, console), quiet, json_out)
 
 
 def _say_sweep_interrupted(parent: Path, how: str = "interrupted") -> None:

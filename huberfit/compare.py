@@ -26,6 +26,7 @@ from huberfit.metrics import (
     original_units,
     true_params,
 )
+from huberfit.runs import folder_state
 from huberfit.sinks import ConsoleSink, TensorBoardSink
 from huberfit.sweep import Dim, Plan, execute, set_key
 
@@ -80,18 +81,42 @@ def compare_losses(
     write_json(parent / "sweep.json", plan.to_json())
     summary = execute(plan, parent, lambda line: None, console=console,
                       prepared_for=lambda _: prepared)  # fmt: skip
-    rows = []
-    for result in sorted(summary.results, key=lambda r: r.number):
-        if result.metrics is None:  # an error, not a run: the comparison cannot stand
-            raise HuberfitError(f"compare-losses {result.name}: {result.message}")
-        rows.append(comparison_row(result.name, result.metrics))
+    return _finish(plan, parent, config, data, summary)
+
+
+def resume_comparison(plan: Plan, parent: Path, console: ConsoleSink) -> Comparison:
+    """``huberfit sweep --resume`` of a comparison: its remaining losses on the same data
+    (loaded again from its config), then its table, verdict and picture over all of them."""
+    config = validate_config(plan.base, f"{parent / 'sweep.json'}")
+    own = any(is_own(p["loss.name"]) for p in plan.points)
+    prepared = prepare(config, own_loss=own)
+    summary = execute(plan, parent, lambda line: None, console=console, resume=True,
+                      prepared_for=lambda _: prepared)  # fmt: skip
+    return _finish(plan, parent, config, prepared.data, summary)
+
+
+def _finish(plan: Plan, parent: Path, config: Config, data: Dataset, summary: Any) -> Comparison:
+    """The table's rows from every loss's ``metrics.json`` (in the order asked), the
+    truth beside them, the verdict, ``comparison.json`` and the picture."""
+    failed = [r for r in summary.results if r.metrics is None]
+    if failed:  # an error, not a run: the comparison cannot stand
+        raise HuberfitError(f"compare-losses {failed[0].name}: {failed[0].message}")
+    rows, last_step = [], 0
+    for label in plan.labels:
+        state = folder_state(parent / label)
+        if state.metrics is None or state.metrics.get("status") == "interrupted":
+            continue  # not trained yet (an interrupted comparison)
+        rows.append(comparison_row(label, state.metrics))
+        last_step = max(last_step, int(state.metrics.get("steps") or 0))
     truth = true_params(data)
-    last_step = max((r.metrics["steps"] for r in summary.results), default=0)
-    if truth is not None and config.output.tensorboard:  # one truth beside every run
+    if truth is not None and config.output.tensorboard and not (parent / "truth").exists():
         from huberfit.sinks import write_truth_run
 
         write_truth_run(parent / "truth", truth, [0, last_step], config.output.flush_secs).close()
-    verdict = comparison_verdict(rows, data.true_weights is not None) if rows else ""
+    done = len(rows) == len(plan.labels)
+    verdict = comparison_verdict(rows, data.true_weights is not None) if done else (
+        f"no verdict yet: {len(rows)} of {len(plan.labels)} losses trained"
+    )  # fmt: skip
     write_json(parent / "comparison.json", {"runs": rows, "verdict": verdict,
                                             "config": config.model_dump(mode="json")})  # fmt: skip
     figure = (

@@ -780,17 +780,22 @@ def render_trials(
     no room for are dropped from the right, and said."""
     columns = ["#", "trial", "state", metric, *keys, "epochs", "s", "note"]
     cells = [
-        [str(r["trial"] + 1), r.get("name") or "", r["state"], _cell(r.get(metric)),
+        [str(r["trial"]), r.get("name") or "", r["state"], _cell(r.get(metric)),
          *[_cell(r.get(k)) for k in keys], _cell(r.get("epochs")), _cell(r.get("seconds"), 2),
          r.get("note") or ""]
         for r in rows
     ]  # fmt: skip
-    shown = len(columns)
+    shown = len(columns) - 1  # the note wraps into whatever room is left (at least 16)
     while shown > 4:
         table = _trials_table(columns[:shown], [c[:shown] for c in cells])
-        if fits(table, console):
+        width = console.measure(table, options=console.options.update(width=10_000)).maximum
+        if width + 16 <= console.width or (width <= console.width and shown < 5):
             break
         shown -= 1
+    if shown == len(columns) - 1 and any(c[-1] for c in cells):
+        shown += 1  # the note, wrapped
+    elif not any(c[-1] for c in cells):
+        columns, cells = columns[:-1], [c[:-1] for c in cells]
     table = _trials_table(columns[:shown], [c[:shown] for c in cells])
     console.print(table)
     if shown < len(columns):
@@ -799,7 +804,7 @@ def render_trials(
     if best:
         console.print(Text(f"best: {rows[0]['name']}  {metric} {_cell(rows[0][metric])}  "
                            f"-> {best}"), soft_wrap=False)  # fmt: skip
-    else:
+    elif not any(r["state"] == "complete" for r in rows):
         console.print(Text("no trial completed: no best.yaml"))
     console.print(Text(f"trials: {parent}/trials.csv\nlook at it: tensorboard --logdir {parent}"))
 

@@ -20,6 +20,7 @@ import copy
 import json
 import math
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -31,18 +32,20 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
+
 from huberfit.artifacts import make_run_dir, write_json, write_text_atomic
 from huberfit.config import (
     NAME_PATTERN,
     Config,
     SweepConfig,
     SweepRange,
+    dump_config,
     field_at,
     parse_override_value,
     validate_config,
 )
 from huberfit.errors import ConfigError, HuberfitError, RunError
-from huberfit.metrics import HPARAMS_FIRST
 
 SWEEP_FILE = "sweep.json"
 STUDY_FILE = "study.log"  # Optuna's journal: the embedded storage
@@ -119,16 +122,30 @@ class Plan:
         """Two machines joining one study must search the same thing."""
         keys = ("dims", "sampler", "trials", "metric", "direction", "points")
         mine, theirs = self.to_json(), other.to_json()
-        return all(mine[k] == theirs[k] for k in keys)
+        return all(mine[k] == theirs[k] for k in keys) and _experiment(self) == _experiment(other)
+
+
+def _experiment(plan: Plan) -> dict[str, Any]:
+    """The base config without what may differ between machines: where the data lies,
+    where runs go, the device."""
+    base = copy.deepcopy(plan.base)
+    for key in ("name", "device", "output"):
+        base.pop(key, None)
+    (base.get("data") or {}).pop("path", None)
+    return base
 
 
 def split_args(args: list[str]) -> tuple[list[str], list[str]]:
     """Command-line words into (swept ``key=a,b`` / ``key=low..high[:log]``, plain overrides)."""
-    swept, plain = [], []
-    for item in args:
-        _, sep, value = item.partition("=")
-        (swept if sep and (_top_level_commas(value) or _RANGE(value)) else plain).append(item)
-    return swept, plain
+
+    def kind(item: str) -> tuple[str, bool]:
+        key, sep, value = item.partition("=")
+        return key.strip(), bool(sep and (_top_level_commas(value) or _RANGE(value)))
+
+    last = dict(map(kind, args))  # key -> swept? (the last word for a key wins, as in train)
+    swept = {kind(item)[0]: item for item in args if kind(item)[1] and last[kind(item)[0]]}
+    plain = [item for item in args if not kind(item)[1] and not last[kind(item)[0]]]
+    return list(swept.values()), plain
 
 
 def _top_level_commas(text: str) -> list[str] | None:
@@ -172,6 +189,7 @@ def build_plan(
     prune: bool | None = None,
     study: str = "",
     storage: str | None = None,
+    fixed: set[str] | None = None,
 ) -> Plan:
     """The search space from the config's ``sweep:`` section and the command line (which
     wins per key), every value checked against the schema; all problems in one error."""
@@ -180,10 +198,11 @@ def build_plan(
     specs: dict[str, tuple[str, Any]] = {
         key: (f"{source}: sweep.params.{key}" if source else f"sweep.params.{key}", value)
         for key, value in section.params.items()
+        if key not in (fixed or set())  # a value on the command line fixes the key
     }
     for item in swept_args:
         key, _, value = item.partition("=")
-        specs[key.strip()] = (key.strip(), value)
+        specs[key.strip()] = (key.strip(), _CommandLine(value))
     base = {k: v for k, v in raw_base.items() if k != "sweep"}
     dims = []
     for key, (where, spec) in specs.items():
@@ -206,17 +225,26 @@ def build_plan(
     if sampler == "grid" and ranged:
         problems.append(f"a grid needs choices, not ranges: {', '.join(ranged)}; use "
                         "--sampler random or tpe, or list the values")  # fmt: skip
+    where_metric = "--metric" if metric else f"{source}: sweep.metric" if source else "sweep.metric"
     metric = metric or section.metric
     if metric not in METRICS:
-        problems.append(f"--metric must be one of {', '.join(METRICS)}; got {metric!r}")
+        problems.append(f"{where_metric} must be one of {', '.join(METRICS)}; got {metric!r}")
+    elif metric.startswith("val.") and any(
+        d.key == "data.val_fraction" and 0 in (d.choices or [d.low]) for d in dims
+    ):
+        problems.append(f"metric {metric} needs validation rows: data.val_fraction 0 has none")
     elif metric.startswith("val.") and config.data.val_fraction == 0:
         problems.append(f"metric {metric} needs validation rows (data.val_fraction > 0); "
                         "or use --metric train.loss")  # fmt: skip
+    if study and not re.match(NAME_PATTERN, study) or study in (".", ".."):
+        problems.append(f"--study must be a name (letters, digits, '-', '_', '.'); got {study!r}")
     objective_keys = sorted({d.key for d in dims} & {"loss.name", "loss.delta", "loss.quantile"})
     if objective_keys and metric in ("val.loss", "train.loss"):
         problems.append(f"sweeping {', '.join(objective_keys)} with metric {metric} compares "
                         "different objectives; use --metric val.mae or val.mse")  # fmt: skip
-    direction = direction or section.direction
+    chosen = "direction" in section.model_fields_set
+    direction = direction or (section.direction if chosen or not metric.endswith("r2")
+                              else "maximize")  # fmt: skip
     if direction not in ("minimize", "maximize"):
         problems.append(f"--direction must be minimize or maximize; got {direction!r}")
     if section.points and sampler != "grid":
@@ -269,6 +297,10 @@ def _explicit_points(
     return [dict(p) for p in points] if ok else []
 
 
+class _CommandLine(str):
+    """A space's value as typed on the command line (``a,b`` or ``low..high[:log]``)."""
+
+
 def _dim(key: str, where: str, spec: Any, base: dict, problems: list[str]) -> Dim | None:
     parts = key.split(".")
     if any(key == k or key.startswith(k + ".") for k in NOT_SWEEPABLE):
@@ -280,7 +312,7 @@ def _dim(key: str, where: str, spec: Any, base: dict, problems: list[str]) -> Di
 
         problems.append(f"{where}: {_unknown_key(parts)}")
         return None
-    if isinstance(spec, str):  # from the command line
+    if isinstance(spec, _CommandLine):
         rng = _RANGE(spec)
         if rng is not None:
             spec = {"low": rng[0], "high": rng[1], "log": rng[2] == "log"}
@@ -296,7 +328,17 @@ def _dim(key: str, where: str, spec: Any, base: dict, problems: list[str]) -> Di
                 return None
             spec = [parse_override_value(parts, t, f"{where}") for t in texts]
     if isinstance(spec, dict):
-        spec = SweepRange.model_validate(spec)
+        try:
+            spec = SweepRange.model_validate(spec)
+        except ValidationError as exc:
+            what = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'range'}: {e['msg']}"
+                             for e in exc.errors())  # fmt: skip
+            problems.append(f"{where}: a range is {{low, high, log, step}} ({what})")
+            return None
+    if not isinstance(spec, list | SweepRange):
+        problems.append(f"{where}: give a list of choices ([{json.dumps(spec)}, ...]) or a "
+                        "range ({low: ..., high: ...}); got one value")  # fmt: skip
+        return None
     if isinstance(spec, SweepRange):
         return _range_dim(key, where, spec, leaf, base, problems)
     if not spec:
@@ -383,7 +425,7 @@ def trial_name(params: dict[str, Any], dims: list[Dim]) -> str:
     for key, value in params.items():
         if key == "loss.name" and isinstance(value, str):
             value = own_label(value)
-        text = f"{value:.4g}" if isinstance(value, float) else str(value).lower()
+        text = f"{value:.6g}" if isinstance(value, float) else str(value).lower()
         short = SHORT.get(key, key.rsplit(".", 1)[-1] + "_")
         words.append(f"{short}{text}")
     name = re.sub(r"[^A-Za-z0-9_.-]", "_", "-".join(words)) or "trial"
@@ -423,7 +465,8 @@ def open_study(plan: Plan, parent: Path, worker: int = 0) -> Any:
         if theirs is not None:
             if not plan.same_search(Plan.from_json(theirs)):
                 raise ConfigError(f"study {plan.study!r} already exists with another search "
-                                  "space, sampler, budget or metric; use another --study")  # fmt: skip
+                                  "space, sampler, budget, metric or base config; use another "
+                                  "--study")  # fmt: skip
             return study
         time.sleep(0.1)
     raise RunError(f"study {plan.study!r} exists but its plan never appeared; is it a sweep?")
@@ -462,7 +505,35 @@ def connect(url: str) -> Any:
         if isinstance(exc, ImportError):
             first = ("no database driver for this URL is installed (PostgreSQL: pip install "
                      "'psycopg[binary]'; MySQL: pip install pymysql with mysql+pymysql://)")  # fmt: skip
-        raise ConfigError(f"--storage {url}: cannot open it: {first}") from None
+        raise ConfigError(
+            f"--storage {masked(url)}: cannot open it: {first.replace(url, masked(url) or '')}"
+        ) from None
+
+
+def masked(url: str | None) -> str | None:
+    """A database URL without its password (for messages and ``sweep.json``)."""
+    if not url or "://" not in url:
+        return url
+    try:
+        from sqlalchemy.engine import make_url
+
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # not a URL SQLAlchemy reads: its error says so elsewhere
+        return url
+
+
+def storage_for_resume(plan: Plan, given: str | None) -> str | None:
+    """The storage a resumed sweep opens: ``--storage`` when given (it must be the same
+    database), else the saved one, whose password was not saved."""
+    if given:
+        if masked(given) != plan.storage:
+            raise ConfigError(f"--storage {masked(given)} is not this sweep's database "
+                              f"({plan.storage})")  # fmt: skip
+        return given
+    if plan.storage and "***" in plan.storage:
+        raise ConfigError(f"this sweep's database password is not saved: give its URL again, "
+                          f"--storage {plan.storage} with the password")  # fmt: skip
+    return plan.storage
 
 
 def _host_salt(plan: Plan) -> int:
@@ -561,7 +632,7 @@ def run_trial(
     raw["name"] = name
     swept = [d.key for d in plan.dims if d.choices is None or len(d.choices) > 1]
     hparams = {k: params[k] for k in swept if _hparam(k) == k}  # the rest: hparams_of's
-    ticked = list(dict.fromkeys([*map(_hparam, swept), *HPARAMS_FIRST]))
+    ticked = list(dict.fromkeys(map(_hparam, swept)))
     folder = None
     try:
         if resume_dir:
@@ -582,7 +653,7 @@ def run_trial(
             console.note(f"{folder.name}: training")
         watch = _pruning(trial, plan) if plan.prune and plan.metric in PER_EPOCH else None
         outcome = train_run(config, console, prepared=cache[key], run_dir=folder, resume=ckpt,
-                            ticked=ticked[:5], truth_run=False, hparams=hparams,
+                            ticked=ticked, truth_run=False, hparams=hparams,
                             watch=watch)  # fmt: skip
     except HuberfitError as exc:
         return _tell_failed(trial, name, folder, str(exc).splitlines()[0])
@@ -726,25 +797,26 @@ def write_results(parent: Path, plan: Plan, rows: list[dict[str, Any]]) -> Path 
     full config, ready for ``huberfit train --config``); returns best.yaml's path."""
     import pandas as pd
 
+    from huberfit.artifacts import atomic_path
+
     frame = pd.DataFrame(rows)
-    tmp = parent / ".trials.csv.tmp"
-    frame.to_csv(tmp, index=False)
-    os.replace(tmp, parent / "trials.csv")
-    tmp = parent / ".trials.parquet.tmp"
-    frame.astype({c: "string" for c in frame.columns if frame[c].dtype == object}).to_parquet(
-        tmp, index=False
-    )
-    os.replace(tmp, parent / "trials.parquet")
+    with atomic_path(parent / "trials.csv") as tmp:
+        frame.to_csv(tmp, index=False)
+    texts = {c: "string" for c in frame.columns if frame[c].dtype == object}
+    with atomic_path(parent / "trials.parquet") as tmp:
+        frame.astype(texts).to_parquet(tmp, index=False)
     best = next((r for r in rows if r["state"] == "complete"), None) if plan.best else None
-    if best is None or not best.get("run_dir"):
+    if best is None:
         return None
-    config_file = Path(best["run_dir"]) / "config.yaml"
-    if not config_file.is_file():
-        return None
+    raw = copy.deepcopy(plan.base)  # the trial's own config (it may have run elsewhere)
+    for dim in plan.dims:
+        set_key(raw, dim.key, best[dim.key])
+    raw["name"] = best["name"] or raw.get("name", "best")
     header = (f"# best trial of {parent.name}: {best['name']} ({plan.metric} "
               f"{best[plan.metric]:.6g}); train it again with:\n"
               f"#   huberfit train --config {parent / 'best.yaml'}\n")  # fmt: skip
-    write_text_atomic(parent / "best.yaml", header + config_file.read_text(encoding="utf-8"))
+    text = header + dump_config(validate_config(raw, "best.yaml"))
+    write_text_atomic(parent / "best.yaml", text)
     return parent / "best.yaml"
 
 
@@ -762,13 +834,15 @@ def new_parent(plan: Plan, config: Config, runs_dir: str | None) -> Path:
         parent = make_run_dir(root, config.name, prefix="sweep-")
         plan.study = parent.name
     sweep_file = parent / SWEEP_FILE
-    if not sweep_file.exists():
-        write_json(sweep_file, plan.to_json())
+    if not sweep_file.exists():  # never a database password in a file
+        write_json(sweep_file, {**plan.to_json(), "storage": masked(plan.storage)})
     return parent
 
 
 def load_parent(parent: Path) -> Plan:
     sweep_file = parent / SWEEP_FILE
+    if not parent.exists():
+        raise RunError(f"{parent} does not exist")
     if not sweep_file.is_file():
         raise RunError(f"{parent} is not a sweep folder (no {SWEEP_FILE})")
     try:
@@ -881,12 +955,19 @@ def execute(
     results: list[TrialResult] = []
     # a first Ctrl-C/SIGTERM stops the trial after its step (it saves) and then the sweep;
     # a second one stops at once (interrupts.Interrupted), the trial keeping its checkpoint
-    with interrupts.run_signals() as policy, policy.in_fit() as stop:
-        if workers <= 1:
-            with threads(threads_each):
-                results = work(plan, parent, study, console, stop, line, prepared_for)
-        else:
-            _supervise(plan, parent, study, workers, threads_each or 1, stop, line)
+    try:
+        with interrupts.run_signals() as policy, policy.in_fit() as stop:
+            if workers <= 1:
+                with threads(threads_each):
+                    results = work(plan, parent, study, console, stop, line, prepared_for)
+            else:
+                _supervise(plan, parent, study, workers, threads_each or 1, stop, line)
+    except interrupts.Interrupted:  # a second request: the table of what finished, then out
+        with interrupts.critical():
+            rows = trial_rows(study, plan)
+            if rows:
+                write_results(parent, plan, rows)
+        raise
     rows = trial_rows(study, plan)
     best = write_results(parent, plan, rows) if rows else None
     interrupted = stop.is_set() or any(r.state == "interrupted" for r in results)
@@ -898,8 +979,12 @@ def _progress(plan: Plan, note: Callable[[str], None], done: int) -> Callable[[T
     count = [done]
 
     def line(r: TrialResult) -> None:
-        count[0] += r.state != "interrupted" and r.number >= 0
-        value = "" if r.value is None else f"{plan.metric} {r.value:.6g}  "
+        if r.state == "interrupted" or r.number < 0:  # not a finished trial: no count
+            note(f"{r.name}  {r.state}" + f"  {r.message}" * (r.number < 0))
+            return
+        count[0] += 1
+        shown = r.value is not None and r.state in ("complete", "pruned")
+        value = f"{plan.metric} {r.value:.6g}  " if shown else ""
         why = f"  {r.message}" if r.state in ("failed", "pruned") and r.message else ""
         note(f"trial {count[0]}/{plan.trials}  {r.name}  {value}{r.state}{why}")
 
@@ -911,8 +996,9 @@ def _supervise(plan, parent, study, workers, threads_each, stop, line) -> None:
     ask them to stop (SIGTERM: finish the step, save, exit)."""
     import signal
 
+    seen = {t.number for t in study.get_trials(deepcopy=False)
+            if t.state.name not in ("RUNNING", "WAITING")}  # fmt: skip
     procs = spawn_workers(parent, workers, threads_each)
-    seen: set[int] = set()
     asked = False
     try:
         while True:

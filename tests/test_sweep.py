@@ -367,3 +367,59 @@ def test_two_machines_join_one_postgresql_study_and_run_each_trial_once(tmp_path
     assert sorted(f.name for f in folders) == sorted(t.user_attrs["name"] for t in complete)
     last = json.loads(outputs[1][0])["trials"] if procs[1].returncode == 0 else []
     assert {t["name"] for t in last} <= {f.name for f in folders}
+
+
+def test_the_last_word_for_a_key_wins_and_a_fixed_value_leaves_the_space(tmp_path):
+    swept, plain = split_args(["optimizer.lr=0.1,0.2", "optimizer.lr=0.3", "seed=1,2", "seed=3,4"])
+    assert swept == ["seed=3,4"] and plain == ["optimizer.lr=0.3"]
+    config = tmp_path / "base.yaml"
+    config.write_text("sweep:\n  params:\n    train.batch_size: [64, 256]\n    seed: [0, 1]\n")
+    swept, plain = split_args(["train.batch_size=32"])
+    cfg = load_config(config, plain)
+    plan = build_plan(
+        cfg, cfg.model_dump(mode="json"), swept, str(config), fixed={"train.batch_size"}
+    )
+    assert [d.key for d in plan.dims] == ["seed"] and plan.base["train"]["batch_size"] == 32
+
+
+def test_r2_is_maximised_unless_told_and_no_password_is_kept():
+    from huberfit.sweep import Plan, masked, storage_for_resume
+
+    assert plan_of(["seed=0,1"], metric="val.r2").direction == "maximize"
+    assert plan_of(["seed=0,1"], metric="val.r2", direction="minimize").direction == "minimize"
+    url = "postgresql://me:s3cret@db.example/optuna"
+    assert "s3cret" not in masked(url) and "***" in masked(url)
+    plan = Plan({}, [], "grid", 1, "val.loss", "minimize", False, "s", masked(url))
+    with pytest.raises(ConfigError, match="password is not saved"):
+        storage_for_resume(plan, None)
+    assert storage_for_resume(plan, url) == url
+    with pytest.raises(ConfigError, match="not this sweep's database"):
+        storage_for_resume(plan, "postgresql://me:s3cret@other/optuna")
+
+
+@pytest.mark.slow
+def test_a_sweep_whose_trials_all_fail_exits_1(runner, tmp_path):
+    result, parent = sweep(runner, tmp_path, "data.n_samples=2", "data.val_fraction=0.5,0.6")
+    assert result.exit_code == 1 and "no trial completed" in result.output
+    assert (parent / "trials.csv").is_file() and not (parent / "best.yaml").exists()
+
+
+@pytest.mark.slow
+def test_an_interrupted_comparison_resumes_into_the_whole_comparison(tmp_path):
+    env = {**os.environ, "HUBERFIT_FAULT": "folder:SIGINT:2"}  # Ctrl-C as mse starts
+    args = [sys.executable, "-m", "huberfit", "compare-losses", "--runs-dir", str(tmp_path),
+            "train.epochs=3", "output.images=false"]  # fmt: skip
+    first = subprocess.run(args, env=env, capture_output=True, text=True, timeout=120)
+    assert first.returncode == 130, first.stderr
+    (parent,) = tmp_path.glob("compare-*")
+    assert f"huberfit sweep --resume {parent}" in first.stderr
+    partial = json.loads((parent / "comparison.json").read_text())
+    assert [r["label"] for r in partial["runs"]] == ["huber"] and "no verdict yet" in partial[
+        "verdict"
+    ]
+    done = subprocess.run([sys.executable, "-m", "huberfit", "sweep", "--resume", str(parent)],
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    whole = json.loads((parent / "comparison.json").read_text())
+    assert [r["label"] for r in whole["runs"]] == ["huber", "mse", "l1"]
+    assert not whole["verdict"].startswith("no verdict yet") and "verdict:" in done.stdout
