@@ -310,8 +310,10 @@ def check_loss(
     rows: int = typer.Option(1_000_000, "--rows", min=1000, help="Rows for the timing."),
     json_out: bool = typer.Option(False, "--json", help="Print the checks as JSON."),
 ) -> None:
-    """Check your own loss module: shape, finiteness, graph, gradcheck, dtype/device, and
-    (with --reference) value and gradient against a built-in; exit 0 only if all pass."""
+    """Check your own loss module; exit 0 only if every check passes.
+
+    Shape, finiteness, graph, gradcheck, dtype/device and (with --reference) value and
+    gradient against a built-in."""
     from huberfit.config import BUILTIN_LOSSES, parse_yaml
     from huberfit.errors import ConfigError
 
@@ -628,7 +630,7 @@ def runs(
     runs_dir: Path = typer.Option(Path("runs"), "--runs-dir", help="Folder holding run folders."),
     json_out: bool = typer.Option(False, "--json", help="Print the rows as JSON."),
 ) -> None:
-    """List runs, newest first (comparisons with their runs under them)."""
+    """List runs, newest first (comparisons and sweeps with their runs under them)."""
     from huberfit.runs import list_runs
     from huberfit.sinks import render_runs
 
