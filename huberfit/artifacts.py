@@ -41,7 +41,11 @@ def make_run_dir(runs_dir: str | Path, name: str, prefix: str = "") -> Path:
     except (OSError, ValueError) as exc:  # ValueError: a NUL in the path
         why = getattr(exc, "strerror", None) or exc
         raise RunError(f"cannot create runs folder {parent}: {why}") from None
-    stem = f"{prefix}{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    return free_folder(parent, f"{prefix}{name}-{time.strftime('%Y%m%d-%H%M%S')}")
+
+
+def free_folder(parent: Path, stem: str) -> Path:
+    """Create ``parent/stem``, or ``stem-2``, ``stem-3``... when taken."""
     for i in range(1, 10_000):
         candidate = parent / (stem if i == 1 else f"{stem}-{i}")
         try:

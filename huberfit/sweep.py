@@ -34,7 +34,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from huberfit.artifacts import make_run_dir, write_json, write_text_atomic
+from huberfit.artifacts import free_folder, make_run_dir, write_json, write_text_atomic
 from huberfit.config import (
     NAME_PATTERN,
     Config,
@@ -646,7 +646,7 @@ def run_trial(
                           config.model.bias, config.loss.name.count(":") > 0])  # fmt: skip
         if key not in cache:
             cache[key] = prepared_for(config) if prepared_for else prepare(config)
-        folder = folder or _trial_folder(parent, name)
+        folder = folder or free_folder(parent, name)  # name-2: a point drawn twice
         trial.set_user_attr("run_dir", str(folder))
         trial.set_user_attr("name", folder.name)
         if plan.labels:  # compare-losses: which loss is training (its table comes after)
@@ -700,18 +700,6 @@ def _tell_failed(trial: Any, name: str, folder: Path | None, line: str) -> Trial
         trial.set_user_attr("run_dir", str(folder))
     study_tell(trial, TrialState.FAIL)
     return TrialResult(trial.number, folder.name if folder else name, "failed", None, line)
-
-
-def _trial_folder(parent: Path, name: str) -> Path:
-    """``parent/name``, or ``name-2``... when taken (a random sampler may repeat a point)."""
-    for i in range(1, 10_000):
-        folder = parent / (name if i == 1 else f"{name}-{i}")
-        try:
-            folder.mkdir()
-            return folder
-        except FileExistsError:
-            continue
-    raise RunError(f"no free folder name for trial {name} in {parent}")
 
 
 # Swept keys that ``metrics.hparams_of`` already reports, by its names for them.
