@@ -249,7 +249,8 @@ def _train(cfg, ckpt, resume, runs_dir, quiet: bool, dist):
         from huberfit.runs import FINISHED, folder_state
 
         ended = folder_state(resume)
-        if ended.status in FINISHED and ended.metrics is not None:  # nothing to do: no writes
+        whole = ended.metrics is not None and isinstance(ended.metrics.get("coefficients"), dict)
+        if ended.status in FINISHED and whole:  # nothing to do: no writes (else: rewritten)
             console.note(
                 f"the run already has its {done} epochs; nothing to train "
                 f"(continue it with: huberfit train --resume {resume} train.epochs={done + 10})"
