@@ -276,7 +276,7 @@ def _exit_for(metrics, run_dir, main: bool) -> None:
     from huberfit.metrics import gap_warning
 
     status = metrics["status"]
-    warning = gap_warning(metrics)
+    warning = gap_warning(metrics) if status != "interrupted" else None  # one line: resume
     if warning and main:
         err.print(Text(warning, style="yellow"), soft_wrap=False)
     if status == "diverged":

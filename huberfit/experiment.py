@@ -32,6 +32,7 @@ from huberfit.artifacts import (
 from huberfit.config import Config
 from huberfit.data.dataset import Dataset, load_data, make_batches
 from huberfit.device import resolve_device
+from huberfit.errors import RunError
 from huberfit.loop import EpochReport, FitResult, FitSettings, TrainState, fit
 from huberfit.losses import is_own, own_label, preflight, spec_of
 from huberfit.metrics import (
@@ -183,11 +184,17 @@ def train_run(
                 metrics.update(run_dir=str(run.dir), started=started,
                                initial_weights=[*weights, bias],
                                batch_order_digest=train.order_digest(), world_size=world)  # fmt: skip
+                unwritten = None  # a picture that cannot be written (a full disk) still
                 if run.main and config.output.images and result.status in STATUS_WITH_PICTURES:
                     interrupts.fault("pictures")  # test hook
-                    run.pictures(figures())
+                    try:  # leaves the metrics to write; its error comes after them
+                        run.pictures(figures())
+                    except RunError as exc:
+                        unwritten = exc
                 run.finish(metrics, {**hparams_of(config, data), **(hparams or {})}, ticked)
                 run.write_metrics(metrics)
+                if unwritten is not None:
+                    raise unwritten
             except interrupts.Interrupted as exc:
                 # the state reached is consistent (not a second signal's) and not diverged
                 if not exc.hard and (result is None or result.status != "diverged"):

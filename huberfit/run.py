@@ -27,6 +27,7 @@ from huberfit.artifacts import (
     write_text_atomic,
 )
 from huberfit.config import Config, dump_config
+from huberfit.runs import folder_lock
 from huberfit.sinks import ConsoleSink, FigureMaker, Sinks, TensorBoardSink
 
 
@@ -98,9 +99,10 @@ def open_run(
     if dist is not None:
         run_dir = Path(dist.broadcast_text(str(run_dir) if main else None))
     config_yaml = dump_config(config)
-    if main:
-        write_text_atomic(run_dir / "config.yaml", config_yaml)
     with ExitStack() as stack:
+        if main:  # one process writes a run folder at a time
+            stack.enter_context(folder_lock(run_dir))
+            write_text_atomic(run_dir / "config.yaml", config_yaml)
         stack.callback(console.close)
         tb = None
         if config.output.tensorboard and main:

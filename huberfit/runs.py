@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -92,6 +94,47 @@ def _json_type(value: Any) -> str:
     return names.get(type(value), type(value).__name__)
 
 
+LOCK_FILE = ".huberfit.lock"
+
+
+@contextmanager
+def folder_lock(folder: Path) -> Iterator[None]:
+    """Held while a process writes into a run folder (an advisory ``flock``, let go when
+    the process ends, however it ends): a second process, such as ``--resume`` of a run
+    still training, is refused, and ``huberfit runs`` calls the folder ``running``."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: no lock
+        yield
+        return
+    with open(folder / LOCK_FILE, "a+") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            raise RunError(f"{folder} is in use by another huberfit process (still training "
+                           "there); wait for it to end or stop it first") from None  # fmt: skip
+        try:
+            yield
+        finally:  # removed while still held: no one can lock the old file after this
+            Path(fh.name).unlink(missing_ok=True)
+
+
+def folder_in_use(folder: Path) -> bool:
+    """Whether another process holds ``folder_lock`` on ``folder`` now."""
+    try:
+        import fcntl
+    except ImportError:
+        return False
+    try:
+        with open(folder / LOCK_FILE) as fh:
+            fcntl.flock(fh, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except FileNotFoundError:
+        return False
+    except OSError:
+        return True
+    return False
+
+
 FINISHED = ("completed", "early_stopped", "diverged")
 
 
@@ -111,6 +154,8 @@ class FolderState:
 def folder_state(folder: str | Path) -> FolderState:
     """Judge a run folder from the files in it (never raises; reads no checkpoint)."""
     folder = Path(folder)
+    if folder_in_use(folder):
+        return FolderState("running", "a huberfit process is training in it now", False)
     checkpoint = (folder / "checkpoint.pt").is_file()
     metrics_file = folder / "metrics.json"
     if metrics_file.is_file():

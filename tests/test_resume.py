@@ -154,3 +154,38 @@ def test_by_default_the_first_epoch_is_saved_then_once_5_seconds_have_passed(mon
     for epoch in (3, 4, 5, 6):
         each.periodic(TrainState(epoch=epoch, step=epoch))
     assert written == [1, 3, 4, 6]
+
+
+@pytest.mark.slow
+def test_a_run_still_training_is_running_and_cannot_be_resumed_twice(tmp_path):
+    """A folder held by its process: `runs` says running and `--resume` refuses it; once
+    the process is gone (even by SIGKILL) it is an interrupted run to resume."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from huberfit.runs import folder_state
+
+    proc = subprocess.Popen([sys.executable, "-m", "huberfit", "train", "--runs-dir",
+                             str(tmp_path), "data.n_samples=100000", "train.epochs=200",
+                             "train.checkpoint_every=1", "output.images=false", "-q"])  # fmt: skip
+    try:
+        deadline = time.time() + 60
+        while not list(tmp_path.glob("*/checkpoint.pt")) and time.time() < deadline:
+            time.sleep(0.05)
+        (folder,) = [p for p in tmp_path.iterdir() if p.is_dir()]
+        assert folder_state(folder).status == "running"
+        r = CliRunner().invoke(app, ["train", "--resume", str(folder)])
+        assert "a huberfit process is training in it now" in one_error_line(r)  # as runs
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    state = folder_state(folder)
+    assert state.status == "interrupted" and state.resumable
+
+
+def test_data_from_a_pipe_is_refused_in_one_line(tmp_path):
+    r = CliRunner().invoke(app, ["train", "data.source=csv", "data.path=/dev/stdin",
+                                 "data.target=y", "--runs-dir", str(tmp_path)])  # fmt: skip
+    assert "not a regular file" in one_error_line(r)

@@ -260,6 +260,9 @@ def check_file(path: str) -> Path:
         raise DataError(f"data file not found: {file}")
     if file.is_dir():
         raise DataError(f"data path is a directory, not a file: {file}")
+    if not file.is_file():  # a pipe or a device: read more than once, so never "empty"
+        raise DataError(f"{file}: not a regular file (a pipe or a device); huberfit reads a "
+                        "data file more than once: save it to a file first")  # fmt: skip
     if file.stat().st_size == 0:
         raise DataError(f"{file}: file is empty")
     return file
