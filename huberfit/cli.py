@@ -635,6 +635,8 @@ def runs(
     from huberfit.runs import list_runs
     from huberfit.sinks import render_runs
 
+    if Path(runs_dir).expanduser().exists() and not Path(runs_dir).expanduser().is_dir():
+        raise HuberfitError(f"--runs-dir {runs_dir} is a file, not a runs folder")
     rows = list_runs(runs_dir)
     if json_out:
         print_json(rows)

@@ -89,7 +89,7 @@ def _checked(data: Any, keys: dict[str, tuple[type, ...]], file: str) -> dict[st
 
 
 def _json_type(value: Any) -> str:
-    names = {bool: "a boolean", int: "a number", float: "a number", str: "a string",
+    names = {bool: "a boolean", int: "a whole number", float: "a number", str: "a string",
              list: "a list", dict: "an object", type(None): "null"}  # fmt: skip
     return names.get(type(value), type(value).__name__)
 

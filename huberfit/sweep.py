@@ -303,6 +303,9 @@ class _CommandLine(str):
 
 def _dim(key: str, where: str, spec: Any, base: dict, problems: list[str]) -> Dim | None:
     parts = key.split(".")
+    if not all(parts):
+        problems.append(f"{where or repr(key)}: a dotted key has no empty parts")
+        return None
     if any(key == k or key.startswith(k + ".") for k in NOT_SWEEPABLE):
         problems.append(f"{where}: {key} cannot be swept (the sweep names its runs and folders)")
         return None
