@@ -255,7 +255,7 @@ def test_runs_lists_unexpected_json_as_unreadable(tmp_path, runner):
     status = {row["name"]: row["status"] for row in rows}
     assert status == {**{name: "unreadable" for name in files}, "fine": "completed"}
     detail = {row["name"]: row.get("detail", "") for row in rows}
-    assert "'loss' is a number, expected a string" in detail["loss-number"]
+    assert "'loss' is a whole number, expected a string" in detail["loss-number"]
     assert "'verdict' is an object" in detail["cmp-verdict"]
 
 
