@@ -204,7 +204,9 @@ class OptimizerConfig(_Section):
     momentum: float = Field(0.0, ge=0, lt=1, description="sgd only")
     nesterov: bool = Field(False, description="sgd only; needs momentum > 0")
     weight_decay: float = Field(0.0, ge=0, le=F32_MAX, description="L2 penalty (not with lbfgs)")
-    max_iter: int = Field(100, ge=1, description="lbfgs only: iterations per epoch")
+    # an epoch is one LBFGS.step: Ctrl-C is answered between epochs (a second one at once),
+    # so an epoch may not be unbounded
+    max_iter: int = Field(100, ge=1, le=100_000, description="lbfgs only: iterations per epoch")
     # torch allocates a list of this length at every step: a bound, not a preference
     history_size: int = Field(20, ge=1, le=10_000, description="lbfgs only")
 
