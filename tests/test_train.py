@@ -408,3 +408,10 @@ def test_resume_refuses_overrides_the_checkpoint_cannot_honour(tmp_path, runner)
     assert sorted(p.name for p in Path(run).iterdir()) == before
     r = runner.invoke(app, ["train", "--resume", run, "train.epochs=2", "output.images=false"])
     assert r.exit_code == 0, r.output
+
+
+def test_more_coefficients_than_rows_has_no_reference_and_says_why(tmp_path):
+    """Many fits reach the optimum: no reference (solving it took minutes at 6000 x 40)."""
+    m = run(tmp_path, "train.epochs=1", "data.n_features=60", "data.n_samples=50").metrics
+    assert m["optimum"] is None and m["gap"] is None and m["standard_errors"] is None
+    assert "61 coefficients and" in m["optimum_note"] and "no reference" in m["optimum_note"]
