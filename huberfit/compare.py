@@ -8,7 +8,6 @@ table's rows and the verdict come from ``metrics``; the picture from ``plots``.
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,7 +27,7 @@ from huberfit.metrics import (
 )
 from huberfit.runs import folder_state
 from huberfit.sinks import ConsoleSink, TensorBoardSink
-from huberfit.sweep import Dim, Plan, execute, set_key
+from huberfit.sweep import Dim, Plan, execute, with_values
 
 COMPARE_DEFAULTS = [  # the built-in comparison: each loss trained to its certified optimum
     "name=compare",
@@ -71,10 +70,7 @@ def compare_losses(
                       dtypes=(data.X_train.dtype,))  # fmt: skip
     plan = _plan(config, labels)
     for label, point in zip(plan.labels, plan.points, strict=True):  # all before any folder
-        raw = copy.deepcopy(plan.base)
-        for key, value in point.items():
-            set_key(raw, key, value)
-        validate_config({**raw, "name": label}, f"compare-losses {label}")
+        validate_config(with_values(plan.base, point, label), f"compare-losses {label}")
     prefix = "" if config.name.startswith("compare") else "compare-"  # not compare-compare-
     parent = make_run_dir(runs_dir or config.output.runs_dir, config.name, prefix=prefix)
     plan.study = parent.name

@@ -286,11 +286,8 @@ def _explicit_points(
                 problems.append(f"{where}[{i}]: {_unknown_key(key.split('.'))}")
                 ok = False
         if ok:
-            raw = copy.deepcopy(base)
-            for key, value in point.items():
-                set_key(raw, key, value)
             try:
-                validate_config(raw, "")
+                validate_config(with_values(base, point), "")
             except ConfigError as exc:
                 problems.append(f"{where}[{i}]: {exc}")
                 ok = False
@@ -399,6 +396,17 @@ def _check_value(key: str, where: str, value: Any, base: dict, problems: list[st
     except ConfigError as exc:
         problems.append(f"{where}={json.dumps(value)}: {exc}")
         return False
+
+
+def with_values(base: dict[str, Any], values: dict[str, Any], name: str | None = None) -> dict:
+    """A copy of the raw ``base`` config with dotted ``values`` set (and ``name``): a
+    trial's config, before validation."""
+    raw = copy.deepcopy(base)
+    for key, value in values.items():
+        set_key(raw, key, value)
+    if name is not None:
+        raw["name"] = name
+    return raw
 
 
 def set_key(raw: dict[str, Any], key: str, value: Any) -> dict[str, Any]:
@@ -621,6 +629,7 @@ def run_trial(
     from optuna.trial import TrialState
 
     from huberfit.experiment import prepare, train_run
+    from huberfit.losses import is_own
 
     point = trial.user_attrs.get("point")
     params = {d.key: d.suggest(trial) for d in plan.dims}
@@ -629,10 +638,7 @@ def run_trial(
     label = plan.labels[point] if plan.labels and point is not None else None
     name = label or trial_name(params, plan.dims)
     resume_dir = trial.user_attrs.get("resume_dir")
-    raw = copy.deepcopy(plan.base)
-    for key, value in params.items():
-        set_key(raw, key, value)
-    raw["name"] = name
+    raw = with_values(plan.base, params, name)
     swept = [d.key for d in plan.dims if d.choices is None or len(d.choices) > 1]
     hparams = {k: params[k] for k in swept if _hparam(k) == k}  # the rest: hparams_of's
     ticked = list(dict.fromkeys(map(_hparam, swept)))
@@ -646,7 +652,7 @@ def run_trial(
         else:
             config, ckpt = validate_config(raw, f"trial {trial.number} ({name})"), None
         key = json.dumps([config.data.model_dump(mode="json"), config.seed, config.dtype,
-                          config.model.bias, config.loss.name.count(":") > 0])  # fmt: skip
+                          config.model.bias, is_own(config.loss.name)])  # fmt: skip
         if key not in cache:
             cache[key] = prepared_for(config) if prepared_for else prepare(config)
         folder = folder or free_folder(parent, name)  # name-2: a point drawn twice
@@ -688,7 +694,7 @@ def run_trial(
 
 
 def study_tell(trial: Any, state: Any, value: float | None = None) -> None:
-    trial.study.tell(trial, value if value is not None else None, state=state)
+    trial.study.tell(trial, value, state=state)
 
 
 def _tell_failed(trial: Any, name: str, folder: Path | None, line: str) -> TrialResult:
@@ -799,10 +805,8 @@ def write_results(parent: Path, plan: Plan, rows: list[dict[str, Any]]) -> Path 
     best = next((r for r in rows if r["state"] == "complete"), None) if plan.best else None
     if best is None:
         return None
-    raw = copy.deepcopy(plan.base)  # the trial's own config (it may have run elsewhere)
-    for dim in plan.dims:
-        set_key(raw, dim.key, best[dim.key])
-    raw["name"] = best["name"] or raw.get("name", "best")
+    # the trial's own config, from the plan (it may have run on another machine)
+    raw = with_values(plan.base, {d.key: best[d.key] for d in plan.dims}, best["name"] or None)
     header = (f"# best trial of {parent.name}: {best['name']} ({plan.metric} "
               f"{best[plan.metric]:.6g}); train it again with:\n"
               f"#   huberfit train --config {parent / 'best.yaml'}\n")  # fmt: skip
