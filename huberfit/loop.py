@@ -4,8 +4,8 @@
 optimizer (and scheduler), the sinks and an ``evaluate`` callback, so it can be tested with
 fakes and a new sink or batch source never touches it. It knows nothing about files, configs
 or standardization; losses it reports are multiplied by ``settings.loss_scale`` to put them
-in original units. Imports only the ``BatchSource`` protocol from data (for its type);
-must not import losses, model or sinks.
+in original units. Imports only the ``BatchSource`` protocol (for its type) and ``Batch``
+from data; must not import losses, model or sinks.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import torch
 from torch import nn
 
+from huberfit.data.batches import Batch
 from huberfit.finish import simplex_finish
 
 if TYPE_CHECKING:
@@ -33,6 +34,10 @@ LBFGS_OBJECTIVE_SCALE = 1e8
 # SMOOTHING_END; then the exact finish: a vertex, and simplex pivots to an optimal one
 # (see _Run.finish_vertex and huberfit.finish).
 SMOOTHING_START, SMOOTHING_END = 1.0, 1e-9
+# A mini-batch step on at most this many numbers (rows x (features + 1)) runs on one
+# thread (see _Run._threads): 4096 x 17 is still faster on one thread of a 2-core Xeon
+# (X.T @ g: 7.0 us against 8.0 us on two), 16384 x 17 is not (33 us against 16 us).
+SMALL_STEP = 2**17
 
 # ----------------------------------------------------------------------------- results
 
@@ -186,6 +191,7 @@ class _Run:
     """The state of one ``fit`` call; split from ``fit`` to keep each piece short."""
 
     def __init__(self, model, loss_fn, batches, optimizer, sinks, settings, evaluate, sched, state):
+        self.grads: _FusedGrads | None = None
         self.model, self.loss_fn, self.batches = model, loss_fn, batches
         self.opt, self.sinks, self.settings = optimizer, sinks, settings
         self.evaluate, self.scheduler, self.state = evaluate, sched, state
@@ -212,49 +218,75 @@ class _Run:
 
     def epoch(self, stop: threading.Event) -> EpochReport | None:
         # the fused path needs no autograd graph: one no_grad for the epoch, not per step
-        with torch.no_grad() if self.fused else contextlib.nullcontext():
+        with torch.no_grad() if self.fused else contextlib.nullcontext(), self._threads():
             return self._epoch(stop)
 
+    @contextlib.contextmanager
+    def _threads(self):
+        """Small CPU steps run on one thread: MKL splits even a 256 x 17 matrix-vector
+        product over every core, and the hand-off costs more than the product (2-core
+        Xeon: X.T @ g, 256 x 16, 2.6 us on one thread, 5.8 us on two; 700 us when the
+        other core is busy). The other core gathers the next block of rows meanwhile."""
+        rows = getattr(self.batches, "batch_size", None) or self.batches.n
+        width = self.model.weight.numel() if isinstance(self.model, nn.Linear) else SMALL_STEP
+        before = torch.get_num_threads()
+        if not self.on_cpu or before == 1 or rows * (width + 1) > SMALL_STEP:
+            yield
+            return
+        torch.set_num_threads(1)
+        try:
+            yield
+        finally:
+            torch.set_num_threads(before)
+
     def _epoch(self, stop: threading.Event) -> EpochReport | None:
+        """The steps of one epoch. Per step only the update itself runs, and on the CPU one
+        read of the step's loss (free there); logging, finiteness checks of the
+        parameters and the gradient norm wait for the log interval or the epoch's end."""
         s, st = self.settings, self.state
         t0, seen = time.perf_counter(), 0
-        order = self.batches.epoch(st.epoch)
         k = s.grad_accum_steps
         device_sum = None if self.on_cpu else torch.zeros((), device=self.batches.device)
         log_sum, log_n, log_sum_t = 0.0, 0, None
         grad_norm = math.nan
-        for start, window, last_window in _windows(order, k, st.batch):
-            n_win = window[0][1] if k == 1 else sum(n for _, n in window)  # rows, all ranks
-            win_loss = self._accumulate(window, n_win)  # float on the CPU, else a tensor
-            if self.reducer is not None:
-                win_loss = self._sum_over_ranks(win_loss)
-            at_log = (st.step + 1) % s.log_every_steps == 0 or last_window
-            if last_window:
-                grad_norm = _grad_norm(self.params)
-            self.opt.step()
-            if s.zero_grad:
-                self.opt.zero_grad(set_to_none=True)
-            st.step += 1
-            st.batch = start + len(window)
-            seen += n_win
-            if self.on_cpu:  # a host read is free here: check every step
-                self._check_finite(win_loss)
-                st.epoch_loss_sum += win_loss * n_win
-                log_sum, log_n = log_sum + win_loss, log_n + 1
-            else:  # accelerators: no host sync per step; read at the log interval
-                device_sum += win_loss * n_win
-                log_sum_t = win_loss if log_sum_t is None else log_sum_t + win_loss
-                log_n += 1
-            st.epoch_count += n_win
-            if at_log:
-                mean = (log_sum if self.on_cpu else float(log_sum_t)) / log_n
-                self._check_finite(mean)
-                self.sinks.step(st.step, mean * s.loss_scale)
-                log_sum, log_n, log_sum_t = 0.0, 0, None
-            if not last_window and self._stop_now(stop, at_log):
-                self._flush_device_sum(device_sum)
-                self.samples += seen
-                return None
+        items = self.batches.epoch(st.epoch, st.batch)
+        self.grads = _FusedGrads(self.model, self.batches.take) if self.fused else None
+        try:
+            for window, n_win, last_window in _windows(items, k):
+                win_loss = self._accumulate(window, n_win)  # float on the CPU, else a tensor
+                if self.reducer is not None:
+                    win_loss = self._sum_over_ranks(win_loss)
+                at_log = (st.step + 1) % s.log_every_steps == 0 or last_window
+                if last_window:
+                    grad_norm = _grad_norm(self.params)
+                self.opt.step()
+                if s.zero_grad and self.grads is None:  # fused: the next window overwrites
+                    self.opt.zero_grad(set_to_none=True)
+                st.step += 1
+                st.batch += len(window)
+                seen += n_win
+                if self.on_cpu:  # a host read is free here: check every step
+                    self._check_finite(win_loss)
+                    st.epoch_loss_sum += win_loss * n_win
+                    log_sum, log_n = log_sum + win_loss, log_n + 1
+                else:  # accelerators: no host sync per step; read at the log interval
+                    device_sum += win_loss * n_win
+                    log_sum_t = win_loss if log_sum_t is None else log_sum_t + win_loss
+                    log_n += 1
+                st.epoch_count += n_win
+                if at_log:
+                    mean = (log_sum if self.on_cpu else float(log_sum_t)) / log_n
+                    self._check_finite(mean)
+                    self.sinks.step(st.step, mean * s.loss_scale)
+                    log_sum, log_n, log_sum_t = 0.0, 0, None
+                if not last_window and self._stop_now(stop, at_log):
+                    self._flush_device_sum(device_sum)
+                    self.samples += seen
+                    return None
+        finally:
+            items.close()
+            if self.grads is not None:
+                self.grads.release(keep=not s.zero_grad)
         self._flush_device_sum(device_sum)
         self.samples += seen
         return self._end_epoch(seen, time.perf_counter() - t0, grad_norm)
@@ -278,23 +310,31 @@ class _Run:
         self.reducer.sum_(flat)
         offset = 0
         for p in self.params:
-            p.grad = flat[offset : offset + p.numel()].view_as(p)
+            summed = flat[offset : offset + p.numel()].view_as(p)
+            if p.grad is None:
+                p.grad = summed
+            else:  # the fused path's gradients are views of one buffer: keep them
+                p.grad.copy_(summed)
             offset += p.numel()
         return float(flat[-1]) if self.on_cpu else flat[-1]
 
-    def _accumulate(self, window: list[torch.Tensor], n_win: int) -> Any:
+    def _accumulate(self, window: list[tuple[Any, int]], n_win: int) -> Any:
         """Backward through each micro-batch, weighted by its share of the window's samples,
         so the summed gradient is the gradient of the mean loss over the whole window.
         Returns the window's mean loss: a float on the CPU, a device tensor elsewhere."""
         total: Any = 0.0 if self.on_cpu else None
+        fresh = self.settings.zero_grad  # fused: the window's first gradient overwrites
         for item, _ in window:
-            xb, yb = self.batches.take(item)  # item: row indices, or the rows themselves
-            if xb.shape[0] == 0:  # a rank's share of a batch smaller than the world
-                continue
-            weight = xb.shape[0] / n_win
-            if self.fused:
-                loss, scale = self._fused_backward(xb, yb, weight)
+            if self.grads is not None:
+                loss, scale = self.grads.backward(self.loss_fn, item, n_win, fresh)
+                if loss is None:  # a rank's share of a batch smaller than the world
+                    continue
+                fresh = False
             else:
+                xb, yb = self.batches.take(item)  # item: a Batch, indices, or the rows
+                if xb.shape[0] == 0:
+                    continue
+                weight = xb.shape[0] / n_win
                 loss, scale = self.loss_fn(self.model(xb), yb), weight
                 (loss * weight if weight != 1.0 else loss).backward()
                 loss = loss.detach()
@@ -302,27 +342,11 @@ class _Run:
                 total += loss.item() * scale
             else:
                 total = loss * scale if total is None else total + loss * scale
+        if fresh and self.grads is not None:  # no rows here in this window: no gradient
+            self.grads.flat.zero_()
         if total is None:
             total = torch.zeros((), device=self.batches.device)
         return total
-
-    def _fused_backward(
-        self, xb: torch.Tensor, yb: torch.Tensor, weight: float
-    ) -> tuple[torch.Tensor, float]:
-        """What ``loss.backward()`` computes for ``nn.Linear``, in closed form: with the
-        per-row gradient ``g = d loss / d pred`` (n,), ``dW = X.T @ g`` and ``db = sum(g)``,
-        added to ``.grad``. Returns the micro-batch's summed loss and the factor that makes
-        it its weighted mean. Runs under ``torch.no_grad`` (see ``epoch``)."""
-        W, b = self.model.weight, self.model.bias
-        w = W.view(-1)
-        pred = torch.addmv(b, xb, w) if b is not None else torch.mv(xb, w)
-        total, g = self.loss_fn.sum_and_grad(pred, yb[:, 0])
-        scale = weight / xb.shape[0]  # mean over the micro-batch, share of the window
-        g.mul_(scale)
-        _add_grad(W, torch.mv(xb.t(), g).view_as(W))
-        if b is not None:
-            _add_grad(b, g.sum().view_as(b))
-        return total, scale
 
     def _flush_device_sum(self, device_sum: torch.Tensor | None) -> None:
         if device_sum is not None:
@@ -649,24 +673,67 @@ def _independent_rows(A: torch.Tensor, p: int) -> torch.Tensor:
     return torch.tensor(chosen, dtype=torch.long)
 
 
-def _windows(items, k: int, skip: int):
-    """``(index of its first micro-batch, window of k, is it the last)`` over ``items`` (a
-    list or a stream), starting after ``skip`` micro-batches (a resumed epoch)."""
+def _windows(items, k: int):
+    """``(window of k items, its rows, is it the last)`` over ``items`` (a list or a
+    stream of ``(item, rows)``)."""
     it = iter(items)
-    for _ in itertools.islice(it, skip):
-        pass
-    index, window = skip, list(itertools.islice(it, k))
+    window = list(itertools.islice(it, k))
     while window:
         following = list(itertools.islice(it, k))
-        yield index, window, not following
-        index, window = index + len(window), following
+        rows = window[0][1] if k == 1 else sum(n for _, n in window)  # all ranks
+        yield window, rows, not following
+        window = following
 
 
-def _add_grad(p: torch.Tensor, grad: torch.Tensor) -> None:
-    if p.grad is None:
-        p.grad = grad
-    else:
-        p.grad.add_(grad)
+class _FusedGrads:
+    """What ``loss.backward()`` computes for ``nn.Linear``, in closed form, into one
+    buffer: with the per-row gradient ``g = d loss / d pred``, ``dW = X.T @ g`` and
+    ``db = sum(g)``, i.e. ``[X, 1].T @ g``: one ``addmv`` per micro-batch (a ``Batch``
+    carries ``[X, 1].T``). ``weight.grad`` and ``bias.grad`` are views of the buffer for
+    the epoch; the window's first micro-batch overwrites it (``train.zero_grad``) or adds
+    to it (``zero_grad: false``: ``.grad`` keeps what the steps before left in it)."""
+
+    def __init__(self, model: nn.Linear, take: Callable[[Any], tuple]) -> None:
+        W, b = model.weight, model.bias
+        self._take = take
+        self.W, self.b, self.w, self.f = W, b, W.view(-1), W.numel()
+        self.flat = torch.zeros(self.f + (b is not None), dtype=W.dtype, device=W.device)
+        for p, view in ((W, self.flat[: self.f]), (b, self.flat[self.f :])):
+            if p is not None:
+                if p.grad is not None:  # zero_grad: false, or a resumed run's gradient
+                    view.copy_(p.grad.reshape(-1))
+                p.grad = view.view_as(p)
+
+    def backward(self, loss_fn: nn.Module, item: Any, n_win: int, fresh: bool) -> tuple[Any, float]:
+        """Add (or, ``fresh``, write) the micro-batch's share of the window's mean-loss
+        gradient. Returns its summed loss and the factor that makes that its weighted
+        mean, or ``(None, 0)`` for an empty share. Runs under ``torch.no_grad``."""
+        if isinstance(item, Batch):
+            xb, y1, x1t = item.X, item.y1, item.X1T
+        else:  # indices (sharded) or the rows (streamed): no [X, 1] at hand
+            xb, yb = self._take(item)
+            y1, x1t = yb[:, 0], None
+        if xb.shape[0] == 0:
+            return None, 0.0
+        b = self.b
+        pred = torch.addmv(b, xb, self.w) if b is not None else torch.mv(xb, self.w)
+        total, g = loss_fn.sum_and_grad(pred, y1)
+        scale = 1.0 / n_win  # the micro-batch's mean, weighted by its share of the window
+        beta = 0.0 if fresh else 1.0
+        if x1t is not None and b is not None:
+            self.flat.addmv_(x1t, g, beta=beta, alpha=scale)
+        else:
+            self.flat[: self.f].addmv_(xb.t(), g, beta=beta, alpha=scale)
+            if b is not None:
+                self.flat[self.f :].mul_(beta).add_(g.sum(), alpha=scale)
+        return total, scale
+
+    def release(self, keep: bool) -> None:
+        """After the epoch: the gradients become ``None`` (as ``zero_grad`` leaves them), or
+        with ``keep`` their own tensors (``zero_grad: false``)."""
+        for p in (self.W, self.b):
+            if p is not None:
+                p.grad = p.grad.clone() if keep else None
 
 
 def _grad_norm(params: list[torch.Tensor]) -> float:

@@ -163,8 +163,8 @@ def test_accumulated_micro_batches_equal_one_big_batch(n, micro, accum, fused):
     # micro*accum rows, including the last, partial window
     a = _fit_once(X, y, micro, accum, fused=fused, epochs=2)
     b = _fit_once(X, y, micro * accum, 1, fused=fused, epochs=2)
-    big = InMemoryBatches(X, y, micro * accum, 0).epoch(0)
-    small = InMemoryBatches(X, y, micro, 0).epoch(0)
+    big = InMemoryBatches(X, y, micro * accum, 0).indices(0)
+    small = InMemoryBatches(X, y, micro, 0).indices(0)
     assert torch.equal(torch.cat([i for i, _ in big]), torch.cat([i for i, _ in small]))
     torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
 
