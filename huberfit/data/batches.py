@@ -24,6 +24,7 @@ from huberfit.data.stream import Piece, StreamInfo
 from huberfit.errors import DataError
 
 Chunk = tuple[torch.Tensor, torch.Tensor]  # (X (b, f), y (b, 1)), on the training device
+_NUMPY_DTYPES = {torch.float32: np.float32, torch.float64: np.float64}
 
 
 class BatchSource(Protocol):
@@ -218,7 +219,13 @@ class StreamBatches:
         return item
 
     def _tensors(self, a: np.ndarray) -> Chunk:
-        t = torch.from_numpy(np.ascontiguousarray(a)).to(device=self.device, dtype=self.dtype)
+        """Rows as ``(X, y)`` in the training dtype, on the device. NumPy converts them and
+        torch shares its array: torch's own ``.to(float32)`` spreads even a 4096 x 17
+        batch over every core (2-core Xeon: 2.7 ms a batch while the training thread
+        holds the other core, against 0.05 ms in NumPy)."""
+        t = torch.from_numpy(np.ascontiguousarray(a, dtype=_NUMPY_DTYPES[self.dtype]))
+        if self.device.type != "cpu":
+            t = t.to(self.device)
         return t[:, :-1], t[:, -1:]
 
     def _piece_order(self, epoch: int) -> np.ndarray:
@@ -255,7 +262,7 @@ class StreamBatches:
     def _shuffled(self, order: list[Piece], rng: np.random.Generator, batch: int):
         buffer: list[np.ndarray] = []
         held = 0
-        for a in self.info.rows(order, self.split):
+        for a in self.info.rows(order, self.split, _NUMPY_DTYPES[self.dtype]):
             buffer.append(a)
             held += len(a)
             if held >= self.shuffle_buffer:
@@ -275,7 +282,8 @@ class StreamBatches:
     def full_chunks(self) -> Iterator[Chunk]:
         """This process's rows of the split (all of them in one process; under torchrun
         its own pieces), in file order, one record batch at a time."""
-        for a in self.info.rows(self.info.pieces[self.rank :: self.world], self.split):
+        pieces = self.info.pieces[self.rank :: self.world]
+        for a in self.info.rows(pieces, self.split, _NUMPY_DTYPES[self.dtype]):
             yield self._tensors(a)
 
 

@@ -43,10 +43,14 @@ class Scaling:
     def apply_x(self, X: np.ndarray) -> np.ndarray:
         return (X - np.asarray(self.x_mean)) / np.asarray(self.x_scale)
 
+    def shift_scale(self) -> tuple[np.ndarray, np.ndarray]:
+        """Per column (the features, then the target): ``(value - shift) / scale``."""
+        return np.array([*self.x_mean, self.y_mean]), np.array([*self.x_scale, self.y_scale])
+
     def apply(self, rows: np.ndarray) -> np.ndarray:
         """Standardize ``rows (n, f + 1)``: the features, then the target."""
-        shift = np.array([*self.x_mean, self.y_mean])
-        return (rows - shift) / np.array([*self.x_scale, self.y_scale])
+        shift, scale = self.shift_scale()
+        return (rows - shift) / scale
 
     def as_dict(self) -> dict[str, list[float] | float]:
         return {
