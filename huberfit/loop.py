@@ -241,14 +241,16 @@ class _Run:
 
     def _epoch(self, stop: threading.Event) -> EpochReport | None:
         """The steps of one epoch. Per step only the update itself runs, and on the CPU one
-        read of the step's loss (free there); logging, finiteness checks of the
-        parameters and the gradient norm wait for the log interval or the epoch's end."""
+        read of the step's loss (free there). On an accelerator nothing is read back
+        within the epoch: each log interval's mean loss stays on the device until the
+        epoch ends (or stops), then all are read at once, checked and logged in order."""
         s, st = self.settings, self.state
         t0, seen = time.perf_counter(), 0
         k = s.grad_accum_steps
         device_sum = None if self.on_cpu else torch.zeros((), device=self.batches.device)
         log_sum, log_n, log_sum_t = 0.0, 0, None
-        grad_norm = math.nan
+        pending: list[tuple[int, torch.Tensor]] = []  # accelerators: (step, mean loss)
+        grad_norm: Any = math.nan
         items = self.batches.epoch(st.epoch, st.batch)
         self.grads = _FusedGrads(self.model, self.batches.take) if self.fused else None
         try:
@@ -265,31 +267,33 @@ class _Run:
                 st.step += 1
                 st.batch += len(window)
                 seen += n_win
+                st.epoch_count += n_win
                 if self.on_cpu:  # a host read is free here: check every step
                     self._check_finite(win_loss)
                     st.epoch_loss_sum += win_loss * n_win
                     log_sum, log_n = log_sum + win_loss, log_n + 1
-                else:  # accelerators: no host sync per step; read at the log interval
+                    if at_log:
+                        self._check_finite(log_sum / log_n)
+                        self.sinks.step(st.step, log_sum / log_n * s.loss_scale)
+                        log_sum, log_n = 0.0, 0
+                else:
                     device_sum += win_loss * n_win
                     log_sum_t = win_loss if log_sum_t is None else log_sum_t + win_loss
                     log_n += 1
-                st.epoch_count += n_win
-                if at_log:
-                    mean = (log_sum if self.on_cpu else float(log_sum_t)) / log_n
-                    self._check_finite(mean)
-                    self.sinks.step(st.step, mean * s.loss_scale)
-                    log_sum, log_n, log_sum_t = 0.0, 0, None
+                    if at_log:
+                        pending.append((st.step, log_sum_t / log_n))
+                        log_sum_t, log_n = None, 0
                 if not last_window and self._stop_now(stop, at_log):
-                    self._flush_device_sum(device_sum)
+                    self._read_device(device_sum, pending)
                     self.samples += seen
                     return None
         finally:
             items.close()
             if self.grads is not None:
                 self.grads.release(keep=not s.zero_grad)
-        self._flush_device_sum(device_sum)
+        self._read_device(device_sum, pending)
         self.samples += seen
-        return self._end_epoch(seen, time.perf_counter() - t0, grad_norm)
+        return self._end_epoch(seen, time.perf_counter() - t0, float(grad_norm))
 
     def _stop_now(self, stop: threading.Event, at_log: bool) -> bool:
         """One process: Ctrl-C is seen after any step. Several: they agree at log steps,
@@ -348,13 +352,19 @@ class _Run:
             total = torch.zeros((), device=self.batches.device)
         return total
 
-    def _flush_device_sum(self, device_sum: torch.Tensor | None) -> None:
-        if device_sum is not None:
-            value = float(device_sum)
-            self._check_finite(value / max(self.state.epoch_count, 1))
-            self.state.epoch_loss_sum += value
+    def _read_device(self, device_sum: torch.Tensor | None, pending: list) -> None:
+        """Accelerators: the epoch's loss sum and its log intervals' means, read in one
+        host sync, then checked and logged in step order."""
+        if device_sum is None:
+            return
+        values = torch.stack([device_sum, *(m for _, m in pending)]).tolist()
+        for (step, _), mean in zip(pending, values[1:], strict=True):
+            self._check_finite(mean, step)
+            self.sinks.step(step, mean * self.settings.loss_scale)
+        self._check_finite(values[0] / max(self.state.epoch_count, 1))
+        self.state.epoch_loss_sum += values[0]
 
-    def _check_finite(self, value: float) -> None:
+    def _check_finite(self, value: float, step: int | None = None) -> None:
         st = self.state
         if math.isfinite(value):
             st.last_finite_loss = value * self.settings.loss_scale
@@ -362,7 +372,7 @@ class _Run:
         lr = self.opt.param_groups[0]["lr"]
         last = "none" if st.last_finite_loss is None else f"{st.last_finite_loss:.6g}"
         raise Diverged(
-            f"training diverged at epoch {st.epoch + 1}, step {st.step}: the loss became "
+            f"training diverged at epoch {st.epoch + 1}, step {step or st.step}: the loss became "
             f"{value} (last finite loss {last}, optimizer.lr={lr:g}); try a smaller optimizer.lr"
         )
 
@@ -405,7 +415,7 @@ class _Run:
         self.sinks.step(st.step, value * self.settings.loss_scale)
         self.samples += n
         closure()
-        grad_norm = _grad_norm(self.params) / LBFGS_OBJECTIVE_SCALE
+        grad_norm = float(_grad_norm(self.params)) / LBFGS_OBJECTIVE_SCALE
         self.opt.zero_grad(set_to_none=True)
         return self._end_epoch(n, time.perf_counter() - t0, grad_norm)
 
@@ -736,8 +746,9 @@ class _FusedGrads:
                 p.grad = p.grad.clone() if keep else None
 
 
-def _grad_norm(params: list[torch.Tensor]) -> float:
+def _grad_norm(params: list[torch.Tensor]) -> Any:
+    """The gradients' overall norm: a tensor where they are (read it with ``float``)."""
     grads = [p.grad for p in params if p.grad is not None]
     if not grads:
         return math.nan
-    return float(torch.linalg.vector_norm(torch.stack([g.norm() for g in grads])))
+    return torch.linalg.vector_norm(torch.stack([g.norm() for g in grads]))
