@@ -1,17 +1,23 @@
 """``huberfit bench``: huberfit's engine against the tutorial loop, side by side, one process.
 
 All timings share the data, loss (Huber, delta 1), optimizer (SGD), dtype (float32) and
-thread settings; each is warmed up first and reported as the median of repeats. (a) and
-(b) are interleaved (three engine epochs after each tutorial epoch) so that both see the
-same state of a shared machine. Nothing
-here is asserted: timings are for people, on their machine.
+thread settings; each is warmed up first and reported as the median of repeats. (a), (b)
+and (b') are interleaved (three engine epochs and one bare epoch after each tutorial
+epoch) so that all see the same state of a shared machine. Nothing here is asserted:
+timings are for people, on their machine, and every report names the machine.
 
-(a) the tutorial loop: ``TensorDataset`` + ``DataLoader(shuffle=True)`` + the readable
-    ``torch.where`` Huber module + ``zero_grad / backward / step`` with ``torch.optim.SGD``;
-(b) huberfit's engine (``loop.fit`` with its batch source, loss and optimizer);
-(c) ``HuberLoss`` against ``F.huber_loss``, forward + backward on 1M elements;
-(d) huberfit's engine with TensorBoard logging on (default intervals) against off;
-(e) full-batch L-BFGS to a relative objective gap of 1e-6 on the same Huber problem.
+Per batch size:
+(a)  the tutorial loop: ``TensorDataset`` + ``DataLoader(shuffle=True)`` + the readable
+     ``torch.where`` Huber module + ``zero_grad / backward / step`` with ``torch.optim.SGD``;
+(b)  huberfit's engine (``loop.fit`` with its batch source, loss and optimizer);
+(b') a bare update, the floor: a random-row gather, ``addmv``, the closed-form Huber
+     gradient and an in-place SGD step per batch; no autograd, no bookkeeping;
+(d)  huberfit's engine with TensorBoard logging on (default intervals) against off.
+Once:
+(c)  ``HuberLoss`` against ``F.huber_loss``, forward + backward on 1M elements;
+(e)  full-batch L-BFGS to a relative objective gap of 1e-6 on the same Huber problem.
+``--stream-gb`` instead times a streamed epoch against a bare ``pyarrow.dataset`` scan of
+the same files (and the peak memory of a streamed run).
 """
 
 from __future__ import annotations
@@ -33,7 +39,7 @@ from torch import nn
 from huberfit.artifacts import atomic_path
 from huberfit.data.batches import InMemoryBatches
 from huberfit.errors import RunError
-from huberfit.loop import FitSettings, fit
+from huberfit.loop import FitSettings, fit, step_threads
 from huberfit.losses import HuberLoss, huber_reference
 from huberfit.model import build_model
 from huberfit.optim import SGD
@@ -43,12 +49,12 @@ from huberfit.optim import SGD
 class BenchResult:
     rows: int
     features: int
-    batch_size: int
+    batch_sizes: list[int]
     epochs: int
     device: str
-    threads: int
-    torch_version: str
-    timings: dict[str, dict[str, float]] = field(default_factory=dict)
+    machine: dict[str, Any]
+    per_batch: dict[int, dict[str, Any]] = field(default_factory=dict)  # timings, ratios
+    timings: dict[str, dict[str, float]] = field(default_factory=dict)  # (c), (e)
     ratios: dict[str, float] = field(default_factory=dict)
 
 
@@ -127,6 +133,32 @@ def engine_epoch(
     return epoch
 
 
+def bare_epoch(X, y, batch_size: int, device: torch.device) -> Callable[[], None]:
+    """One epoch of the bare update (b'): per batch, a random-row gather, ``addmv``, the
+    closed-form Huber gradient and in-place SGD; nothing else."""
+    XY = torch.cat([X, y], 1).to(device)
+    f = X.shape[1]
+    w = torch.zeros(f, device=device)
+    b = torch.zeros((), device=device)
+
+    @torch.no_grad()
+    def epoch() -> None:
+        with step_threads(device, batch_size * (f + 1)):  # the engine's choice, the same
+            steps()
+
+    def steps() -> None:
+        perm = torch.randperm(len(XY), dtype=torch.int32).to(device)
+        for idx in torch.split(perm, batch_size):
+            xy = XY.index_select(0, idx)
+            xb = xy[:, :f]
+            g = torch.addmv(b, xb, w).sub_(xy[:, f]).clamp_(-1.0, 1.0).mul_(1.0 / len(idx))
+            w.add_(torch.mv(xb.t(), g), alpha=-0.01)
+            b.add_(g.sum(), alpha=-0.01)
+        _sync(device)
+
+    return epoch
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -134,21 +166,24 @@ def _sync(device: torch.device) -> None:
         torch.mps.synchronize()
 
 
-def _interleaved(slow: Callable[[], None], fast: Callable[[], None], repeats: int):
-    """Time ``repeats`` epochs of ``slow`` with three of ``fast`` after each, so both see the
-    same machine (a shared one drifts between busy and quiet over seconds); medians."""
-    slow(), fast()  # warm-up
-    ts, tf = [], []
+def _interleaved(slow: Callable[[], None], fast: Callable[[], None], bare: Callable[[], None],
+                 repeats: int):  # fmt: skip
+    """Time ``repeats`` epochs of ``slow`` with three of ``fast`` and one of ``bare`` after
+    each, so all see the same machine (a shared one drifts between busy and quiet over
+    seconds); medians."""
+    slow(), fast(), bare()  # warm-up
+    times: tuple[list[float], list[float], list[float]] = ([], [], [])
     for _ in range(repeats):
-        t0 = time.perf_counter()
-        slow()
-        ts.append(time.perf_counter() - t0)
-        for _ in range(3):
-            t0 = time.perf_counter()
-            fast()
-            tf.append(time.perf_counter() - t0)
-    summary = lambda t: {"median": statistics.median(t), "min": min(t), "max": max(t)}  # noqa: E731
-    return summary(ts), summary(tf)
+        for fn, out, count in ((slow, times[0], 1), (fast, times[1], 3), (bare, times[2], 1)):
+            for _ in range(count):
+                t0 = time.perf_counter()
+                fn()
+                out.append(time.perf_counter() - t0)
+    return tuple(_summary(t) for t in times)
+
+
+def _summary(t: list[float]) -> dict[str, float]:
+    return {"median": statistics.median(t), "min": min(t), "max": max(t)}
 
 
 def loss_pair(n: int, device: torch.device, repeats: int = 200):
@@ -214,37 +249,37 @@ def lbfgs_time_to_gap(X, y, device: torch.device, target: float = 1e-6) -> dict[
     return {"seconds": elapsed, "iterations": iters, "relative_gap": gap}
 
 
-def run_bench(rows: int, features: int, batch_size: int, epochs: int, device: torch.device,
-              progress: Callable[[str], None] = lambda s: None) -> BenchResult:  # fmt: skip
-    """All measurements (a)-(e) in this process; see the module docstring."""
+def run_bench(rows: int, features: int, batch_sizes: list[int], epochs: int,
+              device: torch.device, progress: Callable[[str], None] = lambda s: None,
+              ) -> BenchResult:  # fmt: skip
+    """All measurements in this process; see the module docstring."""
     X, y = make_data(rows, features)
-    res = BenchResult(rows, features, batch_size, epochs, str(device), torch.get_num_threads(),
-                      torch.__version__)  # fmt: skip
+    res = BenchResult(rows, features, batch_sizes, epochs, str(device), machine(device))
     repeats = max(epochs, 1)
-    progress("tutorial loop and huberfit engine, interleaved")
-    res.timings["tutorial"], res.timings["engine"] = _interleaved(
-        tutorial_epoch(X, y, batch_size, device), engine_epoch(X, y, batch_size, device), repeats
-    )
-    progress("TensorBoard on vs off")
-    res.timings["engine_tb"], res.timings["engine_no_tb"] = _tb_pair(
-        X, y, batch_size, device, repeats
-    )
+    for size in batch_sizes:
+        progress(f"batch {size}: tutorial loop, huberfit engine and bare update, interleaved")
+        t: dict[str, Any] = {}
+        t["tutorial"], t["engine"], t["bare"] = _interleaved(
+            tutorial_epoch(X, y, size, device), engine_epoch(X, y, size, device),
+            bare_epoch(X, y, size, device), repeats,
+        )  # fmt: skip
+        progress(f"batch {size}: TensorBoard on vs off")
+        t["engine_tb"], t["engine_no_tb"], overhead = _tb_pair(X, y, size, device, repeats)
+        tut = t["tutorial"]["median"]
+        t["ratios"] = {
+            "engine_speedup_vs_tutorial": tut / t["engine"]["median"],
+            "bare_speedup_vs_tutorial": tut / t["bare"]["median"],
+            "tensorboard_overhead": overhead,
+            "tensorboard_time_in_sink": t["engine_tb"]["in_sink"] / t["engine_no_tb"]["median"],
+        }
+        res.per_batch[size] = t
     progress("loss forward+backward")
     ours, theirs = loss_pair(1_000_000, device)
     res.timings["huber_loss_custom"] = {"median": ours}
     res.timings["huber_loss_torch"] = {"median": theirs}
     progress("L-BFGS to 1e-6")
     res.timings["lbfgs"] = lbfgs_time_to_gap(X, y, device)
-    tut, eng = res.timings["tutorial"]["median"], res.timings["engine"]["median"]
-    res.ratios = {
-        "engine_speedup_vs_tutorial": tut / eng,
-        "custom_loss_vs_F_huber_loss": ours / theirs,
-        # fastest epochs: on a shared machine the slow ones measure the neighbours
-        "tensorboard_overhead": res.timings["engine_tb"]["min"] / res.timings["engine_no_tb"]["min"]
-        - 1,
-        "tensorboard_time_in_sink": res.timings["engine_tb"]["in_sink"]
-        / res.timings["engine_no_tb"]["min"],
-    }
+    res.ratios = {"custom_loss_vs_F_huber_loss": ours / theirs}
     return res
 
 
@@ -266,10 +301,10 @@ class _TimedSink:
 
 
 def _tb_pair(X, y, batch_size, device, repeats):
-    """Engine epochs with a real TensorBoard sink and without, alternating which goes
-    first. Shared machines are noisy, so the A/B figure uses the fastest epoch of each;
-    the time spent inside the sink (synchronous: it has no writer thread) is measured
-    directly as well."""
+    """Engine epochs with a real TensorBoard sink and without, in pairs, alternating which
+    goes first; the overhead is the median of the pairs' ratios (a pair shares the
+    machine's state, so a busy neighbour cancels out). The time spent inside the sink
+    (synchronous: it has no writer thread) is measured directly as well."""
     from huberfit.sinks import TensorBoardSink
 
     with tempfile.TemporaryDirectory() as folder:
@@ -280,7 +315,7 @@ def _tb_pair(X, y, batch_size, device, repeats):
             with_tb(), without()
             timed.seconds = 0.0
             ta, tb_ = [], []
-            for i in range(max(2 * repeats, 6)):
+            for i in range(max(4 * repeats, 12)):
                 pair = ((with_tb, ta), (without, tb_)) if i % 2 else ((without, tb_), (with_tb, ta))
                 for fn, times in pair:
                     t0 = time.perf_counter()
@@ -288,11 +323,8 @@ def _tb_pair(X, y, batch_size, device, repeats):
                     times.append(time.perf_counter() - t0)
         finally:
             timed.sink.close()
-    inside = timed.seconds / len(ta)
-    return (
-        {"median": statistics.median(ta), "min": min(ta), "in_sink": inside},
-        {"median": statistics.median(tb_), "min": min(tb_)},
-    )
+    overhead = statistics.median(a / b for a, b in zip(ta, tb_, strict=True)) - 1
+    return {**_summary(ta), "in_sink": timed.seconds / len(ta)}, _summary(tb_), overhead
 
 
 def csv_load_pair(rows: int = 1_000_000, columns: int = 17, repeats: int = 3) -> dict[str, Any]:
@@ -352,6 +384,45 @@ def write_parquet_dataset(folder: Path, gigabytes: float, features: int = 16,
         written += rows_in_file
         part += 1
     return written
+
+
+def stream_vs_scan(folder: Path, batch_size: int = 4096, repeats: int = 3) -> dict[str, Any]:
+    """A streamed training epoch (the engine: Huber, SGD, float32, batches of
+    ``batch_size`` from a shuffle buffer of 100,000 rows, as ``huberfit train`` streams)
+    against a bare ``pyarrow.dataset`` scan of the same files into NumPy (each record
+    batch as one row-major float64 array, the form rows are trained from), alternating;
+    medians. Both read every row: the epoch drops the validation rows after reading."""
+    import pyarrow.dataset as ds
+
+    from huberfit.data.batches import StreamBatches
+    from huberfit.data.stream import scan
+
+    files = sorted(str(p) for p in folder.glob("*.parquet"))
+    info = scan(str(folder), "parquet", "y", None, 0, 0.2, True, True)
+    source = StreamBatches(info, "train", batch_size, torch.device("cpu"), torch.float32, 100_000)
+    model = build_model(len(info.features), True, 0, torch.float32)
+    opt, loss_fn = SGD(list(model.parameters()), lr=0.01), HuberLoss(1.0)
+
+    def epoch() -> None:
+        fit(model, loss_fn, source, opt, _NullSink(), FitSettings(epochs=1),
+            lambda m: (None, {}, None))  # fmt: skip
+
+    def bare() -> None:
+        for batch in ds.dataset(files, format="parquet").to_batches(batch_size=65_536):
+            np.column_stack([c.to_numpy() for c in batch.columns])
+
+    times: dict[str, list[float]] = {"epoch": [], "scan": []}
+    for i in range(2 * repeats + 2):  # the first pair warms the page cache and both paths
+        for name, fn in (("epoch", epoch), ("scan", bare))[:: 1 if i % 2 else -1]:
+            t0 = time.perf_counter()
+            fn()
+            if i >= 2:
+                times[name].append(time.perf_counter() - t0)
+    epoch_s, scan_s = (statistics.median(times[k]) for k in ("epoch", "scan"))
+    return {"rows": info.n_rows, "train_rows": info.n_train, "epoch_seconds": epoch_s,
+            "scan_seconds": scan_s, "epoch_vs_scan": epoch_s / scan_s,
+            "scan_rows_per_second": info.n_rows / scan_s,
+            "epoch_rows_per_second": info.n_rows / epoch_s}  # fmt: skip
 
 
 def _schema(names: list[str]):
@@ -421,50 +492,80 @@ def streaming_peak_rss(folder: Path, budget_mb: int, epochs: int = 1) -> dict[st
     }
 
 
-def as_table_rows(res: BenchResult) -> list[tuple[str, str, str, str]]:
-    """(what, seconds, samples/s, ratio) rows for the Rich table."""
+def as_table_rows(res: BenchResult) -> list[tuple[str, str, str, str, str]]:
+    """(what, batch, ms, rows/s, ratio) rows for the Rich table (80 columns wide)."""
     n = res.rows
+    rows: list[tuple[str, str, str, str, str]] = []
+    for size, t in res.per_batch.items():
+        r, tut, b = t["ratios"], t["tutorial"]["median"], f"{size:,}"
+
+        def per_epoch(key: str, t: dict = t) -> tuple[str, str]:
+            s = t[key]["median"]
+            return _ms(s), f"{n / s:,.0f}"
+
+        rows += [
+            ("(a) tutorial loop", b, *per_epoch("tutorial"), "1.0x"),
+            ("(b) huberfit engine", b, *per_epoch("engine"),
+             f"{tut / t['engine']['median']:.1f}x faster"),
+            ("(b') bare update", b, *per_epoch("bare"), f"{tut / t['bare']['median']:.1f}x faster"),
+            ("(d) engine + TensorBoard", b, *per_epoch("engine_tb"),
+             f"{100 * r['tensorboard_overhead']:+.1f}% vs off"),
+            ("(d) inside the TB sink", b, _ms(t["engine_tb"]["in_sink"]), "-",
+             f"{100 * r['tensorboard_time_in_sink']:.1f}% of epoch"),
+        ]  # fmt: skip
     t = res.timings
-
-    def per_epoch(key: str, stat: str = "median") -> tuple[str, str]:
-        s = t[key][stat]
-        return f"{s:.4f}", f"{n / s:,.0f}"
-
-    tut = t["tutorial"]["median"]
-    return [
-        ("(a) tutorial loop, per epoch", *per_epoch("tutorial"), "1.0x"),
-        ("(b) huberfit engine, per epoch", *per_epoch("engine"), f"{tut / t['engine']['median']:.1f}x faster"),
-        ("(c) HuberLoss fwd+bwd, 1M", f"{t['huber_loss_custom']['median']:.5f}", "-",
+    rows += [
+        ("(c) HuberLoss 1M", "-", _ms(t["huber_loss_custom"]["median"]), "-",
          f"{res.ratios['custom_loss_vs_F_huber_loss']:.2f}x F.huber_loss"),
-        ("(c) F.huber_loss fwd+bwd, 1M", f"{t['huber_loss_torch']['median']:.5f}", "-", "1.0x"),
-        ("(d) engine + TensorBoard, fastest epoch", *per_epoch("engine_tb", "min"),
-         f"{100 * res.ratios['tensorboard_overhead']:+.1f}% vs off"),
-        ("(d) engine, TensorBoard off, fastest epoch", *per_epoch("engine_no_tb", "min"), "-"),
-        ("(d) time inside the TensorBoard sink", f"{t['engine_tb']['in_sink']:.4f}", "-",
-         f"{100 * res.ratios['tensorboard_time_in_sink']:.1f}% of an epoch"),
-        ("(e) L-BFGS to 1e-6 rel. gap", f"{t['lbfgs']['seconds']:.3f}", "-",
+        ("(c) F.huber_loss 1M", "-", _ms(t["huber_loss_torch"]["median"]), "-", "1.0x"),
+        ("(e) L-BFGS to 1e-6 gap", "full", _ms(t["lbfgs"]["seconds"]), "-",
          f"{int(t['lbfgs']['iterations'])} iterations"),
     ]  # fmt: skip
+    return rows
+
+
+def _ms(seconds: float) -> str:
+    return f"{seconds * 1e3:,.{2 if seconds < 0.01 else 1}f}"
 
 
 def to_json(res: BenchResult) -> dict[str, Any]:
     out = dict(res.__dict__)
-    out["table"] = [dict(zip(("what", "seconds", "samples_per_second", "ratio"), r, strict=True))
-                    for r in as_table_rows(res)]  # fmt: skip
+    out["per_batch"] = {str(k): v for k, v in res.per_batch.items()}
+    keys = ("what", "batch", "ms", "rows_per_second", "ratio")
+    out["table"] = [dict(zip(keys, r, strict=True)) for r in as_table_rows(res)]
     return out
 
 
-def host_description() -> str:
+def machine(device: torch.device | None = None) -> dict[str, Any]:
+    """What the figures were measured on: CPU model and cores, torch's CPU capability
+    (the vector instructions its kernels use: AVX512, AVX2, DEFAULT), threads, versions,
+    and the GPU's name when one is used."""
     import os
     import platform
 
     cpu = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
+            cpu = next((ln.split(":", 1)[1].strip() for ln in fh if ln.startswith("model name")),
+                       cpu)  # fmt: skip
     except OSError:
         pass
-    return f"{cpu}, {os.cpu_count()} CPUs, torch {torch.__version__}, numpy {np.__version__}"
+    info: dict[str, Any] = {
+        "cpu": cpu,
+        "cpus": os.cpu_count(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+    }
+    if device is not None and device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    return info
+
+
+def host_description(device: torch.device | None = None) -> str:
+    """``machine()`` in one line."""
+    m = machine(device)
+    gpu = f", GPU {m['gpu']}" if "gpu" in m else ""
+    return (f"{m['cpu']}, {m['cpus']} CPUs, torch CPU capability {m['cpu_capability']}, "
+            f"{m['threads']} threads{gpu}; torch {m['torch']}, numpy {m['numpy']}")  # fmt: skip

@@ -651,7 +651,9 @@ def runs(
 def bench(
     rows: int = typer.Option(1_000_000, "--rows", min=1000, help="Synthetic rows."),
     features: int = typer.Option(16, "--features", min=1, help="Features."),
-    batch_size: int = typer.Option(4096, "--batch-size", min=1, help="Mini-batch size."),
+    batch_size: str = typer.Option(
+        "256,4096", "--batch-size", help="Mini-batch sizes, comma-separated: each is timed."
+    ),
     epochs: int = typer.Option(3, "--epochs", min=1, help="Timed epochs (median)."),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda[:N] | mps."),
     csv: bool = typer.Option(
@@ -693,23 +695,22 @@ def bench(
             )
         return
 
+    sizes = _batch_sizes(batch_size)
     dev = resolve_device(device)
-    res = run_bench(rows, features, batch_size, epochs, dev, _dim)
+    res = run_bench(rows, features, sizes, epochs, dev, _dim)
     if json_out:
-        print_json({**to_json(res), "host": host_description()})
+        print_json({**to_json(res), "host": host_description(dev)})
         return
-    table = Table(title=f"huberfit bench: {rows:,} x {features}, batch {batch_size}, float32, "
-                        f"Huber (delta 1), SGD, {dev}", title_justify="left")  # fmt: skip
-    for col in ("what", "seconds", "samples/s", "ratio"):
+    table = Table(title=f"huberfit bench: {rows:,} x {features}, float32, Huber (delta 1), SGD, "
+                        f"{dev}; ms per epoch", title_justify="left")  # fmt: skip
+    for col in ("what", "batch", "ms", "rows/s", "ratio"):
         table.add_column(col, justify="left" if col == "what" else "right")
     for row in as_table_rows(res):
         table.add_row(*row)
     out.print(table)
     plural = "s" * (epochs != 1)
-    out.print(
-        f"{host_description()}; {res.threads} threads; median of {epochs} epoch{plural}",
-        soft_wrap=False,
-    )
+    out.print(f"machine: {host_description(dev)}; median of {epochs} epoch{plural}",
+              soft_wrap=False)  # fmt: skip
     if epochs < 3:
         out.print(
             f"note: {epochs} timed epoch{plural} on a shared machine can be off by far; use "
@@ -718,12 +719,30 @@ def bench(
         )
 
 
+def _batch_sizes(text: str) -> list[int]:
+    """``--batch-size 256,4096`` as ``[256, 4096]``; anything else is one error line."""
+    from huberfit.errors import ConfigError
+
+    words = [w.strip() for w in text.split(",")]
+    if not all(w.isdigit() and int(w) >= 1 for w in words) or len(words) > 16:
+        raise ConfigError(
+            f"--batch-size must be up to 16 whole numbers >= 1, separated by commas "
+            f"(e.g. 256,4096); got {text!r}"
+        )
+    return list(dict.fromkeys(int(w) for w in words))
+
+
 def _bench_streaming(gigabytes: float, budget_mb: int, folder: Path | None, json_out: bool) -> None:
     import math
     import shutil
     import tempfile
 
-    from huberfit.bench import host_description, streaming_peak_rss, write_parquet_dataset
+    from huberfit.bench import (
+        host_description,
+        stream_vs_scan,
+        streaming_peak_rss,
+        write_parquet_dataset,
+    )
     from huberfit.errors import ConfigError, RunError
 
     if not (math.isfinite(gigabytes) and gigabytes > 0):
@@ -747,16 +766,22 @@ def _bench_streaming(gigabytes: float, budget_mb: int, folder: Path | None, json
                 write_parquet_dataset(where, gigabytes)
             except OSError as exc:
                 raise RunError(f"--folder {where}: cannot write Parquet there ({exc})") from None
+        _dim("a streamed epoch against a bare pyarrow.dataset scan of the same files")
+        s = stream_vs_scan(where)
         _dim(f"training on it with data.memory_budget_mb={budget_mb}")
         r = streaming_peak_rss(where, budget_mb)
     if json_out:
-        print_json({**r, "host": host_description()})
+        print_json({**r, **s, "host": host_description()})
         return
     out.print(
-        f"{r['bytes'] / 1e9:.2f} GB, {r['rows']:,} rows, streamed: {r['streamed']}; "
+        f"{r['bytes'] / 1e9:.2f} GB, {r['rows']:,} rows, streamed: {r['streamed']}\n"
+        f"epoch: {s['epoch_seconds']:.3f} s ({s['epoch_rows_per_second']:,.0f} rows read/s); "
+        f"bare pyarrow.dataset scan into NumPy: {s['scan_seconds']:.3f} s "
+        f"({s['scan_rows_per_second']:,.0f} rows/s); the epoch takes "
+        f"{s['epoch_vs_scan']:.2f}x the scan\n"
         f"peak RSS {r['peak_rss_mb']:.0f} MB (budget {budget_mb} MB; a 1,000-row run: "
-        f"{r['baseline_rss_mb']:.0f} MB); training {r['train_rows_per_second']:,.0f} rows/s, "
-        f"{r['wall_seconds']:.0f} s end to end; {host_description()}",
+        f"{r['baseline_rss_mb']:.0f} MB); a whole training run: {r['wall_seconds']:.0f} s\n"
+        f"machine: {host_description()}",
         soft_wrap=False,
     )
 

@@ -35,7 +35,7 @@ LBFGS_OBJECTIVE_SCALE = 1e8
 # (see _Run.finish_vertex and huberfit.finish).
 SMOOTHING_START, SMOOTHING_END = 1.0, 1e-9
 # A mini-batch step on at most this many numbers (rows x (features + 1)) runs on one
-# thread (see _Run._threads): 4096 x 17 is still faster on one thread of a 2-core Xeon
+# thread (see step_threads): 4096 x 17 is still faster on one thread of a 2-core Xeon
 # (X.T @ g: 7.0 us against 8.0 us on two), 16384 x 17 is not (33 us against 16 us).
 SMALL_STEP = 2**17
 
@@ -221,23 +221,10 @@ class _Run:
         with torch.no_grad() if self.fused else contextlib.nullcontext(), self._threads():
             return self._epoch(stop)
 
-    @contextlib.contextmanager
-    def _threads(self):
-        """Small CPU steps run on one thread: MKL splits even a 256 x 17 matrix-vector
-        product over every core, and the hand-off costs more than the product (2-core
-        Xeon: X.T @ g, 256 x 16, 2.6 us on one thread, 5.8 us on two; 700 us when the
-        other core is busy). The other core gathers the next block of rows meanwhile."""
+    def _threads(self) -> contextlib.AbstractContextManager:
         rows = getattr(self.batches, "batch_size", None) or self.batches.n
         width = self.model.weight.numel() if isinstance(self.model, nn.Linear) else SMALL_STEP
-        before = torch.get_num_threads()
-        if not self.on_cpu or before == 1 or rows * (width + 1) > SMALL_STEP:
-            yield
-            return
-        torch.set_num_threads(1)
-        try:
-            yield
-        finally:
-            torch.set_num_threads(before)
+        return step_threads(self.batches.device, rows * (width + 1))
 
     def _epoch(self, stop: threading.Event) -> EpochReport | None:
         """The steps of one epoch. Per step only the update itself runs, and on the CPU one
@@ -663,6 +650,23 @@ class _Run:
         if st.best_weights is not None:
             self.model.load_state_dict(st.best_weights)
         return True
+
+
+@contextlib.contextmanager
+def step_threads(device: torch.device, numbers: int):
+    """Steps on at most ``SMALL_STEP`` numbers run on one CPU thread: MKL splits even a
+    256 x 17 matrix-vector product over every core, and the hand-off costs more than the
+    product (2-core Xeon: X.T @ g, 256 x 16, 2.6 us on one thread, 5.8 us on two; 700 us
+    when the other core is busy). The other core gathers the next rows meanwhile."""
+    before = torch.get_num_threads()
+    if device.type != "cpu" or before == 1 or numbers > SMALL_STEP:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def _independent_rows(A: torch.Tensor, p: int) -> torch.Tensor:

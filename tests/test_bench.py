@@ -18,67 +18,83 @@ from huberfit.cli import app
 
 @pytest.mark.slow
 def test_bench_reports_every_measurement(runner):
-    r = runner.invoke(app, ["bench", "--rows", "20000", "--features", "4", "--batch-size", "512",
-                            "--epochs", "1", "--json"])  # fmt: skip
+    r = runner.invoke(app, ["bench", "--rows", "20000", "--features", "4", "--batch-size",
+                            "512,2048", "--epochs", "1", "--json"])  # fmt: skip
     assert r.exit_code == 0, r.output
     data = json.loads(r.stdout)
-    # what was asked for is what was measured
-    assert (data["rows"], data["features"], data["batch_size"], data["epochs"]) == (
-        20000, 4, 512, 1,
+    # what was asked for is what was measured, on the machine it names
+    assert (data["rows"], data["features"], data["batch_sizes"], data["epochs"]) == (
+        20000, 4, [512, 2048], 1,
     )  # fmt: skip
+    import torch
+
     from huberfit.device import resolve_device
 
     assert data["device"] == str(resolve_device("auto"))
+    m = data["machine"]
+    assert m["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    assert m["threads"] == torch.get_num_threads() and m["cpus"] == os.cpu_count()
+    assert m["cpu"] and m["cpu"] in data["host"] and m["cpu_capability"] in data["host"]
+    assert set(data["per_batch"]) == {"512", "2048"}
+    rows = []
+    for size, t in data["per_batch"].items():
+        assert set(t) == {"tutorial", "engine", "bare", "engine_tb", "engine_no_tb", "ratios"}
+        for key in ("tutorial", "engine", "bare", "engine_tb", "engine_no_tb"):
+            assert t[key]["min"] <= t[key]["median"] <= t[key]["max"], t[key]
+        # each ratio is the quotient of the timings it is named after
+        ratios = t["ratios"]
+        assert ratios["engine_speedup_vs_tutorial"] == pytest.approx(
+            t["tutorial"]["median"] / t["engine"]["median"])  # fmt: skip
+        assert ratios["bare_speedup_vs_tutorial"] == pytest.approx(
+            t["tutorial"]["median"] / t["bare"]["median"])  # fmt: skip
+        assert ratios["tensorboard_time_in_sink"] == pytest.approx(
+            t["engine_tb"]["in_sink"] / t["engine_no_tb"]["median"])  # fmt: skip
+        # the overhead is a median of paired ratios: within the pairs' extremes
+        low = t["engine_tb"]["min"] / t["engine_no_tb"]["max"] - 1
+        high = t["engine_tb"]["max"] / t["engine_no_tb"]["min"] - 1
+        assert low <= ratios["tensorboard_overhead"] <= high
+        rows += [("(a) tutorial loop", size, "tutorial"),
+                 ("(b) huberfit engine", size, "engine"),
+                 ("(b') bare update", size, "bare"),
+                 ("(d) engine + TensorBoard", size, "engine_tb")]  # fmt: skip
     t = data["timings"]
-    assert set(t) == {"tutorial", "engine", "engine_tb", "engine_no_tb", "huber_loss_custom",
-                      "huber_loss_torch", "lbfgs"}  # fmt: skip
-    for key in ("tutorial", "engine"):  # medians of repeats lie between their extremes
-        assert t[key]["min"] <= t[key]["median"] <= t[key]["max"], t[key]
-    for key in ("engine_tb", "engine_no_tb"):
-        assert t[key]["min"] <= t[key]["median"], t[key]
-    # each ratio is the quotient of the timings it is named after
-    ratios = data["ratios"]
-    assert ratios == {
-        "engine_speedup_vs_tutorial": pytest.approx(
-            t["tutorial"]["median"] / t["engine"]["median"]
-        ),
-        "custom_loss_vs_F_huber_loss": pytest.approx(
-            t["huber_loss_custom"]["median"] / t["huber_loss_torch"]["median"]
-        ),
-        "tensorboard_overhead": pytest.approx(t["engine_tb"]["min"] / t["engine_no_tb"]["min"] - 1),
-        "tensorboard_time_in_sink": pytest.approx(
-            t["engine_tb"]["in_sink"] / t["engine_no_tb"]["min"]
-        ),
-    }
+    assert data["ratios"] == {"custom_loss_vs_F_huber_loss": pytest.approx(
+        t["huber_loss_custom"]["median"] / t["huber_loss_torch"]["median"])}  # fmt: skip
     # L-BFGS stopped because it reached the gap, not at its 200-iteration cap
     assert t["lbfgs"]["relative_gap"] < 1e-6
     assert 1 <= t["lbfgs"]["iterations"] < 200 and t["lbfgs"]["iterations"] == int(
         t["lbfgs"]["iterations"]
     )
     # the table shows those figures: seconds, rows / seconds, the ratios
-    table = {row["what"]: row for row in data["table"]}
-    assert len(table) == len(data["table"]) == 8
-    for what, key, stat in [
-        ("(a) tutorial loop, per epoch", "tutorial", "median"),
-        ("(b) huberfit engine, per epoch", "engine", "median"),
-        ("(d) engine + TensorBoard, fastest epoch", "engine_tb", "min"),
-        ("(d) engine, TensorBoard off, fastest epoch", "engine_no_tb", "min"),
-    ]:
-        assert table[what]["seconds"] == f"{t[key][stat]:.4f}"
-        assert table[what]["samples_per_second"] == f"{20000 / t[key][stat]:,.0f}"
-    speedup = ratios["engine_speedup_vs_tutorial"]
-    assert table["(b) huberfit engine, per epoch"]["ratio"] == f"{speedup:.1f}x faster"
-    lbfgs_row = table["(e) L-BFGS to 1e-6 rel. gap"]
+    table = {(row["what"], row["batch"]): row for row in data["table"]}
+    assert len(table) == len(data["table"]) == 2 * 5 + 3
+    for what, size, key in rows:
+        row = table[what, f"{int(size):,}"]
+        seconds = data["per_batch"][size][key]["median"]
+        assert row["ms"] == f"{seconds * 1e3:,.{2 if seconds < 0.01 else 1}f}"
+        assert row["rows_per_second"] == f"{20000 / seconds:,.0f}"
+    speedup = data["per_batch"]["512"]["ratios"]["engine_speedup_vs_tutorial"]
+    assert table["(b) huberfit engine", "512"]["ratio"] == f"{speedup:.1f}x faster"
+    lbfgs_row = table["(e) L-BFGS to 1e-6 gap", "full"]
     assert lbfgs_row["ratio"] == f"{int(t['lbfgs']['iterations'])} iterations"
-    human = runner.invoke(app, ["bench", "--rows", "20000", "--features", "4", "--epochs", "1"])
+    human = runner.invoke(app, ["bench", "--rows", "20000", "--features", "4", "--epochs", "1",
+                                "--batch-size", "4096"])  # fmt: skip
     assert human.exit_code == 0, human.output
     # the table on stdout (the progress lines on stderr name "tutorial loop" too)
     shown = human.stdout
-    assert shown.startswith("huberfit bench: 20,000 x 4, batch 4096, float32")
-    for what in table:
+    assert shown.startswith("huberfit bench: 20,000 x 4, float32")
+    for what, _ in table:
         assert re.search(rf"^│ {re.escape(what)} +│", shown, re.M), what
-    assert f"; {data['threads']} threads; median of 1 epoch\n" in shown
+    assert re.search(r"^│ \(b\) huberfit engine +│ +4,096 │", shown, re.M)
+    assert f"machine: {data['host']}; median of 1 epoch" in " ".join(shown.split())
     assert "note: 1 timed epoch on a shared machine" in shown
+
+
+@pytest.mark.parametrize("value", ["0", "256,", "x", "256;4096", "-5", "1.5", ""])
+def test_bench_refuses_batch_sizes_that_are_not_whole_numbers(runner, value):
+    r = runner.invoke(app, ["bench", "--batch-size", value])
+    assert r.exit_code == 1 and "Traceback" not in r.output
+    assert r.stderr.startswith("error: --batch-size must be up to 16 whole numbers >= 1")
 
 
 def test_bench_csv_times_two_readers_of_the_same_numbers(runner, monkeypatch):
@@ -144,3 +160,6 @@ def test_bench_streaming_measures_a_child_run(runner, tmp_path):
     assert data["bytes"] == sum(f.stat().st_size for f in files)
     assert data["streamed"] and data["budget_mb"] == 1  # a 1 MB budget forces streaming
     assert data["peak_rss_mb"] > 0 and data["baseline_rss_mb"] > 0
+    # the streamed epoch and the bare scan read the same rows; the ratio is their quotient
+    assert data["train_rows"] < data["rows"] == written
+    assert data["epoch_vs_scan"] == pytest.approx(data["epoch_seconds"] / data["scan_seconds"])

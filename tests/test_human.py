@@ -124,8 +124,10 @@ def test_bench_in_human_mode(width, runner):
     r = runner.invoke(app, ["bench", "--rows", "20000", "--features", "4", "--epochs", "1"])
     readable(r, width)
     # the table and its footer on stdout (the progress lines on stderr say "tutorial loop")
-    assert re.search(r"^│ \(a\) tutorial loop, per epoch +│", r.stdout, re.M), r.stdout
-    assert re.search(r"; \d+ threads;\s+median of 1 epoch\n", r.stdout), r.stdout
+    assert re.search(r"^│ \(a\) tutorial loop +│ +256 │", r.stdout, re.M), r.stdout
+    assert re.search(r"^│ \(a\) tutorial loop +│ +4,096 │", r.stdout, re.M), r.stdout
+    assert re.search(r"^machine: .*\d+\s+threads;", r.stdout, re.M | re.S), r.stdout
+    assert re.search(r"median of\s+1 epoch\n", r.stdout), r.stdout
 
 
 def test_override_errors_name_the_override_not_the_built_in(runner):
