@@ -188,8 +188,8 @@ class ShardedBatches(InMemoryBatches):
 
     def epoch(self, epoch: int, skip: int = 0) -> Iterator[tuple[torch.Tensor, int]]:
         """Row indices (gathered late, by ``take``), this rank's share of each batch."""
-        items = self.indices(epoch)[skip:]
-        return iter([(idx[self.rank :: self.world], n) for idx, n in items])
+        for idx, n in self.indices(epoch)[skip:]:
+            yield idx[self.rank :: self.world], n
 
     def full_chunks(self) -> list[Chunk]:
         return [(self.X[self.rank :: self.world], self.y[self.rank :: self.world])]
