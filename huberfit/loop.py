@@ -657,7 +657,8 @@ def step_threads(device: torch.device, numbers: int):
     """Steps on at most ``SMALL_STEP`` numbers run on one CPU thread: MKL splits even a
     256 x 17 matrix-vector product over every core, and the hand-off costs more than the
     product (2-core Xeon: X.T @ g, 256 x 16, 2.6 us on one thread, 5.8 us on two; 700 us
-    when the other core is busy). The other core gathers the next rows meanwhile."""
+    when the other core is busy). Gathers of rows still use every thread (see
+    ``InMemoryBatches._gather``)."""
     before = torch.get_num_threads()
     if device.type != "cpu" or before == 1 or numbers > SMALL_STEP:
         yield

@@ -9,13 +9,12 @@ train or sinks.
 
 from __future__ import annotations
 
-import collections
 import hashlib
 import itertools
 import math
 import queue
 import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any, NamedTuple, Protocol
 
 import numpy as np
@@ -69,15 +68,12 @@ class Batch(NamedTuple):
 
 
 # Rows gathered at a time (a block of whole batches): one gather call per block instead
-# of one per batch, done by a background thread on the CPU while the training thread
-# steps through the block before. Blocks stay near BLOCK_BYTES so that one is still in
-# cache when its batches are used. Measured on a 2-core Xeon, 1M x 16 rows, batch 256:
-# the per-batch gather took 13 us of a 45 us step; in blocks, off the training thread, ~0.
+# of one per batch, on every thread. Blocks stay near BLOCK_BYTES so that one is still in
+# cache when its batches are used. Measured on a 2-core Xeon, 1M x 16 rows, an epoch at
+# batch 4096: 59 ms gathering per batch on one thread, 48 ms by blocks on two; a
+# background gather thread (or two) beside the training thread was no faster (51-53 ms:
+# three threads on two cores) and added a hand-off per block.
 BLOCK_ROWS, BLOCK_BYTES = 16384, 4 * 2**20
-# Gathers are bound by memory latency (~35 ns a random 72-byte row on a 2-core Xeon),
-# so two threads gather at twice the rate while the training thread mostly waits on them
-# at large batches.
-GATHER_THREADS = 2
 
 
 class InMemoryBatches:
@@ -99,6 +95,7 @@ class InMemoryBatches:
         self.in_memory = True
         self.batch_size = min(batch_size or self.n, self.n)
         self.seed = seed
+        self.threads = torch.get_num_threads()
 
     def steps_per_epoch(self, accum: int = 1) -> int:
         return math.ceil(math.ceil(self.n / self.batch_size) / accum)
@@ -121,7 +118,7 @@ class InMemoryBatches:
 
     def epoch(self, epoch: int, skip: int = 0) -> Iterator[tuple[Batch, int]]:
         """``(batch, rows)`` for each batch of ``epoch`` after the first ``skip``, gathered
-        a block at a time (on the CPU, a block ahead, by a background thread)."""
+        a block at a time."""
         B = self.batch_size
         if B >= self.n:
             if skip == 0:
@@ -134,22 +131,22 @@ class InMemoryBatches:
             perm = perm.to(self.device)
         per_block = B * max(1, min(BLOCK_ROWS, BLOCK_BYTES // self.XY[0].nbytes) // B)
 
-        def gather(idx: torch.Tensor) -> list[Batch]:
-            return self._batches(self.XY.index_select(0, idx))
+        for idx in torch.split(perm, per_block):
+            for batch in self._gather(idx):
+                yield batch, batch.X.shape[0]
 
-        parts = torch.split(perm, per_block)
-        if self.device.type == "cpu":  # elsewhere the gathers are queued on the device
-            blocks = _in_threads(gather, parts, GATHER_THREADS)
-        else:
-            blocks = map(gather, parts)
+    def _gather(self, idx: torch.Tensor) -> list[Batch]:
+        """One block's rows, gathered with every thread torch had when this source was
+        made: a gather is bound by memory latency, and two threads fetch twice the rows
+        (the step itself may run on one thread; see ``loop.step_threads``)."""
+        now = torch.get_num_threads()
+        if now == self.threads or self.device.type != "cpu":
+            return self._batches(self.XY.index_select(0, idx))
+        torch.set_num_threads(self.threads)
         try:
-            for block in blocks:
-                for batch in block:
-                    yield batch, batch.X.shape[0]
+            return self._batches(self.XY.index_select(0, idx))
         finally:
-            close = getattr(blocks, "close", None)
-            if close is not None:
-                close()
+            torch.set_num_threads(now)
 
     def _batches(self, block: torch.Tensor) -> list[Batch]:
         """The batches of a gathered block, as views (one ``split`` per part)."""
@@ -306,24 +303,6 @@ class StreamBatches:
         pieces = self.info.pieces[self.rank :: self.world]
         for a in self.info.rows(pieces, self.split, _NUMPY_DTYPES[self.dtype]):
             yield self._tensors(a)
-
-
-def _in_threads(fn: Callable[[Any], Any], args: Iterable[Any], threads: int) -> Iterator[Any]:
-    """``map(fn, args)``, computed by ``threads`` background threads, at most
-    ``threads + 1`` results ahead, in order. Closing it early waits for the calls under way
-    and drops the rest."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    pool = ThreadPoolExecutor(threads, thread_name_prefix="huberfit-gather")
-    try:
-        it = iter(args)
-        ahead = collections.deque(pool.submit(fn, a) for a in itertools.islice(it, threads + 1))
-        while ahead:
-            result = ahead.popleft().result()
-            ahead.extend(pool.submit(fn, a) for a in itertools.islice(it, 1))
-            yield result
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _prefetch(items: Iterator[Any], depth: int) -> Iterator[Any]:
