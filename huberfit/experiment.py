@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from contextlib import ExitStack, nullcontext
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -175,17 +175,16 @@ def train_run(
                 if result.status != "diverged":  # its last finite checkpoint stays
                     checkpoints.save(result.state)
                 interrupts.fault("scoring")  # test hook
-                # under torchrun scoring sums over processes: signals wait for its end
-                # (a diverged or huge model's scores overflow: inf/NaN, written as null)
-                with (policy.critical_section() if dist is not None else nullcontext(),
-                      np.errstate(over="ignore", invalid="ignore")):  # fmt: skip
+                # (a diverged or huge model's scores overflow: inf/NaN, written as null); a
+                # first signal while the reference is solved skips it: status interrupted
+                with np.errstate(over="ignore", invalid="ignore"):
                     metrics = final_metrics(config, data, device, model, result, scorer,
                                             train, val, scale)  # fmt: skip
                 metrics.update(run_dir=str(run.dir), started=started,
                                initial_weights=[*weights, bias],
                                batch_order_digest=train.order_digest(), world_size=world)  # fmt: skip
                 unwritten = None  # a picture that cannot be written (a full disk) still
-                if run.main and config.output.images and result.status in STATUS_WITH_PICTURES:
+                if run.main and config.output.images and metrics["status"] in STATUS_WITH_PICTURES:
                     interrupts.fault("pictures")  # test hook
                     try:  # leaves the metrics to write; its error comes after them
                         run.pictures(figures())
