@@ -314,7 +314,7 @@ _fault_seen: dict[str, int] = {}
 def fault(stage: str) -> None:
     """Test hook: ``HUBERFIT_FAULT=stage:SIGNAL[:n]`` (e.g. ``checkpoint:SIGKILL:2``) sends
     ``SIGNAL`` to this process the ``n``-th time the run reaches ``stage`` (``folder``,
-    ``step``, ``checkpoint``, ``scoring``, ``reference``, ``pictures``, ``data``)."""
+    ``step``, ``checkpoint``, ``scoring``, ``reference``, ``pictures``, ``data``, ``delta``)."""
     spec = os.environ.get("HUBERFIT_FAULT")
     if not spec:
         return

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from contextlib import nullcontext
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -146,7 +147,9 @@ def resolve_delta(config: Config, data: Dataset) -> tuple[Config, float | None]:
     if config.loss.delta != "auto":
         return config, None
     X, y = original_units(data, data.X_train, data.y_train)
-    scale = robust_scale(X, y, config.model.bias)
+    # a least-squares fit (minutes on a large problem): a signal does not wait for it
+    fit = partial(robust_scale, X, y, config.model.bias)
+    scale = interrupts.apart("delta", fit, fork=X.size >= APART_CELLS)
     if not scale > 0:
         raise ConfigError(
             "loss.delta: auto: the residuals' robust scale is 0 (over half the training rows "

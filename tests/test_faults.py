@@ -204,6 +204,17 @@ def test_a_signal_while_the_reference_is_solved_is_answered_at_once(tmp_path, si
     assert out.metrics["standard_errors"] is not None and out.metrics["epochs"] == 2
 
 
+def test_a_signal_while_auto_delta_is_fitted_is_answered_before_any_folder(tmp_path):
+    """``loss.delta: auto`` fits least squares before the run folder exists (minutes on a
+    large problem): a signal then ends the command at once, with nothing written."""
+    cmd = [sys.executable, "-m", "huberfit", "train", "--runs-dir", str(tmp_path / "r"),
+           *LARGE, "loss.delta=auto"]  # fmt: skip
+    env = {**os.environ, "HUBERFIT_FAULT": "delta:SIGTERM", "OMP_NUM_THREADS": "1"}
+    p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 130 and p.stderr.splitlines()[-1] == "interrupted", p.stderr[-2000:]
+    assert not (tmp_path / "r").exists() and gone(str(tmp_path))
+
+
 @pytest.mark.skipif(sys.platform != "linux", reason="the reference's own process: Linux")
 def test_apart_answers_a_signal_at_once_and_ends_its_child(tmp_path):
     """The wait for ``apart``'s child is where the signal lands: the child (here busy for
