@@ -269,6 +269,23 @@ def test_a_repeat_within_the_window_is_the_same_request_a_later_one_stops_at_onc
         assert caught.value.hard
 
 
+START = """\
+import signal, sys
+import huberfit
+before = sorted(m for m in sys.modules if m.startswith("huberfit"))
+import huberfit.__main__
+print(before, signal.getsignal(signal.SIGINT).__name__, signal.getsignal(signal.SIGTERM).__name__)
+"""
+
+
+def test_the_command_notes_ctrl_c_from_its_first_import():
+    """The ``huberfit`` script imports ``huberfit`` and then ``huberfit.__main__`` before
+    ``main()``: a Ctrl-C in between gives Python's traceback. The package imports nothing,
+    and ``huberfit.__main__`` notes signals from its first statements, on import."""
+    p = subprocess.run([sys.executable, "-c", START], capture_output=True, text=True, timeout=60)
+    assert p.stdout.split() == ["['huberfit']", "_note", "_note"], p.stderr[-2000:]
+
+
 def test_ctrl_c_inside_an_import_waits_for_the_import_to_finish(tmp_path, monkeypatch):
     """Interrupting an import half-way leaves a module without its names (numpy without
     ``multiply``): the interrupt is raised once the import has finished."""
