@@ -460,6 +460,8 @@ def load_resume(run_dir: str, overrides: list[str]) -> tuple[Any, dict[str, Any]
             "(the same data, moved) or optimizer.lr (a diverged run), or start a new run"
         )
     ckpt = load_checkpoint(run)
+    if diverged and (folder.metrics or {}).get("checkpoint_usable") is False:
+        raise RunError(f"{run}: {folder.detail}")  # which says so (experiment.unusable)
     raw = apply_overrides(copy.deepcopy(ckpt["config"]), overrides)  # the saved one stays
     if "data.path" in keys and isinstance((raw.get("data") or {}).get("path"), str):
         from huberfit.config import _resolve_from  # as for train: from the current folder

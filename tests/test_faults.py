@@ -339,6 +339,37 @@ def test_a_diverged_run_keeps_its_last_finite_checkpoint_and_resumes_with_a_smal
     assert metrics["epochs"] == 60
 
 
+# float32 MSE at lr=3 on 40 training rows: the weights grow ~10x a step; the last finite
+# checkpoint (epoch 6) holds weights ~1e19, whose squared residuals overflow float32
+OVERFLOWS = ["loss.name=mse", "optimizer.lr=3", "data.n_samples=50", "train.batch_size=10",
+             "train.checkpoint_every=1", "train.epochs=30", "output.images=false",
+             "output.tensorboard=false"]  # fmt: skip
+
+
+def test_a_last_finite_checkpoint_that_overflows_is_called_unusable_not_resumable(tmp_path, runner):
+    """No learning rate resumes a checkpoint whose loss already overflows the dtype (the
+    first step's loss comes before any lr acts): the diverged run, and --resume with any
+    lr, say so and name a smaller lr for a new run, rather than suggest resuming."""
+    r = runner.invoke(app, ["train", "--runs-dir", str(tmp_path), *OVERFLOWS])
+    (run_dir,) = tmp_path.iterdir()
+    assert r.exit_code == 1 and "try a smaller optimizer.lr" not in r.stderr, r.output
+    unusable = ("its last finite checkpoint (epoch 6) is itself unusable: its loss overflows "
+                "float32 (weights up to 1.3e+19) at any learning rate; train a new run with a "
+                "smaller optimizer.lr, e.g. optimizer.lr=0.3")  # fmt: skip
+    assert unusable in r.stderr, r.output
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["checkpoint_usable"] is False
+    for lr in ([], ["optimizer.lr=1e-9"]):
+        r = runner.invoke(app, ["train", "--resume", str(run_dir), *lr])
+        assert r.exit_code == 1 and unusable in r.stderr and len(r.stderr.splitlines()) == 1
+    del metrics["checkpoint_usable"]  # a folder that does not say: found out on resuming
+    (run_dir / "metrics.json").write_text(json.dumps(metrics))
+    r = runner.invoke(app, ["train", "--resume", str(run_dir), "optimizer.lr=1e-9"])
+    assert r.exit_code == 1, r.output
+    assert r.stderr.splitlines()[-1] == f"error: {run_dir}: {unusable}", r.output
+    assert json.loads((run_dir / "metrics.json").read_text()) == metrics  # nothing rewritten
+
+
 RANK_SCRIPT = """\
 import os, sys
 from huberfit.__main__ import main
