@@ -249,8 +249,7 @@ def _train(cfg, ckpt, resume, runs_dir, quiet: bool, dist):
         from huberfit.runs import FINISHED, folder_state
 
         ended = folder_state(resume)
-        whole = ended.metrics is not None and isinstance(ended.metrics.get("coefficients"), dict)
-        if ended.status in FINISHED and whole:  # nothing to do: no writes (else: rewritten)
+        if ended.status in FINISHED:  # nothing to do: no writes (else: written anew)
             console.note(
                 f"the run already has its {done} epochs; nothing to train "
                 f"(continue it with: huberfit train --resume {resume} train.epochs={done + 10})"
