@@ -227,15 +227,18 @@ def unusable(epoch: int, why: str, lr: float) -> str:
 
 def last_checkpoint_usable(
     run_dir: Path, model: nn.Linear, scorer: Scorer, train: Any, config: Config, result: FitResult
-) -> bool:
+) -> bool | None:
     """A diverged run: whether its last finite checkpoint can be resumed (with a smaller
     lr); if not, its message says so instead of suggesting a resume."""
     import copy
 
     from huberfit.artifacts import load_checkpoint
 
-    ckpt, saved = load_checkpoint(run_dir), copy.deepcopy(model)
-    saved.load_state_dict(ckpt["model"])
+    try:
+        ckpt, saved = load_checkpoint(run_dir), copy.deepcopy(model)
+        saved.load_state_dict(ckpt["model"])
+    except (RunError, RuntimeError):  # gone or damaged since it was written: not judged
+        return None
     why = overflows(saved, scorer, train, config.dtype)
     if why:  # (instead of the loop's advice: a smaller lr, as if resuming could work)
         said = result.message.removesuffix("; try a smaller optimizer.lr")

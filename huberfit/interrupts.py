@@ -250,14 +250,15 @@ def apart(stage: str, fn: Callable[[], Any], fork: bool = True) -> Any:
     if pid == 0:  # the child: never returns
         _child(fn, r, w, parent)
     os.close(w)
-    with os.fdopen(r, "rb") as pipe:
-        try:
-            fault(stage)  # test hook
-            answer = pipe.read()
-        except BaseException:
-            os.kill(pid, signal.SIGKILL)  # a signal (or an error) while waiting
-            os.waitpid(pid, 0)
-            raise
+    try:
+        fault(stage)  # test hook
+        answer = _answer(r, _policy)
+    except BaseException:
+        os.kill(pid, signal.SIGKILL)  # a signal (or an error) while waiting
+        os.waitpid(pid, 0)
+        raise
+    finally:
+        os.close(r)
     _, status = os.waitpid(pid, 0)
     try:
         ok, value = pickle.loads(answer)
@@ -268,6 +269,23 @@ def apart(stage: str, fn: Callable[[], Any], fork: bool = True) -> Any:
     if not ok:
         raise value
     return value
+
+
+def _answer(r: int, policy: Policy) -> bytes:
+    """What the child sends, until it closes the pipe. A signal raises here (its handler
+    runs while ``select`` waits), and so does a first request that only set ``stop``
+    (inside a sweep, whose trials finish their step: waiting for the reference is not one)."""
+    import select
+
+    chunks = []
+    while True:
+        if policy.stop.is_set():
+            raise Interrupted(policy.hard)
+        if select.select([r], [], [], _RETRY_SECONDS)[0]:
+            chunk = os.read(r, 1 << 16)
+            if not chunk:
+                return b"".join(chunks)
+            chunks.append(chunk)
 
 
 def _child(fn: Callable[[], Any], r: int, w: int, parent: int) -> None:

@@ -204,6 +204,30 @@ def test_a_signal_while_the_reference_is_solved_is_answered_at_once(tmp_path, si
     assert out.metrics["standard_errors"] is not None and out.metrics["epochs"] == 2
 
 
+@pytest.mark.skipif(sys.platform != "linux", reason="the reference's own process: Linux")
+def test_a_comparison_stops_waiting_for_a_reference_at_the_first_ctrl_c(
+    tmp_path, runner, monkeypatch
+):
+    """In a sweep (here compare-losses) a first request only asks the trial to stop after
+    its step: the wait for the reference is not a step, so it ends there too, and the
+    trial is interrupted (``sweep --resume`` continues it), not completed minutes later."""
+    from huberfit import cli
+
+    monkeypatch.setitem(cli._said, "interrupted", False)  # said once a process: reset after
+    monkeypatch.setenv("HUBERFIT_FAULT", "reference:SIGINT")
+    monkeypatch.setattr(interrupts, "_fault_seen", {})
+    args = ["compare-losses", "--losses", "huber", "--runs-dir", str(tmp_path), "-q", *LARGE,
+            "data.true_weights=null"]  # fmt: skip
+    r = runner.invoke(app, args)
+    assert r.exit_code == 130, r.output
+    (parent,) = tmp_path.iterdir()
+    assert folder_state(parent / "huber").metrics["optimum"] is None
+    monkeypatch.delenv("HUBERFIT_FAULT")
+    r = runner.invoke(app, ["sweep", "--resume", str(parent), "-q"])
+    assert r.exit_code == 0, r.output
+    assert folder_state(parent / "huber").metrics["optimum"]["objective"] > 0
+
+
 def test_a_signal_while_auto_delta_is_fitted_is_answered_before_any_folder(tmp_path):
     """``loss.delta: auto`` fits least squares before the run folder exists (minutes on a
     large problem): a signal then ends the command at once, with nothing written."""
