@@ -93,8 +93,8 @@ def no_empty(**flags: str | None) -> None:
     for key, value in flags.items():
         if value is not None and not value.strip():
             flag = "--" + key.replace("_", "-")
-            hint = ("use auto, cpu, cuda, cuda:N or mps" if key == "device"
-                    else f"give a value, or leave {flag} out for its default")  # fmt: skip
+            hint = ("use auto, cpu, cuda, cuda:N or mps" if key == "device" else "give a value"
+                    if key == "input" else f"give a value, or leave {flag} out for its default")  # fmt: skip
             raise ConfigError(f"{flag} is empty; {hint}")
 
 
@@ -594,6 +594,7 @@ def predict(
     ),
 ) -> None:
     """Add a 'prediction' column to the rows of a file, using a trained run."""
+    no_empty(input=input, output=output)  # '' would be the current folder's every file
     from huberfit.predict import load_run, predict_file
 
     trained = load_run(run)
@@ -614,6 +615,7 @@ def evaluate(
     json_out: bool = typer.Option(False, "--json", help="Print the scores as JSON."),
 ) -> None:
     """Score a trained run on a labelled file: MSE, MAE, R^2 and its training objective."""
+    no_empty(input=input, target=target, loss=loss)
     from huberfit.errors import ConfigError
     from huberfit.predict import evaluate_file, load_run
     from huberfit.sinks import render_scores
