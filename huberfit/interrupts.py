@@ -238,15 +238,26 @@ def apart(stage: str, fn: Callable[[], Any], fork: bool = True) -> Any:
     thread, with a policy installed; else here) while this process waits for its answer
     where a signal is answered at once: ``Interrupted`` kills the child. ``stage``: the test
     hook's name for the wait. ``fn``'s exceptions are raised here (when they pickle; else a
-    ``RuntimeError`` naming them); a child that ends without an answer raises ``Lost``."""
+    ``RuntimeError`` naming them); a child that ends without an answer raises ``Lost``. Where
+    no process can be made (no memory, no file descriptor) it is computed here."""
     if not (fork and _policy is not None and _main_thread() and sys.platform == "linux"):
         fault(stage)
         return fn()
     import pickle
 
-    r, w = os.pipe()
     parent = os.getpid()
-    pid = os.fork()
+    try:
+        r, w = os.pipe()
+    except OSError:  # no file descriptor left: here, then
+        fault(stage)
+        return fn()
+    try:
+        pid = os.fork()
+    except OSError:  # no memory for a process (strict overcommit): here, then
+        os.close(r)
+        os.close(w)
+        fault(stage)
+        return fn()
     if pid == 0:  # the child: never returns
         _child(fn, r, w, parent)
     os.close(w)

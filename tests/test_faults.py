@@ -256,6 +256,9 @@ def test_apart_answers_a_signal_at_once_and_ends_its_child(tmp_path):
             interrupts.apart("test", lambda: 1 / 0)
         with pytest.raises(interrupts.Lost, match="killed by signal 9"):
             interrupts.apart("test", lambda: os.kill(os.getpid(), signal.SIGKILL))
+        with pytest.MonkeyPatch.context() as m:  # no memory for a process: computed here
+            m.setattr(os, "fork", lambda: (_ for _ in ()).throw(OSError(12, "no memory")))
+            assert interrupts.apart("test", lambda: os.getpid()) == os.getpid()
         timer.start()
         with pytest.raises(interrupts.Interrupted):
             interrupts.apart("test", busy)
