@@ -369,6 +369,10 @@ def test_a_quote_left_open_mid_file_is_named_where_it_opens(tmp_path, how, rows,
     path = tmp_path / "quote.csv"
     path.write_text("a,b,y\n" + rows)
     assert _error(path, how) == f"{path}: {expected}"
+    path.write_text('"a,b,y\n' + rows)  # in the header: the file (or lines of it) in a name
+    assert _error(path, how).endswith("runs over several lines: a quote left open?")
+    path.write_text('"a,b,y\n1,2,3\n')  # and no quote after it: no data rows either
+    assert _error(path, how) == f"{path}: line 1 opens a quoted cell that never closes"
 
 
 def test_quoted_names_keep_their_spaces_in_training_predict_and_eval(tmp_path, runner):

@@ -97,6 +97,10 @@ def check_columns(
         raise DataError(f"{file}: duplicate column names: {', '.join(map(_show, dupes))}")
     has_target = target is not None and target in columns
     if require_target and not has_target:
+        spans = next((c for c in columns if "\n" in c or "\r" in c), None)
+        if spans is not None:  # (a header whose quote closes only further down the file)
+            raise DataError(f"{file}: target column {target!r} not found; the header's quoted "
+                            f"name {spans!r} runs over several lines: a quote left open?")  # fmt: skip
         raise DataError(f"{file}: target column {target!r} not found{_suggest(target, columns)}")
     if features is None:
         features = [c for c in columns if c != target]
@@ -292,6 +296,8 @@ def _csv_header(file: Path) -> tuple[list[str], int]:
         cells = _header_cells(text)
         if len(cells) != len(row):  # a header the two readings disagree on: the module's
             cells = [c.strip() for c in row]
+        if end > line and any("\n" in c or "\r" in c for c in row) and csv_row(file, 0) is None:
+            raise DataError(unclosed_quote(file, line))  # the whole file in its quote
         return cells, line
     raise DataError(f"{file}: file is empty (no header row)")
 
