@@ -239,6 +239,10 @@ def test_a_signal_while_auto_delta_is_fitted_is_answered_before_any_folder(tmp_p
     assert not (tmp_path / "r").exists() and gone(str(tmp_path))
 
 
+def no_fork() -> int:
+    raise OSError(12, "Cannot allocate memory")
+
+
 @pytest.mark.skipif(sys.platform != "linux", reason="the reference's own process: Linux")
 def test_apart_answers_a_signal_at_once_and_ends_its_child(tmp_path):
     """The wait for ``apart``'s child is where the signal lands: the child (here busy for
@@ -257,7 +261,7 @@ def test_apart_answers_a_signal_at_once_and_ends_its_child(tmp_path):
         with pytest.raises(interrupts.Lost, match="killed by signal 9"):
             interrupts.apart("test", lambda: os.kill(os.getpid(), signal.SIGKILL))
         with pytest.MonkeyPatch.context() as m:  # no memory for a process: computed here
-            m.setattr(os, "fork", lambda: (_ for _ in ()).throw(OSError(12, "no memory")))
+            m.setattr(os, "fork", no_fork)
             assert interrupts.apart("test", lambda: os.getpid()) == os.getpid()
         timer.start()
         with pytest.raises(interrupts.Interrupted):
