@@ -4,33 +4,23 @@
 and ``huberfit.HuberfitRegressor`` (``huberfit/estimator.py``, needs scikit-learn) are the
 Python API, imported on first use: this file must never import torch, so that
 ``import huberfit`` and ``huberfit --help`` stay fast. Errors: ``huberfit.HuberfitError``
-and its subclasses.
+and its subclasses (``huberfit/errors.py``), imported on first use too: this file imports
+nothing, as the ``huberfit`` command imports it before ``huberfit.__main__`` can note a
+Ctrl-C (every millisecond here is one in which Ctrl-C gives Python's traceback).
 """
 
-from huberfit.errors import (
-    ConfigError,
-    DataError,
-    DeviceError,
-    DivergedError,
-    HuberfitError,
-    RunError,
-)
-
 __version__ = "0.1.0"
+_ERRORS = ("ConfigError", "DataError", "DeviceError", "DivergedError", "HuberfitError",
+           "RunError")  # fmt: skip
 _LAZY = ("train", "compare_losses", "load_run", "TrainResult", "HuberfitRegressor")
-__all__ = [
-    "ConfigError",
-    "DataError",
-    "DeviceError",
-    "DivergedError",
-    "HuberfitError",
-    "RunError",
-    "__version__",
-    *_LAZY,
-]
+__all__ = [*_ERRORS, "__version__", *_LAZY]
 
 
 def __getattr__(name: str):
+    if name in _ERRORS:
+        from huberfit import errors
+
+        return getattr(errors, name)
     if name in ("train", "compare_losses", "load_run", "TrainResult"):
         from huberfit import api
 
@@ -43,4 +33,4 @@ def __getattr__(name: str):
 
 
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY))
+    return sorted(set(globals()) | set(_ERRORS) | set(_LAZY))

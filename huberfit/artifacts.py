@@ -35,13 +35,20 @@ CHECKPOINT_FORMAT = 1
 def make_run_dir(runs_dir: str | Path, name: str, prefix: str = "") -> Path:
     """Create ``<runs_dir>/<prefix><name>-<YYYYmmdd-HHMMSS>`` (``-2``, ``-3``... if taken).
     ``~`` in ``runs_dir`` is the home folder, as in ``data.path``."""
-    parent = user_path(runs_dir)
+    parent = user_path(check_runs_dir(runs_dir))
     try:
         parent.mkdir(parents=True, exist_ok=True)
     except (OSError, ValueError) as exc:  # ValueError: a NUL in the path
         why = getattr(exc, "strerror", None) or exc
         raise RunError(f"cannot create runs folder {parent}: {why}") from None
     return free_folder(parent, f"{prefix}{name}-{time.strftime('%Y%m%d-%H%M%S')}")
+
+
+def check_runs_dir(runs_dir: str | Path) -> str | Path:
+    """``runs_dir``, unless empty: an empty path would put run folders in the current one."""
+    if str(runs_dir) == "":
+        raise RunError("the runs folder is empty; give a path ('.' is the current folder)")
+    return runs_dir
 
 
 def free_folder(parent: Path, stem: str) -> Path:
@@ -460,6 +467,8 @@ def load_resume(run_dir: str, overrides: list[str]) -> tuple[Any, dict[str, Any]
             "(the same data, moved) or optimizer.lr (a diverged run), or start a new run"
         )
     ckpt = load_checkpoint(run)
+    if diverged and (folder.metrics or {}).get("checkpoint_usable") is False:
+        raise RunError(f"{run}: {folder.detail}")  # which says so (experiment.unusable)
     raw = apply_overrides(copy.deepcopy(ckpt["config"]), overrides)  # the saved one stays
     if "data.path" in keys and isinstance((raw.get("data") or {}).get("path"), str):
         from huberfit.config import _resolve_from  # as for train: from the current folder

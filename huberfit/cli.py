@@ -85,6 +85,19 @@ def user_errors(fn: F) -> F:
 DISK_FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS}
 
 
+def no_empty(**flags: str | None) -> None:
+    """Text options given empty (``--device ''``) are refused: they would silently mean the
+    default (or, for a folder, the current one). Keyword: the option without ``--``."""
+    from huberfit.errors import ConfigError
+
+    for key, value in flags.items():
+        if value is not None and not value.strip():
+            flag = "--" + key.replace("_", "-")
+            hint = ("use auto, cpu, cuda, cuda:N or mps" if key == "device" else "give a value"
+                    if key == "input" else f"give a value, or leave {flag} out for its default")  # fmt: skip
+            raise ConfigError(f"{flag} is empty; {hint}")
+
+
 def print_json(data: Any) -> None:
     """Every ``--json``: the same writer as ``metrics.json`` (non-finite numbers are
     ``null``), straight to stdout."""
@@ -204,6 +217,7 @@ def train(
     from huberfit.config import load_config
     from huberfit.errors import ConfigError
 
+    no_empty(runs_dir=runs_dir, name=name, device=device)
     overrides = list(overrides or [])
     flags = [f"name={name}"] * bool(name) + [f"device={device}"] * bool(device)
     if resume is not None:
@@ -249,8 +263,7 @@ def _train(cfg, ckpt, resume, runs_dir, quiet: bool, dist):
         from huberfit.runs import FINISHED, folder_state
 
         ended = folder_state(resume)
-        whole = ended.metrics is not None and isinstance(ended.metrics.get("coefficients"), dict)
-        if ended.status in FINISHED and whole:  # nothing to do: no writes (else: rewritten)
+        if ended.status in FINISHED:  # nothing to do: no writes (else: written anew)
             console.note(
                 f"the run already has its {done} epochs; nothing to train "
                 f"(continue it with: huberfit train --resume {resume} train.epochs={done + 10})"
@@ -377,6 +390,7 @@ def compare_losses(
     json_out: bool = typer.Option(False, "--json", help="Print comparison.json to stdout only."),
 ) -> None:
     """Train the same experiment with each loss (same data, split, init, batch order)."""
+    no_empty(runs_dir=runs_dir, name=name)
     from huberfit.config import load_config
     from huberfit.distributed import launched_by_torchrun
     from huberfit.errors import ConfigError
@@ -489,6 +503,7 @@ def sweep(
     from huberfit import sweep as sw
     from huberfit.config import load_config
 
+    no_empty(runs_dir=runs_dir, name=name, study=study)
     if resume is not None:
         given = {"--config": config, "key=value arguments": overrides, "--sampler": sampler,
                  "--trials": trials, "--metric": metric, "--direction": direction,
@@ -579,6 +594,7 @@ def predict(
     ),
 ) -> None:
     """Add a 'prediction' column to the rows of a file, using a trained run."""
+    no_empty(input=input, output=output)  # '' would be the current folder's every file
     from huberfit.predict import load_run, predict_file
 
     trained = load_run(run)
@@ -599,6 +615,7 @@ def evaluate(
     json_out: bool = typer.Option(False, "--json", help="Print the scores as JSON."),
 ) -> None:
     """Score a trained run on a labelled file: MSE, MAE, R^2 and its training objective."""
+    no_empty(input=input, target=target, loss=loss)
     from huberfit.errors import ConfigError
     from huberfit.predict import evaluate_file, load_run
     from huberfit.sinks import render_scores

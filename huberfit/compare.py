@@ -72,7 +72,8 @@ def compare_losses(
     for label, point in zip(plan.labels, plan.points, strict=True):  # all before any folder
         validate_config(with_values(plan.base, point, label), f"compare-losses {label}")
     prefix = "" if config.name.startswith("compare") else "compare-"  # not compare-compare-
-    parent = make_run_dir(runs_dir or config.output.runs_dir, config.name, prefix=prefix)
+    parent = make_run_dir(config.output.runs_dir if runs_dir is None else runs_dir, config.name,
+                          prefix=prefix)  # fmt: skip
     plan.study = parent.name
     write_json(parent / "sweep.json", plan.to_json())
     summary = execute(plan, parent, lambda line: None, console=console,

@@ -63,6 +63,13 @@ class _Section(BaseModel):
         return value
 
 
+def _a_path(value: str | None) -> str | None:
+    """A path key's value: never empty (it would mean the current folder, or the config's)."""
+    if value == "":
+        raise ValueError("is empty; give a path ('.' is the current folder)")
+    return value
+
+
 class DataConfig(_Section):
     """Where the rows come from, how they are split and scaled."""
 
@@ -93,6 +100,7 @@ class DataConfig(_Section):
     )
     shuffle_buffer: int = Field(100_000, ge=1, description="streaming: rows mixed at a time")
     standardize: bool = Field(True, description="train standardized; report original units")
+    _path = field_validator("path")(_a_path)
 
     @model_validator(mode="after")
     def _check_source(self) -> DataConfig:
@@ -247,6 +255,7 @@ class TrainConfig(_Section):
 
 class OutputConfig(_Section):
     runs_dir: str = Field("runs", description="parent folder of run folders")
+    _path = field_validator("runs_dir")(_a_path)
     tensorboard: bool = Field(True, description="write TensorBoard events")
     flush_secs: int = Field(5, ge=1, description="seconds between event-file flushes")
     images: bool = Field(True, description="fit.png / residuals.png at the end")
@@ -656,7 +665,7 @@ def override_keys(overrides: list[str]) -> set[str]:
 
 
 def _resolve_from(folder: Path, file: str) -> str:
-    if "\x00" in file:  # not a path: the schema refuses it by name
+    if "\x00" in file or not file:  # not a path: the schema refuses it by name
         return file
     p = user_path(file)
     return str(p if p.is_absolute() or "://" in file else (folder / p).resolve())

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from contextlib import ExitStack, nullcontext
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -130,14 +130,17 @@ def train_run(
     if resume:  # a diverged run resumes with a smaller lr (artifacts.load_resume)
         state = restore(resume, model, optimizer, scheduler, lr=config.optimizer.lr)
         then = resume["config"]["optimizer"]["lr"]
-        if config.optimizer.lr != then:
-            console.note(f"optimizer.lr: {config.optimizer.lr:g} from epoch {state.epoch + 1} "
-                         f"on (the run diverged with {then:g})")  # fmt: skip
     rank, world = (0, 1) if dist is None else (dist.rank, dist.world)
     train, val = make_batches(config, data, device, rank, world)
     steps = train.steps_per_epoch(config.train.grad_accum_steps)
     settings = fit_settings(config, steps, data.scaling.y_scale**spec.power, console)
     scorer = Scorer(loss_fn, data, spec.power, dist)
+    if resume and config.optimizer.lr != then:  # a diverged run's last finite checkpoint
+        why = overflows(model, scorer, train, config.dtype) if dist is None else None
+        if why:
+            raise RunError(f"{run_dir}: {unusable(state.epoch, why, then)}")
+        console.note(f"optimizer.lr: {config.optimizer.lr:g} from epoch {state.epoch + 1} "
+                     f"on (the run diverged with {then:g})")  # fmt: skip
     figures = lambda: pictures(config, data, scorer.params(model))  # noqa: E731
     payload = lambda st: checkpoint_payload(saved, data, model, optimizer, scheduler, st,  # noqa: E731
                                             world, config.loss)  # fmt: skip
@@ -170,22 +173,24 @@ def train_run(
                 if watcher is not None and watcher.why and not stop.is_set():
                     if result.status == "interrupted":  # stopped by the watch, not a signal
                         result.status, result.message = "pruned", watcher.why
+                usable = None  # diverged: can its last finite checkpoint be resumed at all?
+                if result.status == "diverged" and checkpoints.saved_epoch is not None and dist is None:  # fmt: skip
+                    usable = last_checkpoint_usable(run.dir, model, scorer, train, config, result)
                 # 5. the state reached, saved first; final metrics in original units;
                 # pictures; metrics.json last (a folder without it is resumable)
                 if result.status != "diverged":  # its last finite checkpoint stays
                     checkpoints.save(result.state)
                 interrupts.fault("scoring")  # test hook
-                # under torchrun scoring sums over processes: signals wait for its end
-                # (a diverged or huge model's scores overflow: inf/NaN, written as null)
-                with (policy.critical_section() if dist is not None else nullcontext(),
-                      np.errstate(over="ignore", invalid="ignore")):  # fmt: skip
+                # (a diverged or huge model's scores overflow: inf/NaN, written as null); a
+                # first signal while the reference is solved skips it: status interrupted
+                with np.errstate(over="ignore", invalid="ignore"):
                     metrics = final_metrics(config, data, device, model, result, scorer,
                                             train, val, scale)  # fmt: skip
-                metrics.update(run_dir=str(run.dir), started=started,
+                metrics.update(run_dir=str(run.dir), started=started, checkpoint_usable=usable,
                                initial_weights=[*weights, bias],
                                batch_order_digest=train.order_digest(), world_size=world)  # fmt: skip
                 unwritten = None  # a picture that cannot be written (a full disk) still
-                if run.main and config.output.images and result.status in STATUS_WITH_PICTURES:
+                if run.main and config.output.images and metrics["status"] in STATUS_WITH_PICTURES:
                     interrupts.fault("pictures")  # test hook
                     try:  # leaves the metrics to write; its error comes after them
                         run.pictures(figures())
@@ -202,6 +207,43 @@ def train_run(
                 exc.run_dir, exc.saved_epoch = str(run.dir), checkpoints.saved_epoch
                 raise
     return Outcome(run.dir, metrics, result, model)
+
+
+def overflows(model: nn.Linear, scorer: Scorer, train: Any, dtype: str) -> str | None:
+    """Why no learning rate can train on from ``model`` (a diverged run's last finite
+    checkpoint): its loss on the training rows overflows the training dtype, so the first
+    step of a resumed run, before any lr acts, is not finite. None when it is finite."""
+    loss = scorer.score(model, train, "train")[0]["loss"]
+    if np.isfinite(loss):
+        return None
+    biggest = max(float(p.detach().abs().max()) for p in model.parameters())
+    return f"its loss overflows {dtype} (weights up to {biggest:.2g}) at any learning rate"
+
+
+def unusable(epoch: int, why: str, lr: float) -> str:
+    return (f"its last finite checkpoint (epoch {epoch}) is itself unusable: {why}; train a "
+            f"new run with a smaller optimizer.lr, e.g. optimizer.lr={lr / 10:g}")  # fmt: skip
+
+
+def last_checkpoint_usable(
+    run_dir: Path, model: nn.Linear, scorer: Scorer, train: Any, config: Config, result: FitResult
+) -> bool | None:
+    """A diverged run: whether its last finite checkpoint can be resumed (with a smaller
+    lr); if not, its message says so instead of suggesting a resume."""
+    import copy
+
+    from huberfit.artifacts import load_checkpoint
+
+    try:
+        ckpt, saved = load_checkpoint(run_dir), copy.deepcopy(model)
+        saved.load_state_dict(ckpt["model"])
+    except (RunError, RuntimeError):  # gone or damaged since it was written: not judged
+        return None
+    why = overflows(saved, scorer, train, config.dtype)
+    if why:  # (instead of the loop's advice: a smaller lr, as if resuming could work)
+        said = result.message.removesuffix("; try a smaller optimizer.lr")
+        result.message = f"{said}; {unusable(ckpt['state']['epoch'], why, config.optimizer.lr)}"
+    return why is None
 
 
 class _Watch:

@@ -17,6 +17,12 @@ a run when the CLI has not):
   start-up never leaves numpy or torch half-imported, which gives tracebacks later or an
   abort at exit).
 
+``apart`` runs a long native computation (the reference solve after training) in a forked
+child and waits for it where a signal can interrupt the wait: Python runs a signal handler
+only between bytecodes, so a handler waits for a LAPACK or HiGHS call to return (minutes on
+a large problem); and a thread left inside OpenBLAS at interpreter exit crashes its cleanup
+("BLAS : Bad memory unallocation!", SIGSEGV), where a child process is simply killed.
+
 ``fault`` is a test hook: ``HUBERFIT_FAULT=stage:SIGNAL[:n]`` sends ``SIGNAL`` to this
 process the ``n``-th time (default: first) the run reaches ``stage`` (see ARCHITECTURE.md).
 Standard library only: ``cli.main`` installs the policy before any heavy import.
@@ -33,7 +39,7 @@ from contextlib import contextmanager
 
 TYPE_CHECKING = False  # not typing's: that import alone takes ~10 ms of start-up
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Callable, Iterator
     from types import FrameType
     from typing import Any
 
@@ -223,6 +229,112 @@ def ignore() -> None:
             signal.signal(s, signal.SIG_IGN)
 
 
+class Lost(RuntimeError):
+    """``apart``'s child process ended without an answer (killed: out of memory, say)."""
+
+
+def apart(stage: str, fn: Callable[[], Any], fork: bool = True) -> Any:
+    """``fn()``, computed in a forked child process (with ``fork``, on Linux, in the main
+    thread, with a policy installed; else here) while this process waits for its answer
+    where a signal is answered at once: ``Interrupted`` kills the child. ``stage``: the test
+    hook's name for the wait. ``fn``'s exceptions are raised here (when they pickle; else a
+    ``RuntimeError`` naming them); a child that ends without an answer raises ``Lost``. Where
+    no process can be made (no memory, no file descriptor) it is computed here."""
+    if not (fork and _policy is not None and _main_thread() and sys.platform == "linux"):
+        fault(stage)
+        return fn()
+    import pickle
+
+    parent = os.getpid()
+    try:
+        r, w = os.pipe()
+    except OSError:  # no file descriptor left: here, then
+        fault(stage)
+        return fn()
+    try:
+        pid = os.fork()
+    except OSError:  # no memory for a process (strict overcommit): here, then
+        os.close(r)
+        os.close(w)
+        fault(stage)
+        return fn()
+    if pid == 0:  # the child: never returns
+        _child(fn, r, w, parent)
+    os.close(w)
+    try:
+        fault(stage)  # test hook
+        answer = _answer(r, _policy)
+    except BaseException:
+        os.kill(pid, signal.SIGKILL)  # a signal (or an error) while waiting
+        os.waitpid(pid, 0)
+        raise
+    finally:
+        os.close(r)
+    _, status = os.waitpid(pid, 0)
+    try:
+        ok, value = pickle.loads(answer)
+    except Exception:
+        how = (f"killed by signal {os.WTERMSIG(status)}" if os.WIFSIGNALED(status)
+               else f"exit status {os.waitstatus_to_exitcode(status)}")  # fmt: skip
+        raise Lost(f"its process ended without an answer ({how})") from None
+    if not ok:
+        raise value
+    return value
+
+
+def _answer(r: int, policy: Policy) -> bytes:
+    """What the child sends, until it closes the pipe. A signal raises here (its handler
+    runs while ``select`` waits), and so does a first request that only set ``stop``
+    (inside a sweep, whose trials finish their step: waiting for the reference is not one)."""
+    import select
+
+    chunks = []
+    while True:
+        if policy.stop.is_set():
+            raise Interrupted(policy.hard)
+        if select.select([r], [], [], _RETRY_SECONDS)[0]:
+            chunk = os.read(r, 1 << 16)
+            if not chunk:
+                return b"".join(chunks)
+            chunks.append(chunk)
+
+
+def _child(fn: Callable[[], Any], r: int, w: int, parent: int) -> None:
+    """``apart``'s child: computes ``fn()``, sends ``(ok, value or exception)`` pickled, and
+    leaves with ``os._exit`` (nothing of the parent's is flushed, closed or run at exit). It
+    ignores SIGINT/SIGTERM (a terminal's Ctrl-C reaches the whole process group: the parent
+    answers it and kills the child) and dies with the parent (Linux's PR_SET_PDEATHSIG)."""
+    code = 1
+    try:
+        import pickle
+
+        os.close(r)
+        for s in (*_SIGNALS, *_RETRY):
+            signal.signal(s, signal.SIG_IGN)
+        try:
+            import ctypes
+
+            ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        except Exception:  # no prctl: the parent's SIGKILL still ends it
+            pass
+        if os.getppid() != parent:  # the parent died before prctl
+            os._exit(1)
+        try:
+            answer = (True, fn())
+        except BaseException as exc:
+            answer = (False, exc)
+        try:
+            data = pickle.dumps(answer)
+        except Exception as exc:  # an exception (or answer) that does not pickle
+            what = answer[1] if not answer[0] else exc
+            data = pickle.dumps((False, RuntimeError(f"{type(what).__name__}: {what}")))
+        with os.fdopen(w, "wb") as pipe:
+            pipe.write(data)
+        code = 0
+    finally:
+        os._exit(code)
+
+
 # ----------------------------------------------------------------------------- test hook
 
 _fault_seen: dict[str, int] = {}
@@ -231,7 +343,7 @@ _fault_seen: dict[str, int] = {}
 def fault(stage: str) -> None:
     """Test hook: ``HUBERFIT_FAULT=stage:SIGNAL[:n]`` (e.g. ``checkpoint:SIGKILL:2``) sends
     ``SIGNAL`` to this process the ``n``-th time the run reaches ``stage`` (``folder``,
-    ``step``, ``checkpoint``, ``scoring``, ``pictures``, ``data``)."""
+    ``step``, ``checkpoint``, ``scoring``, ``reference``, ``pictures``, ``data``, ``delta``)."""
     spec = os.environ.get("HUBERFIT_FAULT")
     if not spec:
         return

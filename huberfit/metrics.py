@@ -10,13 +10,15 @@ import train's loop, run, plots or experiment.
 from __future__ import annotations
 
 import math
+from contextlib import nullcontext
+from functools import partial
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from huberfit import __version__
+from huberfit import __version__, interrupts
 from huberfit.config import Config
 from huberfit.data.batches import BatchSource
 from huberfit.data.dataset import Dataset
@@ -33,6 +35,13 @@ HPARAMS_FIRST = ["loss", "delta", "optimizer", "lr", "batch_size"]  # see hparam
 # says it has not converged. float32 L-BFGS ends ~1e-7 above it, float64 ~1e-14; SGD
 # with default settings 1e-4..1e-2.
 GAP_WARNING = 1e-5
+# From this many training cells (rows x features) on, the reference is solved in a child
+# process that a signal ends at once (interrupts.apart); below, it takes milliseconds and
+# forking (plus importing SciPy afresh in the child each run) would cost more than it does.
+APART_CELLS = 100_000
+LATER = "not computed: interrupted (huberfit train --resume solves it)"
+NO_REFERENCE = {"optimum": None, "gap": None, "converged": None, "standard_errors": None,
+                "intervals95": None}  # fmt: skip
 
 
 class Scorer:
@@ -138,7 +147,9 @@ def resolve_delta(config: Config, data: Dataset) -> tuple[Config, float | None]:
     if config.loss.delta != "auto":
         return config, None
     X, y = original_units(data, data.X_train, data.y_train)
-    scale = robust_scale(X, y, config.model.bias)
+    # a least-squares fit (minutes on a large problem): a signal does not wait for it
+    fit = partial(robust_scale, X, y, config.model.bias)
+    scale = interrupts.apart("delta", fit, fork=X.size >= APART_CELLS)
     if not scale > 0:
         raise ConfigError(
             "loss.delta: auto: the residuals' robust scale is 0 (over half the training rows "
@@ -151,7 +162,9 @@ def resolve_delta(config: Config, data: Dataset) -> tuple[Config, float | None]:
 def optimality(config: Config, data: Dataset, params: dict[str, float]) -> dict[str, Any]:
     """The certified optimum of the run's loss on its training rows, and the run's gap to
     it, as ``metrics.json`` holds them; and standard errors of the run's coefficients.
-    Streamed data has no reference (it would need every row in memory)."""
+    Streamed data has no reference (it would need every row in memory). From
+    ``APART_CELLS`` training cells on it is solved in a child process
+    (``interrupts.apart``), so that a signal is answered at once: ``Interrupted``."""
     if data.stream is not None:
         return {"optimum": None, "gap": None, "converged": None,
                 "optimum_note": "streamed data: no reference optimum (it needs every row in memory)"}  # fmt: skip
@@ -170,24 +183,31 @@ def optimality(config: Config, data: Dataset, params: dict[str, float]) -> dict[
                 f"{X.shape[0]} training rows: many fits reach the optimum, so there is no "
                 "reference to measure against and no standard errors"}  # fmt: skip
     w, b = np.array([params[k] for k in data.feature_names]), params["intercept"]
-    out: dict[str, Any] = {"optimum": None, "gap": None, "converged": None}
+
+    def solve() -> dict[str, Any]:
+        out: dict[str, Any] = {"optimum": None, "gap": None, "converged": None}
+        try:
+            ref_w, ref_b, opt = optimum_of(c.name, X, y, c.delta, c.quantile, config.model.bias)
+        except NotCertified as exc:
+            out["optimum_note"] = f"no certified optimum: {exc}"
+        else:
+            f = spec.objective(y - X @ w - b, c.delta, c.quantile)
+            rel = relative_gap(f, opt.objective)
+            out["optimum"] = {"objective": opt.objective,
+                              "coefficients": dict(zip(data.feature_names, map(float, ref_w), strict=True)),
+                              "intercept": ref_b, "certificate": opt.certificate}  # fmt: skip
+            out["gap"] = {"absolute": f - opt.objective, "relative": rel, "threshold": GAP_WARNING}
+            out["converged"] = bool(rel <= GAP_WARNING)
+        beta = np.r_[w, b] if config.model.bias else w
+        se = standard_errors(c.name, design(X, config.model.bias), y, beta, data.feature_names,
+                             c.delta, c.quantile, config.model.bias)  # fmt: skip
+        out.update(se or {"standard_errors": None, "intervals95": None})
+        return out
+
     try:
-        ref_w, ref_b, opt = optimum_of(c.name, X, y, c.delta, c.quantile, config.model.bias)
-    except NotCertified as exc:
-        out["optimum_note"] = f"no certified optimum: {exc}"
-    else:
-        f = spec.objective(y - X @ w - b, c.delta, c.quantile)
-        rel = relative_gap(f, opt.objective)
-        out["optimum"] = {"objective": opt.objective,
-                          "coefficients": dict(zip(data.feature_names, map(float, ref_w), strict=True)),
-                          "intercept": ref_b, "certificate": opt.certificate}  # fmt: skip
-        out["gap"] = {"absolute": f - opt.objective, "relative": rel, "threshold": GAP_WARNING}
-        out["converged"] = bool(rel <= GAP_WARNING)
-    beta = np.r_[w, b] if config.model.bias else w
-    se = standard_errors(c.name, design(X, config.model.bias), y, beta, data.feature_names,
-                         c.delta, c.quantile, config.model.bias)  # fmt: skip
-    out.update(se or {"standard_errors": None, "intervals95": None})
-    return out
+        return interrupts.apart("reference", solve, fork=X.size >= APART_CELLS)
+    except interrupts.Lost as exc:  # the child alone was killed (out of memory, say)
+        return {**NO_REFERENCE, "optimum_note": f"not computed: {exc}"}
 
 
 def gap_warning(metrics: dict[str, Any]) -> str | None:
@@ -209,17 +229,35 @@ def final_metrics(
     config: Config, data: Dataset, device: torch.device, model: nn.Linear, result: Any,
     scorer: Scorer, train: BatchSource, val: BatchSource | None, scale: float | None = None,
 ) -> dict[str, Any]:  # fmt: skip
-    """``metrics.json``: the contract other tools read (see the README)."""
+    """``metrics.json``: the contract other tools read (see the README). The scores first
+    (under torchrun they sum over processes: a signal waits for them), then the reference
+    (``optimality``): a first signal while it is solved skips it and the run ends
+    ``interrupted`` (``--resume`` solves it); an interrupted run gets none."""
     params = scorer.params(model)
-    optimal = optimality(config, data, params)
+    with interrupts.critical() if scorer.dist is not None else nullcontext():
+        train_scores, _ = scorer.score(model, train, "train")
+        val_scores = scorer.score(model, val)[0] if val is not None else None
+    status, message = result.status, result.message or None
+    if status == "interrupted":
+        optimal = {**NO_REFERENCE, "optimum_note": LATER}
+    else:
+        try:
+            optimal = optimality(config, data, params)
+        except interrupts.Interrupted as exc:
+            if exc.hard:
+                raise
+            optimal = {**NO_REFERENCE, "optimum_note": LATER}
+            status = "interrupted"
+            message = (
+                "training finished; interrupted while solving the reference optimum: "
+                "no optimum, gap or standard errors yet"
+            )
     intercept = params.pop("intercept")
-    train_scores, _ = scorer.score(model, train, "train")
-    val_scores = scorer.score(model, val)[0] if val is not None else None
     truth = true_params(data)
     metrics: dict[str, Any] = {
         "name": config.name,
-        "status": result.status,
-        "message": result.message or None,
+        "status": status,
+        "message": message,
         "loss": own_label(config.loss.name),  # your own loss by its class; loss_source: where
         "delta": config.loss.delta if spec_of(config.loss).uses_delta else None,
         "scale": scale,

@@ -23,7 +23,14 @@ import numpy as np
 
 from huberfit.artifacts import atomic_path, load_checkpoint
 from huberfit.data.scaling import Moments
-from huberfit.data.tables import check_file, input_files, iter_chunks, read_header, source_of
+from huberfit.data.tables import (
+    check_file,
+    header_line,
+    input_files,
+    iter_chunks,
+    read_header,
+    source_of,
+)
 from huberfit.errors import DataError, RunError
 
 CHUNK_ROWS = 100_000
@@ -228,7 +235,10 @@ def _with_prediction(frame, X: np.ndarray, run: TrainedRun):
 def _write_csv(chunks, run: TrainedRun, fh: TextIO) -> int:
     rows = 0
     for _, frame, X in chunks:
-        _with_prediction(frame, X, run).to_csv(fh, index=False, header=rows == 0)
+        out = _with_prediction(frame, X, run)
+        if rows == 0:  # the header as read: " a x " keeps its quotes and spaces
+            fh.write(header_line(list(out.columns)) + os.linesep)
+        out.to_csv(fh, index=False, header=False)
         rows += len(frame)
     return rows
 

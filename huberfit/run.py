@@ -95,7 +95,9 @@ def open_run(
     """
     main = dist is None or dist.is_main
     if main:
-        run_dir = run_dir or make_run_dir(runs_dir or config.output.runs_dir, config.name)
+        run_dir = run_dir or make_run_dir(
+            config.output.runs_dir if runs_dir is None else runs_dir, config.name
+        )
     if dist is not None:
         run_dir = Path(dist.broadcast_text(str(run_dir) if main else None))
     config_yaml = dump_config(config)

@@ -160,12 +160,14 @@ def folder_state(folder: str | Path) -> FolderState:
     metrics_file = folder / "metrics.json"
     if metrics_file.is_file():
         try:
-            m = json.loads(metrics_file.read_text(encoding="utf-8"))
-            status = m["status"]
-            if not isinstance(status, str):
-                raise TypeError(f"status is {status!r}")
-        except (OSError, ValueError, KeyError, TypeError, RecursionError) as exc:
-            return FolderState("unreadable", f"metrics.json: {exc}", checkpoint)
+            m = _whole_metrics(_read_json(metrics_file))
+        except (OSError, ValueError, RecursionError) as exc:
+            why = _why(exc, "metrics.json")
+            if checkpoint:  # --resume continues from the checkpoint and writes it anew
+                return FolderState("unreadable", f"{why}; its checkpoint remains: huberfit "
+                                   f"train --resume {folder} writes metrics.json anew", True)  # fmt: skip
+            return FolderState("unreadable", why, False)
+        status = m["status"]
         if checkpoint:
             return FolderState(status, m.get("message") or "", True, m)
         return FolderState(status, f"{status} before its first checkpoint (no checkpoint.pt): "
@@ -181,18 +183,25 @@ def folder_state(folder: str | Path) -> FolderState:
                        "or metrics.json)", False)  # fmt: skip
 
 
+def _whole_metrics(data: Any) -> dict[str, Any]:
+    """``data`` if it is a ``metrics.json`` as huberfit writes it (a status, coefficients,
+    and what a row of ``runs`` shows, of the expected types); else ``_Unexpected``."""
+    m = _checked(data, RUN_KEYS, "metrics.json")
+    _checked(m.get("val") or {}, {"loss": NUMBER, "mae": NUMBER}, "metrics.json val")
+    for key, kind in (("status", str), ("coefficients", dict)):
+        if not isinstance(m.get(key), kind):
+            found = "missing" if key not in m else f"{_json_type(m[key])}"
+            raise _Unexpected(f"metrics.json: {key!r} is {found}, expected {_json_type(kind())}")
+    return m
+
+
 def _run_row(folder: Path) -> dict[str, Any]:
     row: dict[str, Any] = {"name": folder.name, "folder": str(folder), "kind": "run"}
     state = folder_state(folder)
     if state.metrics is None:
         return {**row, "status": state.status, "detail": state.detail,
                 "started": _stamp(_started(folder))}  # fmt: skip
-    try:
-        m = _checked(state.metrics, RUN_KEYS, "metrics.json")
-        val = _checked(m.get("val") or {}, {"loss": NUMBER, "mae": NUMBER}, "metrics.json val")
-    except (OSError, ValueError, RecursionError) as exc:
-        return {**row, "status": "unreadable", "detail": _why(exc, "metrics.json"),
-                "started": _stamp(_started(folder))}  # fmt: skip
+    m, val = state.metrics, state.metrics.get("val") or {}
     return {
         **row,
         "name": m.get("name") or folder.name,

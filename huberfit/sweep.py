@@ -34,7 +34,13 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from huberfit.artifacts import free_folder, make_run_dir, write_json, write_text_atomic
+from huberfit.artifacts import (
+    check_runs_dir,
+    free_folder,
+    make_run_dir,
+    write_json,
+    write_text_atomic,
+)
 from huberfit.config import (
     NAME_PATTERN,
     Config,
@@ -821,7 +827,9 @@ def write_results(parent: Path, plan: Plan, rows: list[dict[str, Any]]) -> Path 
 def new_parent(plan: Plan, config: Config, runs_dir: str | None) -> Path:
     """``sweep-<name>-<time>``, or ``sweep-<study>`` when a study is named (joined by every
     worker and machine that names it)."""
-    root = Path(runs_dir or config.output.runs_dir).expanduser()
+    root = Path(
+        check_runs_dir(config.output.runs_dir if runs_dir is None else runs_dir)
+    ).expanduser()
     if plan.study:
         parent = root / f"sweep-{plan.study}"
         parent.mkdir(parents=True, exist_ok=True)

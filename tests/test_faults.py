@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -33,7 +34,7 @@ pytestmark = pytest.mark.slow
 BASE = ["dtype=float64", "data.n_samples=200", "train.batch_size=12", "train.epochs=3",
         "train.log_every_steps=1", "optimizer.momentum=0.9", "scheduler.name=cosine",
         "output.tensorboard=false", "output.images=false", "train.checkpoint_every=1"]  # fmt: skip
-STAGES = ["folder", "step", "checkpoint", "scoring", "pictures"]
+STAGES = ["folder", "step", "checkpoint", "scoring", "reference", "pictures"]
 
 
 def quiet() -> ConsoleSink:
@@ -79,7 +80,8 @@ def test_a_signal_at_any_stage_leaves_a_run_that_resumes_exactly(
     cfg = load_config(None, BASE + extra(stage))
     try:
         out = train_run(cfg, quiet(), runs_dir=str(tmp_path))
-        assert out.metrics["status"] == "interrupted"  # stopped in fit: after its step
+        assert out.metrics["status"] == "interrupted"  # in fit: after its step; or the reference
+        assert out.metrics["optimum"] is None and "interrupted" in out.metrics["optimum_note"]
     except interrupts.Interrupted as exc:  # stopped elsewhere: the state reached is saved
         assert not exc.hard and exc.saved_epoch is not None
     (run_dir,) = tmp_path.iterdir()
@@ -112,7 +114,7 @@ def test_a_second_signal_stops_at_once_and_keeps_the_last_checkpoint(
 
 # checkpoint:2: killed while writing the second checkpoint (the first one stays)
 KILLS = [("folder", None), ("step", "resumes"), ("checkpoint:2", "resumes"),
-         ("scoring", "resumes"), ("pictures", "resumes")]  # fmt: skip
+         ("scoring", "resumes"), ("reference", "resumes"), ("pictures", "resumes")]  # fmt: skip
 
 
 @pytest.mark.parametrize(("stage", "then"), KILLS)
@@ -141,6 +143,130 @@ def test_a_kill_at_any_stage_leaves_a_resumable_or_a_described_folder(
     r = runner.invoke(app, ["train", "--resume", str(run_dir)])
     assert r.exit_code == 1 and r.stderr == f"error: {run_dir}: {state.detail}\n", r.output
     assert "Traceback" not in r.output
+
+
+def processes_naming(text: str) -> list[int]:
+    """The processes whose command line holds ``text`` (a forked child has its parent's)."""
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            if text.encode() in cmdline.read_bytes():
+                found.append(int(cmdline.parent.name))
+        except OSError:  # ended meanwhile
+            pass
+    return found
+
+
+def gone(text: str) -> bool:
+    deadline = time.time() + 10  # a killed process leaves within milliseconds
+    while processes_naming(text) and time.time() < deadline:
+        time.sleep(0.05)
+    return not processes_naming(text)
+
+
+# 2000 x 60 training cells: the reference is solved in a child process (metrics.APART_CELLS)
+LARGE = ["data.n_features=60", "data.n_samples=2500", "train.epochs=2", "output.images=false",
+         "output.tensorboard=false"]  # fmt: skip
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="the reference's own process: Linux")
+@pytest.mark.parametrize("sig", ["SIGINT", "SIGKILL"])
+def test_a_signal_while_the_reference_is_solved_is_answered_at_once(tmp_path, sig):
+    """A long native call (LAPACK, HiGHS: minutes on a large problem) holds off Python's
+    signal handlers: the reference is solved in a child process, so Ctrl-C stops waiting
+    for it at once and keeps the run (status interrupted, every score but the reference;
+    ``--resume`` solves it), the process exits normally (130, no crash at exit), and no
+    child is left behind, even when the parent is killed."""
+    cmd = [sys.executable, "-m", "huberfit", "train", "--runs-dir", str(tmp_path), *LARGE]
+    env = {**os.environ, "HUBERFIT_FAULT": f"reference:{sig}", "OMP_NUM_THREADS": "1"}
+    p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    assert gone(str(tmp_path))
+    (run_dir,) = tmp_path.iterdir()
+    if sig == "SIGKILL":
+        assert p.returncode == -signal.SIGKILL, p.stderr[-2000:]
+        assert folder_state(run_dir).status == "interrupted"
+    else:
+        assert p.returncode == 130 and "Traceback" not in p.stderr, p.stderr[-2000:]
+        assert p.stderr.splitlines()[-1] == (
+            f"interrupted: saved {run_dir}; continue with: huberfit train --resume {run_dir}"
+        )
+        metrics = json.loads((run_dir / "metrics.json").read_text())
+        assert (metrics["status"], metrics["epochs"], metrics["optimum"]) == (
+            "interrupted",
+            2,
+            None,
+        )
+        assert metrics["train"]["loss"] > 0 and metrics["val"]["loss"] > 0
+        assert "--resume" in metrics["optimum_note"] and "optimum: not computed" in p.stdout
+    cfg, ckpt = load_resume(str(run_dir), [])
+    out = train_run(cfg, quiet(), run_dir=run_dir, resume=ckpt)
+    assert out.metrics["status"] == "completed" and out.metrics["optimum"]["objective"] > 0
+    assert out.metrics["standard_errors"] is not None and out.metrics["epochs"] == 2
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="the reference's own process: Linux")
+def test_a_comparison_stops_waiting_for_a_reference_at_the_first_ctrl_c(
+    tmp_path, runner, monkeypatch
+):
+    """In a sweep (here compare-losses) a first request only asks the trial to stop after
+    its step: the wait for the reference is not a step, so it ends there too, and the
+    trial is interrupted (``sweep --resume`` continues it), not completed minutes later."""
+    from huberfit import cli
+
+    monkeypatch.setitem(cli._said, "interrupted", False)  # said once a process: reset after
+    monkeypatch.setenv("HUBERFIT_FAULT", "reference:SIGINT")
+    monkeypatch.setattr(interrupts, "_fault_seen", {})
+    args = ["compare-losses", "--losses", "huber", "--runs-dir", str(tmp_path), "-q", *LARGE,
+            "data.true_weights=null"]  # fmt: skip
+    r = runner.invoke(app, args)
+    assert r.exit_code == 130, r.output
+    (parent,) = tmp_path.iterdir()
+    assert folder_state(parent / "huber").metrics["optimum"] is None
+    monkeypatch.delenv("HUBERFIT_FAULT")
+    r = runner.invoke(app, ["sweep", "--resume", str(parent), "-q"])
+    assert r.exit_code == 0, r.output
+    assert folder_state(parent / "huber").metrics["optimum"]["objective"] > 0
+
+
+def test_a_signal_while_auto_delta_is_fitted_is_answered_before_any_folder(tmp_path):
+    """``loss.delta: auto`` fits least squares before the run folder exists (minutes on a
+    large problem): a signal then ends the command at once, with nothing written."""
+    cmd = [sys.executable, "-m", "huberfit", "train", "--runs-dir", str(tmp_path / "r"),
+           *LARGE, "loss.delta=auto"]  # fmt: skip
+    env = {**os.environ, "HUBERFIT_FAULT": "delta:SIGTERM", "OMP_NUM_THREADS": "1"}
+    p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 130 and p.stderr.splitlines()[-1] == "interrupted", p.stderr[-2000:]
+    assert not (tmp_path / "r").exists() and gone(str(tmp_path))
+
+
+def no_fork() -> int:
+    raise OSError(12, "Cannot allocate memory")
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="the reference's own process: Linux")
+def test_apart_answers_a_signal_at_once_and_ends_its_child(tmp_path):
+    """The wait for ``apart``'s child is where the signal lands: the child (here busy for
+    a minute) is killed and never finishes; its answers and errors come back otherwise."""
+    marker = tmp_path / "finished"
+
+    def busy() -> None:
+        time.sleep(60)
+        marker.write_text("the child was not stopped")
+
+    timer = threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGINT))
+    with interrupts.run_signals():
+        assert interrupts.apart("test", lambda: {"x": [1.5]}) == {"x": [1.5]}
+        with pytest.raises(ZeroDivisionError):
+            interrupts.apart("test", lambda: 1 / 0)
+        with pytest.raises(interrupts.Lost, match="killed by signal 9"):
+            interrupts.apart("test", lambda: os.kill(os.getpid(), signal.SIGKILL))
+        with pytest.MonkeyPatch.context() as m:  # no memory for a process: computed here
+            m.setattr(os, "fork", no_fork)
+            assert interrupts.apart("test", lambda: os.getpid()) == os.getpid()
+        timer.start()
+        with pytest.raises(interrupts.Interrupted):
+            interrupts.apart("test", busy)
+    assert not marker.exists()  # killed, and reaped: it never will
 
 
 def test_the_command_exits_130_with_one_line_saying_how_to_resume(tmp_path, runner, monkeypatch):
@@ -172,6 +298,23 @@ def test_a_repeat_within_the_window_is_the_same_request_a_later_one_stops_at_onc
         with pytest.raises(interrupts.Interrupted) as caught:
             policy.handle(signal.SIGTERM, None)  # a genuine second request
         assert caught.value.hard
+
+
+START = """\
+import signal, sys
+import huberfit
+before = sorted(m for m in sys.modules if m.startswith("huberfit"))
+import huberfit.__main__
+print(before, signal.getsignal(signal.SIGINT).__name__, signal.getsignal(signal.SIGTERM).__name__)
+"""
+
+
+def test_the_command_notes_ctrl_c_from_its_first_import():
+    """The ``huberfit`` script imports ``huberfit`` and then ``huberfit.__main__`` before
+    ``main()``: a Ctrl-C in between gives Python's traceback. The package imports nothing,
+    and ``huberfit.__main__`` notes signals from its first statements, on import."""
+    p = subprocess.run([sys.executable, "-c", START], capture_output=True, text=True, timeout=60)
+    assert p.stdout.split() == ["['huberfit']", "_note", "_note"], p.stderr[-2000:]
 
 
 def test_ctrl_c_inside_an_import_waits_for_the_import_to_finish(tmp_path, monkeypatch):
@@ -225,6 +368,37 @@ def test_a_diverged_run_keeps_its_last_finite_checkpoint_and_resumes_with_a_smal
     metrics = json.loads(r.stdout)
     assert metrics["status"] == "completed" and metrics["lr"] == 0.1
     assert metrics["epochs"] == 60
+
+
+# float32 MSE at lr=3 on 40 training rows: the weights grow ~10x a step; the last finite
+# checkpoint (epoch 6) holds weights ~1e19, whose squared residuals overflow float32
+OVERFLOWS = ["loss.name=mse", "optimizer.lr=3", "data.n_samples=50", "train.batch_size=10",
+             "train.checkpoint_every=1", "train.epochs=30", "output.images=false",
+             "output.tensorboard=false"]  # fmt: skip
+
+
+def test_a_last_finite_checkpoint_that_overflows_is_called_unusable_not_resumable(tmp_path, runner):
+    """No learning rate resumes a checkpoint whose loss already overflows the dtype (the
+    first step's loss comes before any lr acts): the diverged run, and --resume with any
+    lr, say so and name a smaller lr for a new run, rather than suggest resuming."""
+    r = runner.invoke(app, ["train", "--runs-dir", str(tmp_path), *OVERFLOWS])
+    (run_dir,) = tmp_path.iterdir()
+    assert r.exit_code == 1 and "try a smaller optimizer.lr" not in r.stderr, r.output
+    unusable = ("its last finite checkpoint (epoch 6) is itself unusable: its loss overflows "
+                "float32 (weights up to 1.3e+19) at any learning rate; train a new run with a "
+                "smaller optimizer.lr, e.g. optimizer.lr=0.3")  # fmt: skip
+    assert unusable in r.stderr, r.output
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["checkpoint_usable"] is False
+    for lr in ([], ["optimizer.lr=1e-9"]):
+        r = runner.invoke(app, ["train", "--resume", str(run_dir), *lr])
+        assert r.exit_code == 1 and unusable in r.stderr and len(r.stderr.splitlines()) == 1
+    del metrics["checkpoint_usable"]  # a folder that does not say: found out on resuming
+    (run_dir / "metrics.json").write_text(json.dumps(metrics))
+    r = runner.invoke(app, ["train", "--resume", str(run_dir), "optimizer.lr=1e-9"])
+    assert r.exit_code == 1, r.output
+    assert r.stderr.splitlines()[-1] == f"error: {run_dir}: {unusable}", r.output
+    assert json.loads((run_dir / "metrics.json").read_text()) == metrics  # nothing rewritten
 
 
 RANK_SCRIPT = """\

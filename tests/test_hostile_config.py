@@ -278,6 +278,43 @@ def test_paths_with_a_nul_or_an_unknown_user_are_named_not_crashed(tmp_path, mon
 # ----------------------------------------------------------------------------- messages
 
 
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["train", "--device", ""], "--device is empty; use auto, cpu, cuda, cuda:N or mps"),
+        (["train", "--runs-dir", ""], "--runs-dir is empty; give a value, or leave --runs-dir out for its default"),
+        (["train", "--name", " "], "--name is empty; give a value, or leave --name out for its default"),
+        (["compare-losses", "--runs-dir", ""], "--runs-dir is empty; give a value, or leave --runs-dir out for its default"),
+        (["sweep", "--study", "", "optimizer.lr=0.1,0.2"], "--study is empty; give a value, or leave --study out for its default"),
+        (["predict", "--run", ".", "--input", ""], "--input is empty; give a value"),
+        (["predict", "--run", ".", "--input", "x.csv", "-o", ""], "--output is empty; give a value, or leave --output out for its default"),
+        (["eval", "--run", ".", "--input", ""], "--input is empty; give a value"),
+        (["train", "--config", "c.yaml"], "c.yaml: output.runs_dir is empty; give a path ('.' is the current folder); got ''"),
+        (["train", "data.source=csv", "data.target=y", "--config", "d.yaml"], "d.yaml: data.path is empty; give a path ('.' is the current folder); got ''"),
+    ],
+)  # fmt: skip
+def test_empty_options_and_paths_are_refused_not_taken_for_defaults(
+    runner, tmp_path, monkeypatch, args, expected
+):
+    """``--device ''`` silently meant auto, ``--runs-dir ''`` the default, and an empty
+    runs_dir or data.path the current folder (or the config's, read as a data folder)."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "c.yaml").write_text('output:\n  runs_dir: ""\n')
+    (tmp_path / "d.yaml").write_text('data:\n  path: ""\n')
+    r = runner.invoke(cli.app, args)
+    assert r.exit_code == 1 and r.output == f"error: {expected}\n", r.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.yaml", "d.yaml"]  # nothing made
+
+
+def test_an_empty_runs_dir_is_refused_from_python_too(tmp_path, monkeypatch):
+    import huberfit
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(RunError, match="the runs folder is empty"):
+        huberfit.train(runs_dir="", overrides=["train.epochs=1"], quiet=True)
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_overrides_leave_the_callers_mapping_and_shared_anchors_alone(tmp_path):
     from huberfit.api import _config
 

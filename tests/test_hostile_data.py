@@ -353,3 +353,52 @@ def test_a_quote_that_never_closes(tmp_path, how):
     path = tmp_path / "quote.csv"
     path.write_text('a,b,y\n1,2,3\n4,5,6\n7,8,"9\n')
     assert _error(path, how) == f"{path}: line 4 opens a quoted cell that never closes"
+
+
+@pytest.mark.parametrize("how", PATHS)
+@pytest.mark.parametrize(
+    ("rows", "expected"),
+    [
+        ('1,2,3\n"4,5,6\n7,8,9\n10,11,12\n', "line 3 opens a quoted cell that never closes"),
+        ('1,2,3\n"4,5,6\n7,8,9\n10,"11",12\n13,14,15\n',
+         "line 3 opens a quoted cell that does not close on that line (it runs on to line 5)"),
+    ],
+)  # fmt: skip
+def test_a_quote_left_open_mid_file_is_named_where_it_opens(tmp_path, how, rows, expected):
+    """It was called a ragged row: the open quote swallows the next lines into one cell."""
+    path = tmp_path / "quote.csv"
+    path.write_text("a,b,y\n" + rows)
+    assert _error(path, how) == f"{path}: {expected}"
+    path.write_text('"a,b,y\n' + rows)  # in the header: the file (or lines of it) in a name
+    assert _error(path, how).endswith("runs over several lines: a quote left open?")
+    path.write_text('"a,b,y\n1,2,3\n')  # and no quote after it: no data rows either
+    assert _error(path, how) == f"{path}: line 1 opens a quoted cell that never closes"
+
+
+def test_quoted_names_keep_their_spaces_in_training_predict_and_eval(tmp_path, runner):
+    """``" a x "`` is the name `` a x `` (quoted: the spaces are part of it), in memory and
+    streamed; predict writes it back quoted, so its output reads back with the same names;
+    a quote left open in predict's and eval's input is named as in training."""
+    from huberfit.data.tables import read_header
+
+    data = tmp_path / "spaced.csv"
+    data.write_text('" a x ", b ,"c,d",y\n' + "".join(f"{i},{i % 3},{i % 5},{i % 7}\n"
+                                                   for i in range(30)))  # fmt: skip
+    names = [" a x ", "b", "c,d"]
+    assert _load(data, "memory").feature_names == _load(data, "streamed").feature_names == names
+    common = ["--runs-dir", str(tmp_path / "runs"), "-q", "data.source=csv", "data.target=y",
+              f"data.path={data}", "train.epochs=1", "output.tensorboard=false",
+              "output.images=false"]  # fmt: skip
+    assert runner.invoke(app, ["train", *common]).exit_code == 0
+    (run,) = (tmp_path / "runs").iterdir()
+    out = tmp_path / "out.csv"
+    r = runner.invoke(app, ["predict", "--run", str(run), "--input", str(data), "-o", str(out)])
+    assert r.exit_code == 0, r.output
+    assert read_header(out, "csv") == [*names, "y", "prediction"]
+    assert out.read_text().splitlines()[0] == '" a x ",b,"c,d",y,prediction'
+    bad = tmp_path / "open.csv"
+    bad.write_text('" a x ", b ,"c,d",y\n1,2,3,4\n"5,6,7,8\n9,1,2,3\n')
+    for command in (["predict", "-o", str(tmp_path / "p.csv")], ["eval"]):
+        r = runner.invoke(app, [command[0], "--run", str(run), "--input", str(bad), *command[1:]])
+        assert r.exit_code == 1, r.output
+        assert r.output == f"error: {bad}: line 3 opens a quoted cell that never closes\n"

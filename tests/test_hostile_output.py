@@ -247,7 +247,8 @@ def test_runs_lists_unexpected_json_as_unreadable(tmp_path, runner):
         path = tmp_path / name / file
         path.write_bytes(text) if isinstance(text, bytes) else path.write_text(text)
     (tmp_path / "fine").mkdir()
-    write(tmp_path / "fine" / "metrics.json", '{"status": "completed", "delta": NaN}')
+    write(tmp_path / "fine" / "metrics.json",
+          '{"status": "completed", "delta": NaN, "coefficients": {}}')  # fmt: skip
     r = runner.invoke(app, ["runs", "--runs-dir", str(tmp_path)])
     assert r.exit_code == 0, r.output
     rows = json.loads(runner.invoke(app, ["runs", "--runs-dir", str(tmp_path), "--json"]).stdout,

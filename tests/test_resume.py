@@ -189,3 +189,24 @@ def test_data_from_a_pipe_is_refused_in_one_line(tmp_path):
     r = CliRunner().invoke(app, ["train", "data.source=csv", "data.path=/dev/stdin",
                                  "data.target=y", "--runs-dir", str(tmp_path)])  # fmt: skip
     assert "not a regular file" in one_error_line(r)
+
+
+@pytest.mark.parametrize(
+    "damage",
+    ["{not json", "[1]", '{"status": "completed", "loss": 5}', '{"status": "completed"}'],
+)
+def test_a_damaged_metrics_json_is_described_alike_by_runs_and_resume(run_dir, damage):
+    """``huberfit runs`` and ``--resume`` judge the folder with one ``folder_state``: a
+    metrics.json that is not one huberfit wrote, beside a checkpoint, is ``unreadable`` in
+    both, with the words saying that ``--resume`` writes it anew (which it does)."""
+    from huberfit.runs import folder_state, list_runs
+
+    (run_dir / "metrics.json").write_text(damage)
+    state = folder_state(run_dir)
+    (row,) = list_runs(run_dir.parent)
+    assert (row["status"], row["detail"]) == ("unreadable", state.detail) and state.resumable
+    assert state.detail.endswith(f"huberfit train --resume {run_dir} writes metrics.json anew")
+    r = CliRunner().invoke(app, ["train", "--resume", str(run_dir), "--quiet"])
+    assert r.exit_code == 0, r.output
+    assert folder_state(run_dir).status == "completed"
+    assert list_runs(run_dir.parent)[0]["status"] == "completed"

@@ -13,6 +13,7 @@ import contextlib
 import csv
 import difflib
 import glob
+import itertools
 import warnings
 from pathlib import Path
 from typing import Any
@@ -96,6 +97,10 @@ def check_columns(
         raise DataError(f"{file}: duplicate column names: {', '.join(map(_show, dupes))}")
     has_target = target is not None and target in columns
     if require_target and not has_target:
+        spans = next((c for c in columns if "\n" in c or "\r" in c), None)
+        if spans is not None:  # (a header whose quote closes only further down the file)
+            raise DataError(f"{file}: target column {target!r} not found; the header's quoted "
+                            f"name {spans!r} runs over several lines: a quote left open?")  # fmt: skip
         raise DataError(f"{file}: target column {target!r} not found{_suggest(target, columns)}")
     if features is None:
         features = [c for c in columns if c != target]
@@ -282,19 +287,66 @@ def header_lines(file: Path) -> int:
 
 
 def _csv_header(file: Path) -> tuple[list[str], int]:
-    for line, row in _csv_rows(file, arrow=False, header=True):
+    for line, end, row in _csv_spans(file, arrow=False, header=True):
         bad = next((c for c in row if undecodable(c)), None)
         if bad is not None:
             raise DataError(not_utf8(file, line, bad))
-        return [c.strip() for c in row], line
+        with file.open(newline="", encoding="utf-8-sig", errors="surrogateescape") as fh:
+            text = "".join(itertools.islice(fh, line - 1, end))
+        cells = _header_cells(text)
+        if len(cells) != len(row):  # a header the two readings disagree on: the module's
+            cells = [c.strip() for c in row]
+        if end > line and any("\n" in c or "\r" in c for c in row) and csv_row(file, 0) is None:
+            raise DataError(unclosed_quote(file, line))  # the whole file in its quote
+        return cells, line
     raise DataError(f"{file}: file is empty (no header row)")
+
+
+def _header_cells(text: str) -> list[str]:
+    """The header row's names from its text: an unquoted one without the spaces around it,
+    a quoted one as quoted (``" a x "`` is `` a x ``, its spaces kept; ``""`` is a quote)
+    with what follows its closing quote up to the comma appended, as the csv module does
+    (less the spaces before the comma)."""
+    cells, i, n = [], 0, len(text.rstrip("\r\n"))
+    while True:
+        while i < n and text[i] == " ":  # skipinitialspace
+            i += 1
+        name, quoted = "", i < n and text[i] == '"'
+        if quoted:
+            i += 1
+            while i < n and not (text[i] == '"' and text[i + 1 : i + 2] != '"'):
+                name += text[i]
+                i += 2 if text[i] == '"' else 1  # a doubled quote is one
+            i += 1
+        comma = text.find(",", i, n)
+        rest = text[i : n if comma < 0 else comma]
+        cells.append(name + rest.rstrip() if quoted else rest.strip())
+        if comma < 0:
+            return cells
+        i = comma + 1
+
+
+def header_line(columns: list[str]) -> str:
+    """The CSV header ``read_header`` reads back as ``columns``: names with a comma, a
+    quote, a line break or spaces at either end quoted (pandas' ``to_csv`` leaves the
+    spaces bare, and they would be read back without them)."""
+    special = (",", '"', "\n", "\r")
+    quote = lambda c: c != c.strip() or any(ch in c for ch in special)  # noqa: E731
+    return ",".join(f'"{c.replace(chr(34), 2 * chr(34))}"' if quote(c) else c for c in columns)
 
 
 def _csv_rows(file: Path, arrow: bool, header: bool = False):
     """``(line, cells)`` per CSV row after the header (or of the header itself), ``line``
-    being the 1-based line where the row starts. Blank rows are skipped as the readers
-    skip them: pandas skips empty and whitespace-only lines, pyarrow only empty ones once
-    past the header. Bytes that are not UTF-8 come through as surrogates."""
+    being the 1-based line where the row starts (``_csv_spans``)."""
+    for start, _, row in _csv_spans(file, arrow, header):
+        yield start, row
+
+
+def _csv_spans(file: Path, arrow: bool, header: bool = False):
+    """``(first line, last line, cells)`` per CSV row after the header (or of the header
+    itself), lines 1-based (a quoted cell may hold line breaks). Blank rows are skipped as
+    the readers skip them: pandas skips empty and whitespace-only lines, pyarrow only empty
+    ones once past the header. Bytes that are not UTF-8 come through as surrogates."""
     try:
         with file.open(newline="", encoding="utf-8-sig", errors="surrogateescape") as fh:
             reader = csv.reader(fh, skipinitialspace=True)
@@ -306,7 +358,7 @@ def _csv_rows(file: Path, arrow: bool, header: bool = False):
                     continue
                 rows += 1
                 if header or rows > 1:
-                    yield start, row
+                    yield start, end, row
                     if header:
                         return
     except csv.Error as exc:  # a NUL byte, a field over the csv module's limit
@@ -323,12 +375,25 @@ def csv_row(file: Path, data_row: int, arrow: bool = False) -> tuple[int, list[s
 
 
 def check_ragged(file: Path, n_columns: int, arrow: bool = False) -> None:
-    """A located error for the first row whose cell count is not the header's."""
-    for line, row in _csv_rows(file, arrow):
-        if len(row) != n_columns:
-            raise DataError(
-                f"{file}: line {line} has {len(row)} cells where the header has {n_columns}"
-            )
+    """A located error for the first row whose cell count is not the header's: a quote
+    left open (the row runs on over the next lines) or a ragged row."""
+    rows = _csv_spans(file, arrow)
+    for line, end, row in rows:
+        if len(row) == n_columns:
+            continue
+        if end > line and any("\n" in c or "\r" in c for c in row):
+            raise DataError(unclosed_quote(file, line, end if next(rows, None) else None))
+        raise DataError(
+            f"{file}: line {line} has {len(row)} cells where the header has {n_columns}"
+        )
+
+
+def unclosed_quote(file: Path | str, line: int, until: int | None = None) -> str:
+    """A quote opened on ``line`` that closes only on line ``until`` (None: never)."""
+    if until is None:
+        return f"{file}: line {line} opens a quoted cell that never closes"
+    return (f"{file}: line {line} opens a quoted cell that does not close on that line (it "
+            f"runs on to line {until})")  # fmt: skip
 
 
 @contextlib.contextmanager
@@ -361,7 +426,7 @@ def malformed(file: Path, columns: list[str], exc: Exception) -> DataError:
     if "EOF inside string" in str(exc):  # the quote runs to the end: the last row has it
         last = collections.deque(_csv_rows(file, arrow=False), maxlen=1)
         if last:
-            return DataError(f"{file}: line {last[0][0]} opens a quoted cell that never closes")
+            return DataError(unclosed_quote(file, last[0][0]))
     words = _first_line(exc).removeprefix("Error tokenizing data. C error: ")
     return DataError(f"{file}: malformed CSV ({words})")
 
