@@ -39,7 +39,7 @@ from torch import nn
 from huberfit.artifacts import atomic_path
 from huberfit.data.batches import InMemoryBatches
 from huberfit.errors import RunError
-from huberfit.loop import FitSettings, fit, step_threads
+from huberfit.loop import FitSettings, fit
 from huberfit.losses import HuberLoss, huber_reference
 from huberfit.model import build_model
 from huberfit.optim import SGD
@@ -143,10 +143,6 @@ def bare_epoch(X, y, batch_size: int, device: torch.device) -> Callable[[], None
 
     @torch.no_grad()
     def epoch() -> None:
-        with step_threads(device, batch_size * (f + 1)):  # the engine's choice, the same
-            steps()
-
-    def steps() -> None:
         perm = torch.randperm(len(XY), dtype=torch.int32).to(device)
         for idx in torch.split(perm, batch_size):
             xy = XY.index_select(0, idx)
