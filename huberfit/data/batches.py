@@ -12,15 +12,13 @@ from __future__ import annotations
 import hashlib
 import itertools
 import math
-import queue
-import threading
 from collections.abc import Iterable, Iterator
 from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 import torch
 
-from huberfit.data.stream import Piece, StreamInfo
+from huberfit.data.stream import Piece, StreamInfo, prefetch
 from huberfit.errors import DataError
 
 Chunk = tuple[torch.Tensor, torch.Tensor]  # (X (b, f), y (b, 1)), on the training device
@@ -259,10 +257,10 @@ class StreamBatches:
         rng = np.random.default_rng([self.info.seed, epoch, 17])
         order = [self.info.pieces[i] for i in rng.permutation(len(self.info.pieces))]
         if self.world == 1:
-            items = _prefetch(self._shuffled(order, rng, self.batch_size), self.prefetch)
+            items = prefetch(self._shuffled(order, rng, self.batch_size), self.prefetch)
         else:
             local = np.random.default_rng([self.info.seed, epoch, 17, self.rank])
-            items = _prefetch(self._sharded(order, local), self.prefetch)
+            items = prefetch(self._sharded(order, local), self.prefetch)
         try:
             yield from itertools.islice(items, skip, None)
         finally:
@@ -278,9 +276,20 @@ class StreamBatches:
             yield (item[0] if item is not None else (empty[:, :-1], empty[:, -1:])), n_global
 
     def _shuffled(self, order: list[Piece], rng: np.random.Generator, batch: int):
+        # stages on threads of their own: reading (see StreamInfo.rows), standardizing
+        # (here), shuffling (the epoch's prefetch thread); one thread for the last two
+        # took 1.07 s for an epoch of 3.7M x 17 rows on a 2-core Xeon, two 0.87 s
+        read = prefetch(self.info.rows(order, self.split, _NUMPY_DTYPES[self.dtype]), 2)
+        try:
+            yield from self._shuffle(read, rng, batch)
+        finally:
+            read.close()
+
+    def _shuffle(self, read: Iterator[np.ndarray], rng: np.random.Generator, batch: int):
+        """Rows mixed in a buffer of ``shuffle_buffer`` rows, cut into batches."""
         buffer: list[np.ndarray] = []
         held = 0
-        for a in self.info.rows(order, self.split, _NUMPY_DTYPES[self.dtype]):
+        for a in read:
             buffer.append(a)
             held += len(a)
             if held >= self.shuffle_buffer:
@@ -303,50 +312,3 @@ class StreamBatches:
         pieces = self.info.pieces[self.rank :: self.world]
         for a in self.info.rows(pieces, self.split, _NUMPY_DTYPES[self.dtype]):
             yield self._tensors(a)
-
-
-def _prefetch(items: Iterator[Any], depth: int) -> Iterator[Any]:
-    """Produce ``items`` in a background thread, ``depth`` ahead; errors re-raised here.
-
-    However the consumer leaves (exhausted, an error, a generator closed early), the
-    worker closes ``items`` and is joined: an Arrow reader left half-read in a stray
-    thread aborts the process when the interpreter tears Arrow down at exit."""
-    q: queue.Queue = queue.Queue(maxsize=depth)
-    done = object()
-    stop = threading.Event()
-
-    def put(item: Any) -> bool:
-        while not stop.is_set():
-            try:
-                q.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def work() -> None:
-        try:
-            for item in items:
-                if not put(item):
-                    return
-            put(done)
-        except BaseException as exc:  # handed to the consumer
-            put(exc)
-        finally:
-            close = getattr(items, "close", None)
-            if close is not None:
-                close()
-
-    thread = threading.Thread(target=work, daemon=True)
-    thread.start()
-    try:
-        while True:
-            item = q.get()
-            if item is done:
-                return
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-    finally:
-        stop.set()
-        thread.join()

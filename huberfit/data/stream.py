@@ -20,7 +20,9 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import queue
 import re
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,6 +50,7 @@ from huberfit.data.tables import (
 from huberfit.errors import DataError
 
 READ_ROWS = 65_536  # rows per record batch read from a file
+READ_AHEAD = 1  # record batches pyarrow decodes ahead of the one being used
 SAMPLE_ROWS = 10_000  # rows kept in memory for pictures
 
 
@@ -192,7 +195,7 @@ def read_batches(piece: Piece, columns: list[str], names: list[str]) -> Iterator
     with _located(piece, names):
         # little read-ahead: arrow's defaults (16 batches, 4 files) hold hundreds of MB
         batches = piece.fragment.to_batches(
-            columns=columns, batch_size=READ_ROWS, batch_readahead=1, fragment_readahead=1
+            columns=columns, batch_size=READ_ROWS, batch_readahead=READ_AHEAD, fragment_readahead=1
         )
     while True:
         with _located(piece, names):
@@ -324,8 +327,13 @@ class StreamInfo:
     ) -> Iterator[np.ndarray]:
         """Standardized rows ``(n, f + 1)`` of ``split`` in ``pieces``, piece by piece,
         as ``dtype`` (the training dtype: later copies move half the bytes in float32)."""
-        for piece in pieces:
-            for batch, row in read_batches(piece, self.columns, self.names):
+        batches = ((piece, batch, row) for piece in pieces
+                   for batch, row in read_batches(piece, self.columns, self.names))  # fmt: skip
+        # reading (pyarrow) in a thread of its own, two record batches ahead of this one:
+        # a streamed epoch of 3.7M x 17 rows (2-core Xeon) took 0.87 s in one, 0.77 s so
+        read = prefetch(batches, 2)
+        try:
+            for piece, batch, row in read:
                 first = piece.first_row + row - piece.file_row
                 keep = self.validation_mask(np.arange(first, first + batch.num_rows))
                 if split == "train":
@@ -336,6 +344,8 @@ class StreamInfo:
                 with _located(piece, self.names):
                     a = _standardized(batch, keep, self.scaling, dtype, where)
                 yield a
+        finally:
+            read.close()
 
 
 def scan(path: str, source: str, target: str | None, features: list[str] | None,
@@ -479,3 +489,50 @@ def should_stream(streaming: bool | str, path: str, source: str, budget_mb: int 
         return True
     size = sum(Path(f).stat().st_size for f in resolve_files(path, source))
     return 4 * size / 2**20 > memory_budget_mb(budget_mb)
+
+
+def prefetch(items: Iterator[Any], depth: int) -> Iterator[Any]:
+    """Produce ``items`` in a background thread, ``depth`` ahead; errors re-raised here.
+
+    However the consumer leaves (exhausted, an error, a generator closed early), the
+    worker closes ``items`` and is joined: an Arrow reader left half-read in a stray
+    thread aborts the process when the interpreter tears Arrow down at exit."""
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    done = object()
+    stop = threading.Event()
+
+    def put(item: Any) -> bool:
+        while not stop.is_set():
+            try:
+                q.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def work() -> None:
+        try:
+            for item in items:
+                if not put(item):
+                    return
+            put(done)
+        except BaseException as exc:  # handed to the consumer
+            put(exc)
+        finally:
+            close = getattr(items, "close", None)
+            if close is not None:
+                close()
+
+    thread = threading.Thread(target=work, daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = q.get()
+            if item is done:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        thread.join()
