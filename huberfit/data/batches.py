@@ -54,15 +54,14 @@ def _digest(order: np.ndarray) -> str:
 
 
 class Batch(NamedTuple):
-    """One micro-batch, as views into a block of gathered rows: ``X (b, f)`` and
-    ``y (b, 1)``, and for ``loop``'s fused path ``X1T``, ``[X, 1]`` transposed
-    ``(f + 1, b)`` (the gradient of weight and bias in one ``addmv``), and ``y`` as a
-    vector."""
+    """One micro-batch, as views into a block of gathered rows: ``X (b, f)``, the target
+    as a vector ``y1 (b,)``, and for ``loop``'s fused path ``X1T``, ``[X, 1]`` transposed
+    ``(f + 1, b)`` (the gradient of weight and bias in one ``addmv``). ``take`` gives
+    ``(X, y (b, 1))``."""
 
     X: torch.Tensor
-    y: torch.Tensor
-    X1T: torch.Tensor
     y1: torch.Tensor
+    X1T: torch.Tensor
 
 
 # Rows gathered at a time (a block of whole batches): one gather call per block instead
@@ -149,8 +148,8 @@ class InMemoryBatches:
     def _batches(self, block: torch.Tensor) -> list[Batch]:
         """The batches of a gathered block, as views (one ``split`` per part)."""
         f, B = self.f, self.batch_size
-        parts = (block[:, :f].split(B), block[:, f + 1 :].split(B),
-                 block[:, : f + 1].t().split(B, dim=1), block[:, f + 1].split(B))  # fmt: skip
+        parts = (block[:, :f].split(B), block[:, f + 1].split(B),
+                 block[:, : f + 1].t().split(B, dim=1))  # fmt: skip
         return [Batch(*p) for p in zip(*parts, strict=True)]
 
     def full_chunks(self) -> list[Chunk]:
@@ -160,7 +159,7 @@ class InMemoryBatches:
     def take(self, item: Batch | torch.Tensor) -> Chunk:
         """``(X (b, f), y (b, 1))`` of a batch, or of the rows ``item`` (indices)."""
         if isinstance(item, Batch):
-            return item.X, item.y
+            return item.X, item.y1.unsqueeze(1)
         if item.numel() == self.n:
             return self.X, self.y
         # index_select is ~2x faster than X[idx] for row gathers on the CPU
