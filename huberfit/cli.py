@@ -741,10 +741,10 @@ def _batch_sizes(text: str) -> list[int]:
     from huberfit.errors import ConfigError
 
     words = [w.strip() for w in text.split(",")]
-    if not all(w.isdigit() and int(w) >= 1 for w in words) or len(words) > 16:
+    if not all(w.isdigit() and 1 <= int(w) <= 10**9 for w in words) or len(words) > 16:
         raise ConfigError(
-            f"--batch-size must be up to 16 whole numbers >= 1, separated by commas "
-            f"(e.g. 256,4096); got {text!r}"
+            f"--batch-size must be up to 16 whole numbers >= 1 (at most 1,000,000,000), "
+            f"separated by commas (e.g. 256,4096); got {text!r}"
         )
     return list(dict.fromkeys(int(w) for w in words))
 
@@ -766,6 +766,11 @@ def _bench_streaming(gigabytes: float, budget_mb: int, folder: Path | None, json
         raise ConfigError(f"--stream-gb must be a finite number of GB > 0; got {gigabytes:g}")
     if folder is not None and folder.exists() and not folder.is_dir():
         raise ConfigError(f"--folder {folder}: not a folder")
+    if folder is not None and folder.resolve() == Path.cwd().resolve():
+        raise ConfigError("--folder: name a folder for the benchmark's Parquet files, not the "
+                          "current folder")  # fmt: skip
+    if folder is not None and list(folder.glob("*.parquet")):
+        _check_bench_files(folder)
     with tempfile.TemporaryDirectory() as tmp:
         where = folder or Path(tmp) / "data"
         if not list(where.glob("*.parquet")):
@@ -801,6 +806,29 @@ def _bench_streaming(gigabytes: float, budget_mb: int, folder: Path | None, json
         f"machine: {host_description()}",
         soft_wrap=False,
     )
+
+
+def _check_bench_files(folder: Path) -> None:
+    """Parquet files already in ``--folder`` are reused only if bench wrote them (its
+    columns x0..x15, y); anything else is the user's data, which bench must not time as
+    its own."""
+    import pyarrow.parquet as pq
+
+    from huberfit.errors import ConfigError
+
+    expected = [f"x{i}" for i in range(16)] + ["y"]
+    for path in sorted(folder.glob("*.parquet")):
+        try:
+            names = pq.read_schema(path).names
+        except Exception as exc:  # noqa: BLE001 - any unreadable file: one line
+            raise ConfigError(f"--folder {folder}: {path.name} is not readable Parquet "
+                              f"({type(exc).__name__})") from None  # fmt: skip
+        if names != expected:
+            raise ConfigError(
+                f"--folder {folder}: {path.name} was not written by huberfit bench (its "
+                f"columns are {', '.join(names[:5])}{', ...' if len(names) > 5 else ''}); give "
+                "an empty or new folder"
+            )
 
 
 def _dim(message: str) -> None:

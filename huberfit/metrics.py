@@ -238,8 +238,10 @@ def final_metrics(
         train_scores, _ = scorer.score(model, train, "train")
         val_scores = scorer.score(model, val)[0] if val is not None else None
     status, message = result.status, result.message or None
-    if status == "interrupted":
+    if status == "interrupted" and data.stream is None:
         optimal = {**NO_REFERENCE, "optimum_note": LATER}
+    elif status == "interrupted":  # streamed: it has no reference to solve later either
+        optimal = optimality(config, data, params)
     else:
         try:
             optimal = optimality(config, data, params)

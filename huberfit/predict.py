@@ -295,6 +295,11 @@ def evaluate_file(
 
     spec = loss_spec(run.loss)
     target = target or run.target
+    if target in run.features:
+        raise DataError(
+            f"--target {target!r} is one of the model's features ({', '.join(map(repr, run.features))}); "
+            "name the column that holds the target"
+        )
     sq, ab, obj = 0.0, 0.0, 0.0
     moments = Moments()
     for _, X, y in iter_chunks(input_path, run.features, target, CHUNK_ROWS, require_target=True):

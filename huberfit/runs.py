@@ -157,7 +157,14 @@ def folder_state(folder: str | Path) -> FolderState:
     if folder_in_use(folder):
         return FolderState("running", "a huberfit process is training in it now", False)
     checkpoint = (folder / "checkpoint.pt").is_file()
+    damaged = _damaged_checkpoint(folder / "checkpoint.pt") if checkpoint else None
+    if damaged:
+        return FolderState("unreadable", f"checkpoint.pt: {damaged}: nothing to resume from it; "
+                           "train it again", False)  # fmt: skip
     metrics_file = folder / "metrics.json"
+    if metrics_file.exists() and not metrics_file.is_file():
+        return FolderState("unreadable", "metrics.json is not a file (a folder?): move it out of "
+                           "the run folder first", False)  # fmt: skip
     if metrics_file.is_file():
         try:
             m = _whole_metrics(_read_json(metrics_file))
@@ -181,6 +188,20 @@ def folder_state(folder: str | Path) -> FolderState:
                            f"train --config {folder / 'config.yaml'}", False)  # fmt: skip
     return FolderState("not a run", "not a huberfit run folder (no config.yaml, checkpoint.pt "
                        "or metrics.json)", False)  # fmt: skip
+
+
+def _damaged_checkpoint(path: Path) -> str | None:
+    """Why ``path`` is not a whole file as ``torch.save`` writes it (a zip archive whose
+    entries pass their checksums), or None: a truncated or overwritten checkpoint, found
+    without importing torch. (What the entries hold is checked when --resume loads it.)"""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError):
+        return "not a huberfit checkpoint (not a whole file written by torch.save: cut short or overwritten)"
+    return f"its entry {bad} fails its checksum (damaged)" if bad else None
 
 
 def _whole_metrics(data: Any) -> dict[str, Any]:

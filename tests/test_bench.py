@@ -90,11 +90,33 @@ def test_bench_reports_every_measurement(runner):
     assert "note: 1 timed epoch on a shared machine" in shown
 
 
-@pytest.mark.parametrize("value", ["0", "256,", "x", "256;4096", "-5", "1.5", ""])
+@pytest.mark.parametrize("value", ["0", "256,", "x", "256;4096", "-5", "1.5", "",
+                                   "99999999999999999999"])  # fmt: skip
 def test_bench_refuses_batch_sizes_that_are_not_whole_numbers(runner, value):
     r = runner.invoke(app, ["bench", "--batch-size", value])
     assert r.exit_code == 1 and "Traceback" not in r.output
     assert r.stderr.startswith("error: --batch-size must be up to 16 whole numbers >= 1")
+    assert r.stderr.count("\n") == 1
+
+
+def test_bench_streaming_never_takes_the_users_files_or_folder(runner, tmp_path, monkeypatch):
+    """Parquet files bench did not write are refused (not timed as its own data), and so is
+    the current folder: bench writes gigabytes there."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    pq.write_table(pa.table({"a": [1.0, 2.0], "target": [3.0, 4.0]}), mine / "data.parquet")
+    r = runner.invoke(app, ["bench", "--stream-gb", "0.001", "--folder", str(mine)])
+    assert r.exit_code == 1 and "Traceback" not in r.output
+    assert r.stderr == (f"error: --folder {mine}: data.parquet was not written by huberfit bench "
+                        "(its columns are a, target); give an empty or new folder\n")  # fmt: skip
+    monkeypatch.chdir(tmp_path)
+    for folder in ("", "."):
+        r = runner.invoke(app, ["bench", "--stream-gb", "0.001", "--folder", folder])
+        assert r.exit_code == 1 and r.stderr.startswith("error: --folder: name a folder")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mine"]
 
 
 def test_bench_csv_times_two_readers_of_the_same_numbers(runner, monkeypatch):

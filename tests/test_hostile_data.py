@@ -95,6 +95,12 @@ def test_ragged_row_is_one_line_in_train_predict_and_eval(tmp_path, runner):
         assert r.exit_code == 1 and "line 4 has 4 cells where the header has 3" in r.output
         assert r.output.count("\n") == 1
     assert not (tmp_path / "p.csv").exists()
+    # eval of a target that is one of the model's features: one line, no traceback
+    r = runner.invoke(app, ["eval", "--run", str(run), "--input", str(good), "--target", "a"])
+    assert r.exit_code == 1 and r.output == (
+        "error: --target 'a' is one of the model's features ('a', 'b'); name the column "
+        "that holds the target\n"
+    )
 
 
 # ----------------------------------------------------------------- encodings

@@ -210,3 +210,29 @@ def test_a_damaged_metrics_json_is_described_alike_by_runs_and_resume(run_dir, d
     assert r.exit_code == 0, r.output
     assert folder_state(run_dir).status == "completed"
     assert list_runs(run_dir.parent)[0]["status"] == "completed"
+
+
+def _words_of_runs(runner, folder: Path) -> str:
+    r = runner.invoke(app, ["runs", "--runs-dir", str(folder.parent), "--json"])
+    assert r.exit_code == 0, r.output
+    (row,) = [x for x in json.loads(r.stdout) if Path(x["folder"]).name == folder.name]
+    return row["detail"]
+
+
+@pytest.mark.parametrize("damage", ["cut short", "metrics.json a folder"])
+def test_runs_and_resume_describe_a_damaged_folder_alike(run_dir, runner, damage):
+    """A checkpoint cut short (found without torch: a zip archive's end is missing) and a
+    metrics.json that is a folder: `runs` and `--resume` say the same, one line, no
+    traceback, and `runs` no longer offers a resume that would fail."""
+    ckpt = run_dir / "checkpoint.pt"
+    if damage == "cut short":
+        ckpt.write_bytes(ckpt.read_bytes()[:1000])
+    else:
+        (run_dir / "metrics.json").unlink()
+        (run_dir / "metrics.json").mkdir()
+    line = one_error_line(runner.invoke(app, ["train", "--resume", str(run_dir)]))
+    note = _words_of_runs(runner, run_dir)
+    assert line == f"error: {run_dir}: {note}"
+    assert "continue it with" not in note and (
+        "not a huberfit checkpoint" in note or "metrics.json is not a file" in note
+    )
