@@ -269,6 +269,11 @@ def _train(cfg, ckpt, resume, runs_dir, quiet: bool, dist):
                 f"(continue it with: huberfit train --resume {resume} train.epochs={done + 10})"
             )
             return ended.metrics, resume
+        console.note(
+            f"the run already has {done} epochs (train.epochs={cfg.train.epochs}): nothing to "
+            f"train; it is scored as it is and ends completed (for more: huberfit train "
+            f"--resume {resume} train.epochs={done + 10})"
+        )
     outcome = train_run(cfg, console, runs_dir, prepared, run_dir=resume, resume=ckpt, dist=dist)
     return outcome.metrics, outcome.run_dir
 

@@ -32,7 +32,7 @@ from huberfit.artifacts import (
 from huberfit.config import Config
 from huberfit.data.dataset import Dataset, load_data, make_batches
 from huberfit.device import resolve_device
-from huberfit.errors import RunError
+from huberfit.errors import ConfigError, RunError
 from huberfit.loop import EpochReport, FitResult, FitSettings, TrainState, fit
 from huberfit.losses import is_own, own_label, preflight, spec_of
 from huberfit.metrics import (
@@ -116,6 +116,7 @@ def train_run(
     spec = spec_of(config.loss)
     model = build_model(len(data.feature_names), config.model.bias, config.seed,
                         data.X_train.dtype, zero=data.constant).to(device)  # fmt: skip
+    check_delta_fits(config, spec, data.scaling.y_scale, data.X_train.dtype)
     loss_fn = spec.build(config.loss.delta / data.scaling.y_scale, config.loss.quantile)
     if is_own(config.loss.name):  # the classic mistakes, caught before anything is written
         preflight(loss_fn, own_label(config.loss.name), device, data.scaling.y_scale,
@@ -281,6 +282,22 @@ def fit_in_memory(config: Config, data: Dataset) -> tuple[nn.Linear, FitResult]:
     result = fit(model, loss_fn, train, optimizer, Sinks(), settings, scorer.evaluator(val),
                  scheduler=build_scheduler(config, optimizer))  # fmt: skip
     return model, result
+
+
+def check_delta_fits(config: Config, spec: Any, y_scale: float, dtype: torch.dtype) -> None:
+    """The loss trains in standardized units, where its delta is ``delta / y_scale``: below
+    the dtype's smallest normal number it is 0 there, and the loss and its gradient with it
+    (``data.noise_std=1e100`` in float32 trained a loss of exactly 0)."""
+    if not spec.uses_delta:
+        return
+    scaled, tiny = config.loss.delta / y_scale, torch.finfo(dtype).tiny
+    if scaled < tiny:
+        name = str(dtype).removeprefix("torch.")
+        raise ConfigError(
+            f"loss.delta={config.loss.delta:g} is {scaled:.3g} of the target's scale "
+            f"({y_scale:.3g}), below what {name} holds ({tiny:.3g}): use dtype=float64 or a "
+            "larger loss.delta"
+        )
 
 
 def fit_settings(

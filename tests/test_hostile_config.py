@@ -471,3 +471,20 @@ def test_cli_hostile_configs_exit_1_with_one_error_line(tmp_path):
         assert len(lines) == 1 and lines[0].startswith("error: "), (argv, p.stderr[-2000:])
         assert len(lines[0]) < 400 and "Traceback" not in p.stderr
     assert not (tmp_path / "runs").exists()  # refused before any run folder
+
+
+def test_a_delta_below_what_the_dtype_holds_after_scaling_is_refused(tmp_path, runner):
+    """Huber trains in standardized units: a target scale of 1e100 makes delta 1e-100 there,
+    0 in float32, and the loss and its gradient 0 (it trained a 'loss' of exactly 0)."""
+    from huberfit.cli import app
+
+    args = ["train", "--runs-dir", str(tmp_path / "runs"), "-q", "data.noise_std=1e100",
+            "train.epochs=1", "output.images=false", "output.tensorboard=false"]  # fmt: skip
+    r = runner.invoke(app, args)
+    assert r.exit_code == 1 and "Traceback" not in r.output
+    assert re.fullmatch(r"error: loss\.delta=1 is [0-9.e+-]+ of the target's scale \([0-9.e+]+\), "
+                        r"below what float32 holds \([0-9.e+-]+\): use dtype=float64 or a larger "
+                        r"loss\.delta\n", r.stderr)  # fmt: skip
+    assert not (tmp_path / "runs").exists()
+    r = runner.invoke(app, [*args, "dtype=float64", "--json"])
+    assert r.exit_code == 0, r.output

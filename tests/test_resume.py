@@ -236,3 +236,11 @@ def test_runs_and_resume_describe_a_damaged_folder_alike(run_dir, runner, damage
     assert "continue it with" not in note and (
         "not a huberfit checkpoint" in note or "metrics.json is not a file" in note
     )
+
+
+def test_resuming_with_fewer_epochs_than_trained_says_nothing_is_trained(run_dir, runner):
+    (run_dir / "metrics.json").unlink()  # as a run killed after its checkpoint leaves it
+    r = runner.invoke(app, ["train", "--resume", str(run_dir), "train.epochs=1", "--json"])
+    assert r.exit_code == 0, r.output
+    assert "the run already has 2 epochs (train.epochs=1): nothing to train" in r.stderr
+    assert json.loads(r.stdout)["epochs"] == 2
