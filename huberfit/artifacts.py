@@ -252,6 +252,16 @@ def load_checkpoint(run_dir: str | Path) -> dict[str, Any]:
     return ckpt
 
 
+def checkpoint_problem(run_dir: Path) -> str | None:
+    """Why ``run_dir``'s checkpoint cannot be resumed from (``load_checkpoint``'s reason,
+    without the folder), or None: what ``huberfit runs`` and ``--resume`` both say."""
+    try:
+        load_checkpoint(run_dir)
+    except RunError as exc:
+        return str(exc).replace(f"{Path(run_dir) / 'checkpoint.pt'}: ", "checkpoint.pt: ", 1)
+    return None
+
+
 # The loop state's entries and their types (``loop.TrainState``); entries added since
 # format 1 was first written may be missing (they take their defaults).
 _STATE_TYPES: dict[str, tuple[type, ...]] = {
@@ -453,7 +463,7 @@ def load_resume(run_dir: str, overrides: list[str]) -> tuple[Any, dict[str, Any]
     run = Path(run_dir)
     if not run.is_dir():
         raise RunError(f"run folder not found: {run}")
-    folder = folder_state(run)
+    folder = folder_state(run, checkpoint_problem)
     if not folder.resumable:
         raise RunError(f"{run}: {folder.detail}")
     diverged = folder.status == "diverged"

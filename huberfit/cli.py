@@ -654,12 +654,13 @@ def runs(
     json_out: bool = typer.Option(False, "--json", help="Print the rows as JSON."),
 ) -> None:
     """List runs, newest first (comparisons and sweeps with their runs under them)."""
+    from huberfit.artifacts import checkpoint_problem
     from huberfit.runs import list_runs
     from huberfit.sinks import render_runs
 
     if Path(runs_dir).expanduser().exists() and not Path(runs_dir).expanduser().is_dir():
         raise HuberfitError(f"--runs-dir {runs_dir} is a file, not a runs folder")
-    rows = list_runs(runs_dir)
+    rows = list_runs(runs_dir, checkpoint_problem)  # a folder it offers to resume: checked
     if json_out:
         print_json(rows)
     elif not rows:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,8 +26,9 @@ from huberfit.errors import RunError
 SIDE_RUNS = {"truth", "val"}  # TensorBoard-only folders beside runs (see sinks.py)
 
 
-def list_runs(runs_dir: str | Path) -> list[dict[str, Any]]:
-    """Summary rows of every run under ``runs_dir``, newest first; children follow parents."""
+def list_runs(runs_dir: str | Path, check: Check | None = None) -> list[dict[str, Any]]:
+    """Summary rows of every run under ``runs_dir``, newest first; children follow parents.
+    ``check``: see ``folder_state``."""
     root = user_path(runs_dir)
     if not root.is_dir():
         return []
@@ -39,9 +40,9 @@ def list_runs(runs_dir: str | Path) -> list[dict[str, Any]]:
             children = sorted(
                 (p for p in _folders(folder) if p.name not in SIDE_RUNS), key=lambda p: p.name
             )
-            rows += [{**_run_row(child), "parent": folder.name} for child in children]
+            rows += [{**_run_row(child, check), "parent": folder.name} for child in children]
         else:
-            rows.append(_run_row(folder))
+            rows.append(_run_row(folder, check))
     return rows
 
 
@@ -138,6 +139,9 @@ def folder_in_use(folder: Path) -> bool:
 FINISHED = ("completed", "early_stopped", "diverged")
 
 
+Check = Callable[[Path], "str | None"]  # why a run folder's checkpoint cannot resume, or None
+
+
 @dataclass
 class FolderState:
     """What a run folder is. ``status``: a metrics.json status, ``interrupted`` (a
@@ -151,9 +155,23 @@ class FolderState:
     metrics: dict[str, Any] | None = None
 
 
-def folder_state(folder: str | Path) -> FolderState:
-    """Judge a run folder from the files in it (never raises; reads no checkpoint)."""
-    folder = Path(folder)
+def folder_state(folder: str | Path, check: Check | None = None) -> FolderState:
+    """Judge a run folder from the files in it (never raises). Without ``check`` it reads
+    no checkpoint (it only finds one cut short); with it (``artifacts.checkpoint_problem``,
+    which loads it and checks every entry), a stopped run it would offer to resume is
+    judged by what ``--resume`` will find in its checkpoint."""
+    state = _state(Path(folder))
+    if check is None or not state.resumable or state.status in FINISHED:
+        return state  # a finished run's checkpoint is loaded only to train it further
+    problem = check(Path(folder))
+    if problem is None:
+        return state
+    if "train a new run" not in problem:  # load_checkpoint's own advice, or this one
+        problem += ": nothing to resume from it; train it again"
+    return FolderState("unreadable", problem, False, state.metrics)
+
+
+def _state(folder: Path) -> FolderState:
     if folder_in_use(folder):
         return FolderState("running", "a huberfit process is training in it now", False)
     checkpoint = (folder / "checkpoint.pt").is_file()
@@ -216,9 +234,9 @@ def _whole_metrics(data: Any) -> dict[str, Any]:
     return m
 
 
-def _run_row(folder: Path) -> dict[str, Any]:
+def _run_row(folder: Path, check: Check | None = None) -> dict[str, Any]:
     row: dict[str, Any] = {"name": folder.name, "folder": str(folder), "kind": "run"}
-    state = folder_state(folder)
+    state = folder_state(folder, check)
     if state.metrics is None:
         return {**row, "status": state.status, "detail": state.detail,
                 "started": _stamp(_started(folder))}  # fmt: skip

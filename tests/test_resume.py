@@ -219,23 +219,32 @@ def _words_of_runs(runner, folder: Path) -> str:
     return row["detail"]
 
 
-@pytest.mark.parametrize("damage", ["cut short", "metrics.json a folder"])
+@pytest.mark.parametrize("damage", ["cut short", "metrics.json a folder", "nan weights",
+                                    "no optimizer"])  # fmt: skip
 def test_runs_and_resume_describe_a_damaged_folder_alike(run_dir, runner, damage):
-    """A checkpoint cut short (found without torch: a zip archive's end is missing) and a
-    metrics.json that is a folder: `runs` and `--resume` say the same, one line, no
-    traceback, and `runs` no longer offers a resume that would fail."""
+    """A stopped run's checkpoint cut short (found without torch: a zip archive's end is
+    missing), or holding a bad entry, and a metrics.json that is a folder: `runs` and
+    `--resume` say the same, one line, no traceback, and `runs` no longer offers a resume
+    that would fail."""
     ckpt = run_dir / "checkpoint.pt"
     if damage == "cut short":
         ckpt.write_bytes(ckpt.read_bytes()[:1000])
+    elif damage in ("nan weights", "no optimizer"):
+        saved = torch.load(ckpt, weights_only=True)
+        if damage == "nan weights":
+            saved["model"]["weight"] = saved["model"]["weight"] * float("nan")
+        else:
+            del saved["optimizer"]
+        torch.save(saved, ckpt)
+        (run_dir / "metrics.json").unlink()  # as a run killed after this checkpoint
     else:
         (run_dir / "metrics.json").unlink()
         (run_dir / "metrics.json").mkdir()
     line = one_error_line(runner.invoke(app, ["train", "--resume", str(run_dir)]))
     note = _words_of_runs(runner, run_dir)
     assert line == f"error: {run_dir}: {note}"
-    assert "continue it with" not in note and (
-        "not a huberfit checkpoint" in note or "metrics.json is not a file" in note
-    )
+    assert "continue it with" not in note
+    assert "checkpoint.pt: not a" in note or "metrics.json is not a file" in note
 
 
 def test_resuming_with_fewer_epochs_than_trained_says_nothing_is_trained(run_dir, runner):
