@@ -116,8 +116,7 @@ def train_run(
     spec = spec_of(config.loss)
     model = build_model(len(data.feature_names), config.model.bias, config.seed,
                         data.X_train.dtype, zero=data.constant).to(device)  # fmt: skip
-    check_delta_fits(config, spec, data.scaling.y_scale, data.X_train.dtype)
-    loss_fn = spec.build(config.loss.delta / data.scaling.y_scale, config.loss.quantile)
+    loss_fn = build_scaled_loss(config, spec, data)
     if is_own(config.loss.name):  # the classic mistakes, caught before anything is written
         preflight(loss_fn, own_label(config.loss.name), device, data.scaling.y_scale,
                   dtypes=(data.X_train.dtype,))  # fmt: skip
@@ -271,7 +270,7 @@ def fit_in_memory(config: Config, data: Dataset) -> tuple[nn.Linear, FitResult]:
     spec = spec_of(config.loss)
     model = build_model(len(data.feature_names), config.model.bias, config.seed,
                         data.X_train.dtype, zero=data.constant).to(device)  # fmt: skip
-    loss_fn = spec.build(config.loss.delta / data.scaling.y_scale, config.loss.quantile)
+    loss_fn = build_scaled_loss(config, spec, data)
     optimizer = build_optimizer(config, model)
     train, val = make_batches(config, data, device)
     steps = train.steps_per_epoch(config.train.grad_accum_steps)
@@ -284,20 +283,20 @@ def fit_in_memory(config: Config, data: Dataset) -> tuple[nn.Linear, FitResult]:
     return model, result
 
 
-def check_delta_fits(config: Config, spec: Any, y_scale: float, dtype: torch.dtype) -> None:
-    """The loss trains in standardized units, where its delta is ``delta / y_scale``: below
-    the dtype's smallest normal number it is 0 there, and the loss and its gradient with it
-    (``data.noise_std=1e100`` in float32 trained a loss of exactly 0)."""
-    if not spec.uses_delta:
-        return
+def build_scaled_loss(config: Config, spec: Any, data: Dataset) -> nn.Module:
+    """The loss in standardized units, where its delta is ``delta / y_scale``. Below the
+    dtype's smallest normal number that is 0, and the loss and its gradient with it
+    (``data.noise_std=1e100`` in float32 trained a loss of exactly 0): refused."""
+    y_scale, dtype = data.scaling.y_scale, data.X_train.dtype
     scaled, tiny = config.loss.delta / y_scale, torch.finfo(dtype).tiny
-    if scaled < tiny:
+    if spec.uses_delta and scaled < tiny:
         name = str(dtype).removeprefix("torch.")
         raise ConfigError(
             f"loss.delta={config.loss.delta:g} is {scaled:.3g} of the target's scale "
             f"({y_scale:.3g}), below what {name} holds ({tiny:.3g}): use dtype=float64 or a "
             "larger loss.delta"
         )
+    return spec.build(scaled, config.loss.quantile)
 
 
 def fit_settings(

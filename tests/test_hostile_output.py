@@ -120,6 +120,15 @@ def test_predict_copies_every_cell_as_it_was(run_dir, tmp_path, runner):
     assert (tmp_path / "out.csv").read_text().splitlines()[2].startswith(",2.0,1.0,2,")
 
 
+def _refused_predict(runner, run_dir: Path, source: Path, out: Path, tmp_path: Path) -> str:
+    """``predict`` of ``source`` into ``out`` refused in one line, writing nothing."""
+    r = runner.invoke(app, ["predict", "--run", str(run_dir), "--input", str(source), "-o",
+                            str(out)])  # fmt: skip
+    line = _error_line(r)
+    assert not out.exists() and _leftovers(tmp_path) == []
+    return line
+
+
 def test_predict_refuses_inputs_whose_columns_differ(run_dir, tmp_path, runner):
     folder = tmp_path / "in"
     folder.mkdir()
@@ -127,11 +136,8 @@ def test_predict_refuses_inputs_whose_columns_differ(run_dir, tmp_path, runner):
     write(folder / "b.csv", "id,x1,x2,extra\n2,0,0,9\n")
     write(folder / "c.csv", "x2,x1,id\n0,0,3\n")
     out = tmp_path / "out.csv"
-    r = runner.invoke(app, ["predict", "--run", str(run_dir), "--input", str(folder), "-o",
-                            str(out)])  # fmt: skip
-    line = _error_line(r)
+    line = _refused_predict(runner, run_dir, folder, out, tmp_path)
     assert "b.csv" in line and "extra column 'extra'" in line and "a.csv" in line
-    assert not out.exists() and _leftovers(tmp_path) == []
     (folder / "b.csv").unlink()
     r = runner.invoke(app, ["predict", "--run", str(run_dir), "--input", str(folder)])
     assert "c.csv" in _error_line(r) and "another order" in r.stderr
@@ -160,12 +166,8 @@ def test_parquet_output_whose_types_differ_is_refused_whole(run_dir, tmp_path, r
     )
     pq.write_table(pa.table({"id": ["a", "b"], "x1": [0.0, 1.0], "x2": [1.0, 2.0]}),
                    folder / "b.parquet")  # fmt: skip
-    out = tmp_path / "out.parquet"
-    r = runner.invoke(app, ["predict", "--run", str(run_dir), "--input", str(folder), "-o",
-                            str(out)])  # fmt: skip
-    line = _error_line(r)
+    line = _refused_predict(runner, run_dir, folder, tmp_path / "out.parquet", tmp_path)
     assert "b.parquet" in line and "'id'" in line and "a.parquet" in line
-    assert not out.exists() and _leftovers(tmp_path) == []
 
 
 def test_predict_stopped_midway_leaves_nothing(run_dir, tmp_path, monkeypatch):

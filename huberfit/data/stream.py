@@ -230,14 +230,15 @@ def _standardized(
     batch, keep: np.ndarray, scaling: Scaling, dtype: Any, where: tuple
 ) -> np.ndarray:
     """The ``keep`` rows of a record batch, standardized, as ``dtype`` ``(rows, columns)``:
-    column by column, so each column is read once, contiguously (float columns without
-    a copy), and written once into the rows. The same numbers as ``Scaling.apply`` on
-    ``_numbers``' rows (float64 arithmetic, one rounding to ``dtype``), in 0.6x the time
-    (2-core Xeon, 65,536 x 17)."""
+    each column selected and standardized contiguously in float64 (float columns read
+    without a copy), then all written into rows at once. The same numbers as
+    ``Scaling.apply`` on ``_numbers``' rows (float64 arithmetic, one rounding to
+    ``dtype``), in half the time of standardizing each column into its strided place
+    (65,536 x 17 on a 2-core Xeon: 3.9 ms against 7.5 ms)."""
     import pyarrow.types as pat
 
     shift, scale = scaling.shift_scale()
-    out = np.empty((int(np.count_nonzero(keep)), batch.num_columns), dtype)
+    columns = np.empty((batch.num_columns, int(np.count_nonzero(keep))))
     numbers = None  # other types: parsed by _numbers, with its located errors
     for i in range(batch.num_columns):
         col = batch.column(i)
@@ -246,8 +247,14 @@ def _standardized(
         else:
             numbers = _numbers(batch, *where) if numbers is None else numbers
             values = numbers[:, i]
-        centred = np.subtract(values[keep], shift[i], dtype=np.float64)
-        np.divide(centred, scale[i], out=out[:, i], casting="same_kind")
+        if values.dtype == np.float64:
+            np.compress(keep, values, out=columns[i])
+        else:
+            columns[i] = values[keep]
+    columns -= shift[:, None]
+    columns /= scale[:, None]
+    out = np.empty(columns.shape[::-1], dtype)
+    out[...] = columns.T
     return out
 
 
