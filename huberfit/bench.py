@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from huberfit.artifacts import atomic_path
-from huberfit.data.batches import InMemoryBatches
+from huberfit.data.batches import InMemoryBatches, empty_rows
 from huberfit.errors import RunError
 from huberfit.loop import FitSettings, fit
 from huberfit.losses import HuberLoss, huber_reference
@@ -135,15 +135,20 @@ def engine_epoch(
 
 def bare_epoch(X, y, batch_size: int, device: torch.device) -> Callable[[], None]:
     """One epoch of the bare update (b'): per batch, a random-row gather, ``addmv``, the
-    closed-form Huber gradient and in-place SGD; nothing else."""
+    closed-form Huber gradient and in-place SGD; nothing else. Its rows and permutation
+    live where the engine keeps its own (``empty_rows``, one reused buffer), so the two
+    differ only in what the engine does per step."""
     XY = torch.cat([X, y], 1).to(device)
+    if device.type == "cpu":
+        XY = empty_rows((XY.shape[0], XY.shape[1]), XY.dtype).copy_(XY)
+    order = torch.empty(len(XY), dtype=torch.int32)
     f = X.shape[1]
     w = torch.zeros(f, device=device)
     b = torch.zeros((), device=device)
 
     @torch.no_grad()
     def epoch() -> None:
-        perm = torch.randperm(len(XY), dtype=torch.int32).to(device)
+        perm = torch.randperm(len(XY), dtype=torch.int32, out=order).to(device)
         for idx in torch.split(perm, batch_size):
             xy = XY.index_select(0, idx)
             xb = xy[:, :f]

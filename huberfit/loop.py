@@ -38,7 +38,7 @@ SMOOTHING_START, SMOOTHING_END = 1.0, 1e-9
 # thread (see step_threads). Measured on a 2-core Xeon, 1M x 16 rows, an epoch: batch
 # 256 (4,352 numbers a step) 121 ms on one thread, 138 ms on two; batch 4096 (69,632)
 # 52 ms on one, 48 ms on two (the gathered rows are split between the cores' caches).
-SMALL_STEP = 2**15
+SMALL_STEP = 2**17
 
 # ----------------------------------------------------------------------------- results
 

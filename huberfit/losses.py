@@ -64,6 +64,23 @@ def _scratch(like: torch.Tensor, rows: int = 1) -> torch.Tensor:
     return buf[:size]
 
 
+_WEIGHTS: dict[tuple[int, str, torch.dtype, torch.device], torch.Tensor] = {}
+
+
+def _weights(n: int, reduction: str, like: torch.Tensor) -> torch.Tensor:
+    """``[1, -1/2]``, divided by ``n`` for the mean, on ``like``'s device: the weights that
+    turn ``[sum(d * c), sum(c * c)]`` into the loss. Made there by a fill (no copy from
+    the host, so no device synchronisation); the last one is kept."""
+    key = (n, reduction, like.dtype, like.device)
+    w = _WEIGHTS.get(key)
+    if w is None:
+        _WEIGHTS.clear()
+        w = _WEIGHTS[key] = torch.full((2,), 1.0 / n if reduction == "mean" else 1.0,
+                                       dtype=like.dtype, device=like.device)  # fmt: skip
+        w[1:].mul_(-0.5)
+    return w
+
+
 class _HuberFunction(torch.autograd.Function):
     """Huber with its closed-form gradient, ``d loss / d y_pred = clamp(y_pred - y_true, +-delta)``.
 
@@ -85,11 +102,8 @@ class _HuberFunction(torch.autograd.Function):
         torch.clamp(d, -delta, delta, out=c)
         if reduction == "none":
             loss = d * c - 0.5 * c * c
-        else:
-            sums = torch.mv(rows, rows[1])  # [sum(d * c), sum(c * c)]
-            loss = sums[0] - 0.5 * sums[1]
-            if reduction == "mean":
-                loss = loss / n
+        else:  # [sum(d * c), sum(c * c)] @ [1, -1/2] (/ n): two ops, not five
+            loss = torch.dot(torch.mv(rows, rows[1]), _weights(n, reduction, rows))
         # the gradient for an upstream gradient of 1: c, or c / n for the mean (one pass
         # either way); backward then rescales only if the upstream one is not 1
         ctx.unit = 1.0 / n if reduction == "mean" else 1.0

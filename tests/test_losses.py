@@ -45,6 +45,16 @@ def test_values_and_gradients_equal_torch(dtype, delta, reduction):
         torch.testing.assert_close(a, b, **tol)
 
 
+def test_sizes_and_reductions_in_turn_keep_their_own_values():
+    """The loss's weights are kept for the last size and reduction: alternating them
+    (a batch, the validation rows, a sum) must not reuse the wrong ones."""
+    for n, reduction in [(257, "mean"), (31, "mean"), (257, "sum"), (31, "mean"), (257, "mean")]:
+        pred, true = _inputs(torch.float64, 1.0, n)
+        ours = HuberLoss(1.0, reduction)(pred, true)
+        ref = F.huber_loss(pred, true, delta=1.0, reduction=reduction)
+        torch.testing.assert_close(ours, ref, rtol=1e-12, atol=1e-12)
+
+
 @pytest.mark.parametrize("delta", [0.3, 1.0, 4.0])
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
 def test_gradcheck_float64(delta, reduction):

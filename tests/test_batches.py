@@ -1,0 +1,79 @@
+"""The in-memory batch source: its packed table (on huge pages where Linux offers them),
+and each epoch's batches against the rows its seeded permutation names."""
+
+from __future__ import annotations
+
+import mmap
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from huberfit.data.batches import HUGE_FROM_BYTES, HUGE_PAGE, InMemoryBatches, empty_rows
+
+
+def _mapping_fields(addr: int) -> dict[str, str]:
+    """The /proc/self/smaps fields of the mapping that holds ``addr``."""
+    fields: dict[str, str] = {}
+    inside = False
+    for line in Path("/proc/self/smaps").read_text().splitlines():
+        head = line.split()[0]
+        if "-" in head and ":" not in head:
+            lo, hi = (int(x, 16) for x in head.split("-"))
+            inside = lo <= addr < hi
+        elif inside:
+            fields[head.rstrip(":")] = line.split(":", 1)[1].strip()
+    return fields
+
+
+def _thp_offered() -> bool:
+    path = Path("/sys/kernel/mm/transparent_hugepage/enabled")
+    return path.exists() and ("[always]" in path.read_text() or "[madvise]" in path.read_text())
+
+
+def test_a_large_table_is_on_memory_that_asks_for_huge_pages():
+    rows = HUGE_FROM_BYTES // (18 * 4) + 1
+    table = empty_rows((rows, 18), torch.float32)
+    assert table.shape == (rows, 18) and table.is_contiguous()
+    table.fill_(2.5)  # writable, and its own memory
+    assert float(table.sum()) == 2.5 * rows * 18
+    if not hasattr(mmap, "MADV_HUGEPAGE"):
+        return
+    assert table.data_ptr() % HUGE_PAGE == 0
+    if sys.platform == "linux" and _thp_offered():
+        # the kernel may still be short of free huge pages; what it guarantees is that
+        # the mapping is eligible for them
+        assert _mapping_fields(table.data_ptr())["THPeligible"] == "1"
+
+
+def test_a_small_table_is_an_ordinary_tensor():
+    table = empty_rows((10, 3), torch.float64)
+    assert table.shape == (10, 3) and table.dtype == torch.float64
+    assert table.untyped_storage().nbytes() == 10 * 3 * 8  # no mapping of its own
+
+
+@pytest.mark.parametrize("n, batch", [(300_000, 4096), (1000, 7), (1000, 256)])
+def test_each_epoch_serves_the_rows_its_permutation_names(n, batch):
+    g = torch.Generator().manual_seed(3)
+    X = torch.randn(n, 16, generator=g)
+    y = torch.randn(n, 1, generator=g)
+    source = InMemoryBatches(X, y, batch, seed=11)
+    for epoch in range(3):  # one reused buffer holds each epoch's permutation
+        order = source.order(epoch).long()
+        served = list(source.epoch(epoch))
+        assert [rows for _, rows in served][:-1] == [batch] * (len(served) - 1)
+        assert torch.equal(torch.cat([b.X for b, _ in served]), X[order])
+        assert torch.equal(torch.cat([b.y1 for b, _ in served]), y[order, 0])
+        ones_and_x = torch.cat([b.X1T for b, _ in served], dim=1).t()
+        assert torch.equal(ones_and_x, torch.cat([X[order], torch.ones(n, 1)], 1))
+        skip = len(served) // 2  # a resumed epoch: the rest of the same order
+        rest = torch.cat([b.X for b, _ in source.epoch(epoch, skip)])
+        assert torch.equal(rest, X[order[skip * batch :]])
+
+
+def test_the_order_does_not_depend_on_the_buffer():
+    source = InMemoryBatches(torch.zeros(5000, 2), torch.zeros(5000, 1), 64, seed=5)
+    fresh = source.order(4)
+    into = torch.full((5000,), -1, dtype=fresh.dtype)
+    assert torch.equal(source.order(4, out=into), fresh) and torch.equal(into, fresh)
