@@ -553,8 +553,11 @@ class TensorBoardSink:
             # an evenly strided sample of at most 10k rows (the split is already random):
             # the shape of the distribution at a fraction of the cost of all of them
             stride = max(1, len(report.residuals) // HISTOGRAM_ROWS)
-            sample = report.residuals[::stride]
-            self.events.add([self.summary.histogram("residuals/val", sample, 64)], s)
+            histo = histogram_proto(report.residuals[::stride], 64)
+            if histo is not None:
+                Value = self._Summary.Value
+                summary = self._Summary(value=[Value(tag="residuals/val", histo=histo)])
+                self.events.add([summary], s)
         if self.images_every and self.figures and report.epoch % self.images_every == 0:
             self.images(self.figures())
 
@@ -623,6 +626,38 @@ class TensorBoardSink:
                 failed = failed or exc
         if failed is not None:
             raise failed
+
+
+def histogram_proto(values: Any, bins: int) -> Any:
+    """TensorBoard's ``HistogramProto`` of the finite ``values`` in ``bins`` equal bins:
+    the proto ``torch.utils.tensorboard.summary.histogram`` builds (the same edges, counts
+    and sums; a test compares them), in a dozen NumPy calls instead of ~40. In an epoch
+    (2-core Xeon, 10,000 residuals, caches cold from training) 950 us went into torch's,
+    1.4% of a 4096-row epoch. ``None`` when no value is finite (torch's raises)."""
+    import numpy as np
+    from tensorboard.compat.proto.summary_pb2 import HistogramProto
+
+    v = np.asarray(values, dtype=np.float64).reshape(-1)
+    v = v[np.isfinite(v)]
+    if v.size == 0:
+        return None
+    lo, hi = v.min(), v.max()
+    if lo == hi:  # NumPy's range for one value
+        lo, hi = lo - 0.5, hi + 0.5
+    edges = np.linspace(lo, hi, bins + 1)
+    # np.histogram's equal-bin rule, rounding corrections included
+    idx = ((v - lo) / (hi - lo) * bins).astype(np.intp)
+    idx[idx == bins] -= 1
+    idx[v < edges[idx]] -= 1
+    idx[(v >= edges[idx + 1]) & (idx != bins - 1)] += 1
+    counts = np.bincount(idx, minlength=bins)
+    nonzero = np.flatnonzero(counts)
+    start, end = int(nonzero[0]), int(nonzero[-1]) + 1
+    # TensorBoard keeps right limits only: an empty bin on the left carries the first one
+    counts = counts[start - 1 : end] if start > 0 else np.concatenate([[0], counts[:end]])
+    return HistogramProto(min=v.min(), max=v.max(), num=len(v), sum=v.sum(),
+                          sum_squares=v.dot(v), bucket_limit=edges[start : end + 1].tolist(),
+                          bucket=counts.tolist())  # fmt: skip
 
 
 def write_truth_run(

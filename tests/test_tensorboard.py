@@ -11,12 +11,13 @@ import time
 import urllib.request
 from pathlib import Path
 
+import numpy as np
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from huberfit.config import load_config
 from huberfit.experiment import train_run
-from huberfit.sinks import ConsoleSink
+from huberfit.sinks import ConsoleSink, histogram_proto
 
 
 def train(tmp_path, *overrides):
@@ -169,3 +170,29 @@ def test_a_real_tensorboard_server_serves_each_run(tmp_path):
     finally:
         server.terminate()
         server.wait(timeout=20)
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        np.random.default_rng(0).standard_normal(10_000).astype(np.float32),
+        np.random.default_rng(1).standard_normal(7),
+        np.array([3.0] * 5),  # one value: NumPy's range of +-0.5
+        np.linspace(-1.0, 1.0, 65),  # values on the bin edges
+        np.concatenate([np.random.default_rng(2).standard_normal(100), [50.0]]),  # empty bins
+        np.random.default_rng(3).integers(0, 5, 1000).astype(float),  # ties
+    ],
+)
+def test_the_residual_histogram_is_the_one_torch_builds(values):
+    from torch.utils.tensorboard import summary
+
+    assert histogram_proto(values, 64) == summary.histogram("r", values, 64).value[0].histo
+
+
+def test_the_residual_histogram_leaves_out_values_that_are_not_finite():
+    from torch.utils.tensorboard import summary
+
+    finite = np.array([0.5, -1.0, 2.0, 3.5])
+    with_bad = np.concatenate([finite, [np.nan, np.inf, -np.inf]])
+    assert histogram_proto(with_bad, 64) == summary.histogram("r", finite, 64).value[0].histo
+    assert histogram_proto(np.array([np.nan]), 64) is None

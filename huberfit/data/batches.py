@@ -185,12 +185,19 @@ class InMemoryBatches:
             torch.set_num_threads(now)
 
     def _batches(self, block: torch.Tensor) -> list[Batch]:
-        """The batches of a gathered block, as views. (Three ``split`` calls, one per
-        part, cost 30 us a batch more in an epoch at batch 4096 than these slices.)"""
+        """The batches of a gathered block, as views: the whole batches by one ``unbind``
+        per part (a block of 32 batches of 256 rows: 84 us, against 238 us slicing each
+        batch's three parts), a short last batch by slicing."""
         f, B = self.f, self.batch_size
-        out = []
-        for start in range(0, block.shape[0], B):
-            xy = block[start : start + B]
+        full = block.shape[0] // B
+        out: list[Batch] = []
+        if full:
+            rows = block[: full * B].view(full, B, f + 2)
+            parts = (rows[:, :, :f].unbind(0), rows[:, :, f + 1].unbind(0),
+                     rows[:, :, : f + 1].transpose(1, 2).unbind(0))  # fmt: skip
+            out = list(map(Batch, *parts))
+        if full * B < block.shape[0]:
+            xy = block[full * B :]
             out.append(Batch(xy[:, :f], xy[:, f + 1], xy[:, : f + 1].t()))
         return out
 
