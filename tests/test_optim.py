@@ -51,6 +51,25 @@ def test_updates_equal_torch_optim(name, ours, theirs):
         torch.testing.assert_close(pa, pb, rtol=1e-12, atol=1e-14)
 
 
+@pytest.mark.parametrize("foreach", [False, True])
+def test_plain_sgd_is_torch_sgd_bit_for_bit(foreach):
+    """Plain SGD's one foreach add against torch.optim.SGD's own kernels, with a parameter
+    that has no gradient on some steps (it must stay as it is)."""
+    g = torch.Generator().manual_seed(2)
+    init = [torch.randn(1, 7, generator=g), torch.randn(1, generator=g)]
+    a = [p.clone().requires_grad_() for p in init]
+    b = [p.clone().requires_grad_() for p in init]
+    ours, theirs = optim.SGD(a, lr=0.05), torch.optim.SGD(b, lr=0.05, foreach=foreach)
+    for step in range(20):
+        grads = [torch.randn(p.shape, generator=g) for p in init]
+        for params, opt in ((a, ours), (b, theirs)):
+            for i, (p, gr) in enumerate(zip(params, grads, strict=True)):
+                p.grad = None if (i == 1 and step % 3 == 0) else gr.clone()
+            opt.step()
+    for pa, pb in zip(a, b, strict=True):
+        assert torch.equal(pa, pb)
+
+
 def test_state_dict_round_trip_continues_identically():
     g = torch.Generator().manual_seed(1)
     p1 = torch.randn(3, dtype=torch.float64, requires_grad=True)
