@@ -35,9 +35,10 @@ LBFGS_OBJECTIVE_SCALE = 1e8
 # (see _Run.finish_vertex and huberfit.finish).
 SMOOTHING_START, SMOOTHING_END = 1.0, 1e-9
 # A mini-batch step on at most this many numbers (rows x (features + 1)) runs on one
-# thread (see step_threads). Measured on a 2-core Xeon, 1M x 16 rows, an epoch: batch
-# 256 (4,352 numbers a step) 121 ms on one thread, 138 ms on two; batch 4096 (69,632)
-# 52 ms on one, 48 ms on two (the gathered rows are split between the cores' caches).
+# thread (see step_threads); its rows are still gathered on every thread. Measured on a
+# 2-core Xeon, 1M x 16 rows, epochs side by side: batch 256 (4,352 numbers a step) 121 ms
+# on one thread, 138 ms on two; batch 4096 (69,632) 51.8 ms on one, 53.3 ms on two;
+# batches of 8192 and 32768 rows alike on one or two.
 SMALL_STEP = 2**17
 
 # ----------------------------------------------------------------------------- results
