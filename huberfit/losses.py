@@ -75,8 +75,8 @@ def _weights(n: int, reduction: str, like: torch.Tensor) -> torch.Tensor:
     w = _WEIGHTS.get(key)
     if w is None:
         _WEIGHTS.clear()
-        w = _WEIGHTS[key] = torch.full((2,), 1.0 / n if reduction == "mean" else 1.0,
-                                       dtype=like.dtype, device=like.device)  # fmt: skip
+        scale = (1.0 / n if n else math.nan) if reduction == "mean" else 1.0  # torch: nan
+        w = _WEIGHTS[key] = torch.full((2,), scale, dtype=like.dtype, device=like.device)
         w[1:].mul_(-0.5)
     return w
 
@@ -106,7 +106,7 @@ class _HuberFunction(torch.autograd.Function):
             loss = torch.dot(torch.mv(rows, rows[1]), _weights(n, reduction, rows))
         # the gradient for an upstream gradient of 1: c, or c / n for the mean (one pass
         # either way); backward then rescales only if the upstream one is not 1
-        ctx.unit = 1.0 / n if reduction == "mean" else 1.0
+        ctx.unit = 1.0 / max(n, 1) if reduction == "mean" else 1.0  # no rows: no gradient
         # It lives on ctx (not save_for_backward) because backward hands it out as the
         # gradient itself; a second backward recomputes it from the inputs.
         ctx.grad = torch.mul(c, ctx.unit)

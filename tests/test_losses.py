@@ -45,6 +45,16 @@ def test_values_and_gradients_equal_torch(dtype, delta, reduction):
         torch.testing.assert_close(a, b, **tol)
 
 
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_no_rows_give_what_torch_gives(reduction):
+    p1, p2 = (torch.empty(0, 1, requires_grad=True) for _ in range(2))
+    true = torch.empty(0, 1)
+    ours, ref = HuberLoss(1.0, reduction)(p1, true), F.huber_loss(p2, true, reduction=reduction)
+    torch.testing.assert_close(ours, ref, equal_nan=True)
+    ours.sum().backward()
+    assert p1.grad is not None and p1.grad.shape == (0, 1)
+
+
 def test_sizes_and_reductions_in_turn_keep_their_own_values():
     """The loss's weights are kept for the last size and reduction: alternating them
     (a batch, the validation rows, a sum) must not reuse the wrong ones."""
