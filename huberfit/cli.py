@@ -696,26 +696,33 @@ def bench(
     """Time huberfit's engine against the tutorial DataLoader loop, side by side."""
     from rich.table import Table
 
-    from huberfit.bench import as_table_rows, csv_load_pair, host_description, run_bench, to_json
+    from huberfit.bench import (
+        as_table_rows,
+        csv_load_pair,
+        host_description,
+        host_lines,
+        run_bench,
+        table_notes,
+        to_json,
+    )
     from huberfit.device import resolve_device
-    from huberfit.errors import ConfigError
 
-    if folder is not None and stream_gb == 0.0:
-        raise ConfigError("--folder goes with --stream-gb (where its Parquet files are kept)")
+    _bench_flags_apart(csv, stream_gb, folder, rows, features, batch_size, epochs, device,
+                       budget_mb)  # fmt: skip
     if stream_gb != 0.0:  # negative, NaN and inf included: refused there
         _bench_streaming(stream_gb, budget_mb, folder, json_out)
         return
     if csv:
         r = csv_load_pair(rows)
         if json_out:
-            print_json({**r, "host": host_description()})
+            print_json({**r, "rows": rows, "host": host_description()})
         else:
             out.print(
                 f"CSV {rows:,} x 17 ({r['bytes'] / 1e6:.0f} MB): huberfit {r['huberfit']:.3f} s, "
                 f"pandas.read_csv + to_numpy(float32) {r['pandas']:.3f} s "
-                f"(ratio {r['huberfit'] / r['pandas']:.2f}); {host_description()}",
-                soft_wrap=False,
+                f"(ratio {r['huberfit'] / r['pandas']:.2f})"
             )
+            out.print("\n".join(host_lines()))
         return
 
     sizes = _batch_sizes(batch_size)
@@ -725,21 +732,46 @@ def bench(
         print_json({**to_json(res), "host": host_description(dev)})
         return
     table = Table(title=f"huberfit bench: {rows:,} x {features}, float32, Huber (delta 1), SGD, "
-                        f"{dev}; ms per epoch", title_justify="left")  # fmt: skip
+                        f"{dev}", title_justify="left")  # fmt: skip
     for col in ("what", "batch", "ms", "rows/s", "ratio"):
         table.add_column(col, justify="left" if col == "what" else "right")
     for row in as_table_rows(res):
         table.add_row(*row)
     out.print(table)
+    for line in (*table_notes(res), *host_lines(dev)):
+        out.print(line)
     plural = "s" * (epochs != 1)
-    out.print(f"machine: {host_description(dev)}; median of {epochs} epoch{plural}",
-              soft_wrap=False)  # fmt: skip
     if epochs < 3:
         out.print(
             f"note: {epochs} timed epoch{plural} on a shared machine can be off by far; use "
             "--epochs 3 or more for figures to quote",
             soft_wrap=False,
         )
+
+
+def _bench_flags_apart(csv: bool, stream_gb: float, folder: Path | None, rows: int,
+                       features: int, batch_size: str, epochs: int, device: str,
+                       budget_mb: int) -> None:  # fmt: skip
+    """``--csv`` and ``--stream-gb`` are measurements of their own: a flag of another one
+    given with them is refused rather than silently ignored."""
+    from huberfit.errors import ConfigError
+
+    if folder is not None and stream_gb == 0.0:
+        raise ConfigError("--folder goes with --stream-gb (where its Parquet files are kept)")
+    if budget_mb != 512 and stream_gb == 0.0:
+        raise ConfigError("--budget-mb goes with --stream-gb (the streamed run's budget)")
+    if csv and stream_gb != 0.0:
+        raise ConfigError("--csv and --stream-gb are two measurements: run one at a time")
+    if not (csv or stream_gb != 0.0):
+        return
+    what = "--csv" if csv else "--stream-gb"
+    table_only = {"--features": features != 16, "--batch-size": batch_size != "256,4096",
+                  "--epochs": epochs != 3, "--device": device not in ("auto", "cpu"),
+                  "--rows": stream_gb != 0.0 and rows != 1_000_000}  # fmt: skip
+    given = [flag for flag, differs in table_only.items() if differs]
+    if given:
+        raise ConfigError(f"{', '.join(given)} applies to the training table, not to {what} "
+                          "(which measures on the CPU)")  # fmt: skip
 
 
 def _batch_sizes(text: str) -> list[int]:
@@ -762,6 +794,7 @@ def _bench_streaming(gigabytes: float, budget_mb: int, folder: Path | None, json
 
     from huberfit.bench import (
         host_description,
+        host_lines,
         stream_vs_scan,
         streaming_peak_rss,
         write_parquet_dataset,
@@ -807,11 +840,11 @@ def _bench_streaming(gigabytes: float, budget_mb: int, folder: Path | None, json
         f"bare pyarrow.dataset scan into NumPy: {s['scan_seconds']:.3f} s "
         f"({s['scan_rows_per_second']:,.0f} rows/s); the epoch takes "
         f"{s['epoch_vs_scan']:.2f}x the scan\n"
-        f"peak RSS {r['peak_rss_mb']:.0f} MB (budget {budget_mb} MB; a 1,000-row run: "
-        f"{r['baseline_rss_mb']:.0f} MB); a whole training run: {r['wall_seconds']:.0f} s\n"
-        f"machine: {host_description()}",
-        soft_wrap=False,
+        f"peak RSS {r['peak_rss_mb']:.0f} MB with data.memory_budget_mb={budget_mb} (the size "
+        f"from which a run streams, not a cap; a 1,000-row run: {r['baseline_rss_mb']:.0f} MB); "
+        f"a whole training run: {r['wall_seconds']:.0f} s"
     )
+    out.print("\n".join(host_lines()))
 
 
 def _check_bench_files(folder: Path) -> None:

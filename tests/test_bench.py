@@ -48,7 +48,8 @@ def test_bench_reports_every_measurement(runner):
         assert ratios["bare_speedup_vs_tutorial"] == pytest.approx(
             t["tutorial"]["median"] / t["bare"]["median"])  # fmt: skip
         assert ratios["tensorboard_time_in_sink"] == pytest.approx(
-            t["engine_tb"]["in_sink"] / t["engine_no_tb"]["median"])  # fmt: skip
+            t["engine_tb"]["in_sink"] / t["engine_tb"]["median"])  # fmt: skip
+        assert t["engine_tb"]["pairs"] >= 12
         # the overhead is a median of paired ratios: within the pairs' extremes
         low = t["engine_tb"]["min"] / t["engine_no_tb"]["max"] - 1
         high = t["engine_tb"]["max"] / t["engine_no_tb"]["min"] - 1
@@ -56,7 +57,8 @@ def test_bench_reports_every_measurement(runner):
         rows += [("(a) tutorial loop", size, "tutorial"),
                  ("(b) huberfit engine", size, "engine"),
                  ("(b') bare update", size, "bare"),
-                 ("(d) engine + TensorBoard", size, "engine_tb")]  # fmt: skip
+                 ("(d) engine+val, TB off", size, "engine_no_tb"),
+                 ("(d) engine+val, TB on", size, "engine_tb")]  # fmt: skip
     t = data["timings"]
     assert data["ratios"] == {"custom_loss_vs_F_huber_loss": pytest.approx(
         t["huber_loss_custom"]["median"] / t["huber_loss_torch"]["median"])}  # fmt: skip
@@ -67,7 +69,7 @@ def test_bench_reports_every_measurement(runner):
     )
     # the table shows those figures: seconds, rows / seconds, the ratios
     table = {(row["what"], row["batch"]): row for row in data["table"]}
-    assert len(table) == len(data["table"]) == 2 * 5 + 3
+    assert len(table) == len(data["table"]) == 2 * 6 + 3
     for what, size, key in rows:
         row = table[what, f"{int(size):,}"]
         seconds = data["per_batch"][size][key]["median"]
@@ -86,8 +88,15 @@ def test_bench_reports_every_measurement(runner):
     for what, _ in table:
         assert re.search(rf"^│ {re.escape(what)} +│", shown, re.M), what
     assert re.search(r"^│ \(b\) huberfit engine +│ +4,096 │", shown, re.M)
-    assert f"machine: {data['host']}; median of 1 epoch" in " ".join(shown.split())
+    lines = shown.splitlines()
+    assert any(re.fullmatch(r"medians: \(a\) and \(b'\) of 1 epoch, \(b\) of 3, \(d\) of "
+                            r"\d+ pairs \(TB off, on\)", ln) for ln in lines)  # fmt: skip
+    hardware, software = data["host"].split("; ")
+    assert f"machine: {hardware}" in lines and f"software: {software}" in lines
     assert "note: 1 timed epoch on a shared machine" in shown
+    # a person's terminal: 80 columns hold the table and what it says about its figures
+    ours = [ln for ln in lines if not ln.startswith(("machine:", "software:", "note:"))]
+    assert max(len(ln) for ln in ours) <= 80
 
 
 @pytest.mark.parametrize("value", ["0", "256,", "x", "256;4096", "-5", "1.5", "",
@@ -185,3 +194,30 @@ def test_bench_streaming_measures_a_child_run(runner, tmp_path):
     # the streamed epoch and the bare scan read the same rows; the ratio is their quotient
     assert data["train_rows"] < data["rows"] == written
     assert data["epoch_vs_scan"] == pytest.approx(data["epoch_seconds"] / data["scan_seconds"])
+
+
+@pytest.mark.parametrize(
+    "flags, said",
+    [
+        (["--csv", "--device", "cuda"], "--device applies to the training table, not to --csv"),
+        (["--csv", "--batch-size", "64", "--epochs", "5"],
+         "--batch-size, --epochs applies to the training table, not to --csv"),
+        (["--stream-gb", "0.1", "--rows", "5000"], "--rows applies to the training table"),
+        (["--budget-mb", "64"], "--budget-mb goes with --stream-gb"),
+        (["--csv", "--stream-gb", "0.1"], "--csv and --stream-gb are two measurements"),
+    ],
+)  # fmt: skip
+def test_bench_refuses_flags_of_another_measurement(runner, flags, said):
+    r = runner.invoke(app, ["bench", *flags])
+    assert r.exit_code == 1 and "Traceback" not in r.output
+    assert r.stderr.startswith(f"error: {said}") and r.stderr.count("\n") == 1
+
+
+def test_bench_on_a_gpu_that_is_not_here_is_one_line(runner):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is here: tests/test_gpu.py runs bench on it")
+    r = runner.invoke(app, ["bench", "--device", "cuda", "--rows", "1000"])
+    assert r.exit_code == 1 and "Traceback" not in r.output
+    assert r.stderr.startswith("error: device 'cuda' is not available here")

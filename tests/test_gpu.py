@@ -107,3 +107,17 @@ def test_a_diverging_run_on_cuda_names_its_log_step():
                  FitSettings(epochs=2, log_every_steps=5), lambda m: (None, {}, None))  # fmt: skip
     assert result.status == "diverged"
     assert "epoch 1, step" in result.message and "try a smaller optimizer.lr" in result.message
+
+
+def test_bench_on_cuda_prints_the_same_table_with_the_gpu_named(runner):
+    from huberfit.cli import app
+
+    r = runner.invoke(app, ["bench", "--device", "cuda", "--rows", "20000", "--features", "4",
+                            "--epochs", "1", "--batch-size", "4096", "--json"])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    import json
+
+    data = json.loads(r.stdout)
+    assert data["device"].startswith("cuda") and data["machine"]["gpu"]
+    assert data["machine"]["gpu"] in data["host"]
+    assert {row["what"] for row in data["table"]} >= {"(b) huberfit engine", "(b') bare update"}
