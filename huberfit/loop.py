@@ -37,8 +37,9 @@ SMOOTHING_START, SMOOTHING_END = 1.0, 1e-9
 # A mini-batch step on at most this many numbers (rows x (features + 1)) runs on one
 # thread (see step_threads); its rows are still gathered on every thread. Measured on a
 # 2-core Xeon, 1M x 16 rows, epochs side by side: batch 256 (4,352 numbers a step) 121 ms
-# on one thread, 138 ms on two; batch 4096 (69,632) 51.8 ms on one, 53.3 ms on two;
-# batches of 8192 and 32768 rows alike on one or two.
+# on one thread, 138 ms on two; batch 4096 (69,632) alike (55.3 ms on one, 56.6 ms on two,
+# medians of 15), and so are batches of 8192 and 32768 rows. On one thread a step never
+# waits for the other core (MKL's hand-off cost ~700 us a call when that core was busy).
 SMALL_STEP = 2**17
 
 # ----------------------------------------------------------------------------- results
