@@ -722,7 +722,7 @@ def bench(
                 f"pandas.read_csv + to_numpy(float32) {r['pandas']:.3f} s "
                 f"(ratio {r['huberfit'] / r['pandas']:.2f})"
             )
-            out.print("\n".join(host_lines()))
+            out.print("\n".join(host_lines()), soft_wrap=False)
         return
 
     sizes = _batch_sizes(batch_size)
@@ -739,7 +739,7 @@ def bench(
         table.add_row(*row)
     out.print(table)
     for line in (*table_notes(res), *host_lines(dev)):
-        out.print(line)
+        out.print(line, soft_wrap=False)  # at word breaks if the terminal is narrower
     plural = "s" * (epochs != 1)
     if epochs < 3:
         out.print(
@@ -844,7 +844,7 @@ def _bench_streaming(gigabytes: float, budget_mb: int, folder: Path | None, json
         f"from which a run streams, not a cap; a 1,000-row run: {r['baseline_rss_mb']:.0f} MB); "
         f"a whole training run: {r['wall_seconds']:.0f} s"
     )
-    out.print("\n".join(host_lines()))
+    out.print("\n".join(host_lines()), soft_wrap=False)
 
 
 def _check_bench_files(folder: Path) -> None:
