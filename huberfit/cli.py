@@ -669,15 +669,23 @@ def runs(
         render_runs(rows, str(runs_dir), out)
 
 
+BENCH_TABLE = {"rows": 1_000_000, "features": 16, "batch_size": "256,4096", "epochs": 3}
+BENCH_BUDGET_MB = 512
+
+
 @app.command()
 @user_errors
 def bench(
-    rows: int = typer.Option(1_000_000, "--rows", min=1000, help="Synthetic rows."),
-    features: int = typer.Option(16, "--features", min=1, help="Features."),
+    rows: int = typer.Option(BENCH_TABLE["rows"], "--rows", min=1000, help="Synthetic rows."),
+    features: int = typer.Option(BENCH_TABLE["features"], "--features", min=1, help="Features."),
     batch_size: str = typer.Option(
-        "256,4096", "--batch-size", help="Mini-batch sizes, comma-separated: each is timed."
-    ),
-    epochs: int = typer.Option(3, "--epochs", min=1, help="Timed epochs (median)."),
+        BENCH_TABLE["batch_size"],
+        "--batch-size",
+        help="Mini-batch sizes, comma-separated: each is timed.",
+    ),  # fmt: skip
+    epochs: int = typer.Option(
+        BENCH_TABLE["epochs"], "--epochs", min=1, help="Timed epochs (median)."
+    ),  # fmt: skip
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda[:N] | mps."),
     csv: bool = typer.Option(
         False, "--csv", help="Only time CSV loading (--rows x 17) against pandas."
@@ -686,7 +694,7 @@ def bench(
         0.0, "--stream-gb", help="Only measure streaming: generate this many GB of Parquet..."
     ),
     budget_mb: int = typer.Option(
-        512, "--budget-mb", min=1, help="...and train on it with this budget."
+        BENCH_BUDGET_MB, "--budget-mb", min=1, help="...and train on it with this budget."
     ),
     folder: Path | None = typer.Option(
         None, "--folder", help="Where the Parquet files go (default: a temporary folder)."
@@ -720,7 +728,8 @@ def bench(
             out.print(
                 f"CSV {rows:,} x 17 ({r['bytes'] / 1e6:.0f} MB): huberfit {r['huberfit']:.3f} s, "
                 f"pandas.read_csv + to_numpy(float32) {r['pandas']:.3f} s "
-                f"(ratio {r['huberfit'] / r['pandas']:.2f})"
+                f"(ratio {r['huberfit'] / r['pandas']:.2f})",
+                soft_wrap=False,
             )
             out.print("\n".join(host_lines()), soft_wrap=False)
         return
@@ -758,16 +767,18 @@ def _bench_flags_apart(csv: bool, stream_gb: float, folder: Path | None, rows: i
 
     if folder is not None and stream_gb == 0.0:
         raise ConfigError("--folder goes with --stream-gb (where its Parquet files are kept)")
-    if budget_mb != 512 and stream_gb == 0.0:
+    if budget_mb != BENCH_BUDGET_MB and stream_gb == 0.0:
         raise ConfigError("--budget-mb goes with --stream-gb (the streamed run's budget)")
     if csv and stream_gb != 0.0:
         raise ConfigError("--csv and --stream-gb are two measurements: run one at a time")
     if not (csv or stream_gb != 0.0):
         return
     what = "--csv" if csv else "--stream-gb"
-    table_only = {"--features": features != 16, "--batch-size": batch_size != "256,4096",
-                  "--epochs": epochs != 3, "--device": device not in ("auto", "cpu"),
-                  "--rows": stream_gb != 0.0 and rows != 1_000_000}  # fmt: skip
+    t = BENCH_TABLE
+    table_only = {"--features": features != t["features"],
+                  "--batch-size": batch_size != t["batch_size"], "--epochs": epochs != t["epochs"],
+                  "--device": device not in ("auto", "cpu"),
+                  "--rows": stream_gb != 0.0 and rows != t["rows"]}  # fmt: skip
     given = [flag for flag, differs in table_only.items() if differs]
     if given:
         raise ConfigError(f"{', '.join(given)} applies to the training table, not to {what} "
@@ -842,7 +853,8 @@ def _bench_streaming(gigabytes: float, budget_mb: int, folder: Path | None, json
         f"{s['epoch_vs_scan']:.2f}x the scan\n"
         f"peak RSS {r['peak_rss_mb']:.0f} MB with data.memory_budget_mb={budget_mb} (the size "
         f"from which a run streams, not a cap; a 1,000-row run: {r['baseline_rss_mb']:.0f} MB); "
-        f"a whole training run: {r['wall_seconds']:.0f} s"
+        f"a whole training run: {r['wall_seconds']:.0f} s",
+        soft_wrap=False,
     )
     out.print("\n".join(host_lines()), soft_wrap=False)
 
