@@ -781,8 +781,7 @@ def _bench_flags_apart(csv: bool, stream_gb: float, folder: Path | None, rows: i
                   "--rows": stream_gb != 0.0 and rows != t["rows"]}  # fmt: skip
     given = [flag for flag, differs in table_only.items() if differs]
     if given:
-        raise ConfigError(f"{', '.join(given)} applies to the training table, not to {what} "
-                          "(which measures on the CPU)")  # fmt: skip
+        raise ConfigError(f"{', '.join(given)} applies to the training table, not to {what}")
 
 
 def _batch_sizes(text: str) -> list[int]:
