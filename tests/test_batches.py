@@ -77,3 +77,17 @@ def test_the_order_does_not_depend_on_the_buffer():
     fresh = source.order(4)
     into = torch.full((5000,), -1, dtype=fresh.dtype)
     assert torch.equal(source.order(4, out=into), fresh) and torch.equal(into, fresh)
+
+
+def test_two_epochs_served_at_once_each_keep_their_own_order():
+    g = torch.Generator().manual_seed(4)
+    X, y = torch.randn(5000, 3, generator=g), torch.randn(5000, 1, generator=g)
+    source = InMemoryBatches(X, y, 100, seed=2)
+    first, second = source.epoch(0), source.epoch(1)
+    a = [next(first)[0].X for _ in range(3)]
+    b = torch.cat([batch.X for batch, _ in second])
+    a += [batch.X for batch, _ in first]
+    assert torch.equal(torch.cat(a), X[source.order(0).long()])
+    assert torch.equal(b, X[source.order(1).long()])
+    again = torch.cat([batch.X for batch, _ in source.epoch(0)])  # the buffer is free again
+    assert torch.equal(again, X[source.order(0).long()])
