@@ -160,6 +160,9 @@ def fit(
     run.reducer = reducer
     status, message = "completed", ""
     start = time.perf_counter()
+    plan, settle = getattr(batches, "plan", None), getattr(batches, "settle", None)
+    if plan is not None:  # a source that gathers the next epoch ahead stops at the last
+        plan(settings.epochs)
     try:
         if state.epoch < settings.epochs and run.stop_agreed(stop):  # asked before any step
             status = "interrupted"
@@ -186,6 +189,9 @@ def fit(
                 on_epoch(state)
     except Diverged as exc:
         status, message = "diverged", str(exc)
+    finally:
+        if settle is not None:  # no thread of the source's outlives training
+            settle()
     seconds = time.perf_counter() - start
     return FitResult(status, state, run.last, seconds, run.samples, message, run.history)
 
@@ -227,7 +233,8 @@ class _Run:
     def _threads(self) -> contextlib.AbstractContextManager:
         rows = getattr(self.batches, "batch_size", None) or self.batches.n
         width = self.model.weight.numel() if isinstance(self.model, nn.Linear) else SMALL_STEP
-        if not self.batches.in_memory:  # streamed: the other cores read and shuffle
+        if not self.batches.in_memory or getattr(self.batches, "reads_ahead", False):
+            # streamed, or the next epoch gathered ahead: the other cores read
             return step_threads(self.batches.device, 0)
         return step_threads(self.batches.device, rows * (width + 1))
 

@@ -13,6 +13,7 @@ import hashlib
 import itertools
 import math
 import mmap
+import threading
 from collections.abc import Iterable, Iterator
 from typing import Any, NamedTuple, Protocol
 
@@ -100,6 +101,74 @@ def empty_rows(shape: tuple[int, int], dtype: torch.dtype) -> torch.Tensor:
     return raw[start : start + nbytes].view(dtype).view(shape)
 
 
+# On the CPU, a whole epoch's rows are gathered into a table of their own on a background
+# thread while the epoch before is trained (two tables, lent to one epoch at a time), when
+# both fit in AHEAD_BYTES and the epoch has AHEAD_MIN_STEPS steps or more: the step then
+# never waits for a gather or a permutation. Measured on a 2-core Xeon, 1M x 16 float32,
+# consecutive epochs of the same step: batch 4096 32.3 ms against 43.4 ms gathering by
+# blocks, batch 256 92.6 ms against 115.2 ms.
+AHEAD_BYTES, AHEAD_MIN_STEPS = 512 * 2**20, 64
+
+
+class _EpochsAhead:
+    """The next epoch's rows, gathered on a background thread into the table the epoch
+    being trained does not use. ``take(e)`` gives epoch ``e``'s table (waiting for the
+    thread if it is making it; making it here otherwise); ``ahead(e)`` starts epoch ``e``;
+    ``settle()`` waits for the thread, and raises what it raised."""
+
+    def __init__(self, source: InMemoryBatches) -> None:
+        self.source = source
+        shape = tuple(source.XY.shape)
+        # read and written in order: ordinary pages (huge ones cost 100 ms more to fault in
+        # for 72 MB, for nothing here)
+        self.tables = [torch.empty(shape, dtype=source.XY.dtype) for _ in range(2)]
+        self.orders = [torch.empty(source.n, dtype=source._index_dtype()) for _ in range(2)]
+        self.made: list[int | None] = [None, None]  # the epoch each table holds
+        self.thread: threading.Thread | None = None
+        self.error: BaseException | None = None
+
+    def _make(self, epoch: int, slot: int, background: bool) -> None:
+        try:
+            if background:  # one thread of its own: the training thread has the other core
+                torch.set_num_threads(1)
+            self.source.order(epoch, out=self.orders[slot])
+            torch.index_select(self.source.XY, 0, self.orders[slot], out=self.tables[slot])
+            self.made[slot] = epoch
+        except BaseException as exc:  # noqa: BLE001 - raised on the training thread
+            self.made[slot], self.error = None, exc
+
+    def settle(self) -> None:
+        if self.thread is not None:
+            self.thread.join()
+            self.thread = None
+        error, self.error = self.error, None
+        if error is not None:
+            raise error
+
+    def take(self, epoch: int) -> tuple[torch.Tensor, int]:
+        """``(table, slot)`` of ``epoch``."""
+        self.settle()
+        slot = self.made.index(epoch) if epoch in self.made else None
+        if slot is None:  # the first epoch, or one not planned: made here, on every thread
+            slot = 0 if self.made[0] is None or self.made[1] is not None else 1
+            now = torch.get_num_threads()
+            torch.set_num_threads(self.source.threads)
+            try:
+                self._make(epoch, slot, background=False)
+            finally:
+                torch.set_num_threads(now)
+            self.settle()
+        return self.tables[slot], slot
+
+    def ahead(self, epoch: int, busy: int) -> None:
+        """Start making ``epoch`` in the table other than ``busy`` (the one being trained)."""
+        slot = 1 - busy
+        self.made[slot] = None
+        self.thread = threading.Thread(target=self._make, args=(epoch, slot, True),
+                                       name="huberfit-epoch-ahead")  # fmt: skip
+        self.thread.start()
+
+
 class InMemoryBatches:
     """Mini-batches over in-memory tensors, in a seeded order per epoch.
 
@@ -125,6 +194,23 @@ class InMemoryBatches:
         self.seed = seed
         self.threads = torch.get_num_threads()
         self._order_buffer: torch.Tensor | None = None  # epoch()'s, when no epoch holds it
+        self.last_epoch: int | None = None  # plan(): no epoch is gathered ahead past it
+        self._ahead: _EpochsAhead | None = None
+        self._serving = 0  # epochs being served now
+        table = self.XY.nbytes
+        self.reads_ahead = (on_cpu and 2 * table <= AHEAD_BYTES
+                            and self.steps_per_epoch() >= AHEAD_MIN_STEPS)  # fmt: skip
+
+    def plan(self, last_epoch: int) -> None:
+        """Training ends before epoch ``last_epoch``: no epoch from there on is gathered
+        ahead."""
+        self.last_epoch = last_epoch
+
+    def settle(self) -> None:
+        """Wait for an epoch being gathered ahead (before forking, exiting, or timing
+        something else); raises what that gather raised."""
+        if self._ahead is not None:
+            self._ahead.settle()
 
     def steps_per_epoch(self, accum: int = 1) -> int:
         return math.ceil(math.ceil(self.n / self.batch_size) / accum)
@@ -156,6 +242,9 @@ class InMemoryBatches:
             if skip == 0:
                 yield self._batches(self.XY)[0], self.n
             return
+        if self.reads_ahead and self._serving == 0:
+            yield from self._epoch_ahead(epoch, skip)
+            return
         # drawn into one buffer kept for every epoch: a fresh 4 MB (1M rows) is fresh pages
         # each epoch, 8.4 ms against 6.1 ms for the draw itself (2-core Xeon). An epoch
         # begun while another is still being served draws into its own tensor.
@@ -174,6 +263,24 @@ class InMemoryBatches:
                     yield batch, batch.X.shape[0]
         finally:  # served, or left early (closed): the buffer is free again
             self._order_buffer = buffer
+
+    def _epoch_ahead(self, epoch: int, skip: int) -> Iterator[tuple[Batch, int]]:
+        """The batches of ``epoch`` from its whole table (gathered ahead, or now), while
+        the next epoch is gathered into the other table."""
+        if self._ahead is None:
+            self._ahead = _EpochsAhead(self)
+        self._serving += 1
+        try:
+            table, slot = self._ahead.take(epoch)
+            if self.last_epoch is None or epoch + 1 < self.last_epoch:
+                self._ahead.ahead(epoch + 1, slot)
+            B = self.batch_size
+            per_block = B * max(1, BLOCK_ROWS // B)
+            for start in range(skip * B, self.n, per_block):
+                for batch in self._batches(table[start : start + per_block]):
+                    yield batch, batch.X.shape[0]
+        finally:
+            self._serving -= 1
 
     def _gather(self, idx: torch.Tensor) -> list[Batch]:
         """One block's rows, gathered with every thread torch had when this source was
