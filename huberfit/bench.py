@@ -39,7 +39,7 @@ from torch import nn
 from huberfit.artifacts import atomic_path
 from huberfit.data.batches import InMemoryBatches, empty_rows
 from huberfit.errors import RunError
-from huberfit.loop import FitSettings, fit
+from huberfit.loop import FitSettings, TrainState, fit
 from huberfit.losses import HuberLoss, huber_reference
 from huberfit.model import build_model
 from huberfit.optim import SGD
@@ -101,12 +101,28 @@ class _NullSink:
     def epoch(self, report: Any) -> None: ...
 
 
-def engine_epoch(
+class _EpochClock:
+    """Forwards to a sink and notes the time at the end of each epoch."""
+
+    def __init__(self, sink: Any) -> None:
+        self.sink, self.ends = sink, []
+
+    def step(self, step: int, loss: float) -> None:
+        self.sink.step(step, loss)
+
+    def epoch(self, report: Any) -> None:
+        self.sink.epoch(report)
+        self.ends.append(time.perf_counter())
+
+
+def engine_epochs(
     X, y, batch_size: int, device: torch.device, sinks: Any = None, validate: bool = False
-):
-    """One epoch of huberfit's engine (b), doing what the tutorial loop does; with
-    ``validate`` it also scores a validation slice each epoch and ``sinks`` (e.g.
-    TensorBoard) receive everything a run logs (d)."""
+) -> Callable[[int], list[float]]:
+    """Epochs of huberfit's engine (b), doing what the tutorial loop does: ``epochs(k)``
+    trains ``k`` more epochs of one training, as a run does (within a call the next
+    epoch's rows are gathered ahead; the first epoch of a call gathers its own), and
+    returns each epoch's wall time. With ``validate`` it also scores a validation slice
+    each epoch, and ``sinks`` (e.g. TensorBoard) receive everything a run logs (d)."""
     Xd, yd = X.to(device), y.to(device)
     model = build_model(X.shape[1], True, 0, X.dtype).to(device)
     opt = SGD(list(model.parameters()), lr=0.01)
@@ -126,11 +142,17 @@ def engine_epoch(
         params = {f"x{i}": v for i, v in enumerate(w)} | {"intercept": float(m.bias)}
         return val, params, r.cpu().numpy()
 
-    def epoch() -> None:
-        fit(model, loss_fn, batches, opt, sinks or _NullSink(), FitSettings(epochs=1), evaluate)
-        _sync(device)
+    state = TrainState()
 
-    return epoch
+    def epochs(k: int = 1) -> list[float]:
+        clock = _EpochClock(sinks or _NullSink())
+        start = time.perf_counter()
+        fit(model, loss_fn, batches, opt, clock, FitSettings(epochs=state.epoch + k), evaluate,
+            state=state)  # fmt: skip
+        _sync(device)
+        return [b - a for a, b in zip([start, *clock.ends[:-1]], clock.ends, strict=True)]
+
+    return epochs
 
 
 def bare_epoch(X, y, batch_size: int, device: torch.device) -> Callable[[], None]:
@@ -167,19 +189,19 @@ def _sync(device: torch.device) -> None:
         torch.mps.synchronize()
 
 
-def _interleaved(slow: Callable[[], None], fast: Callable[[], None], bare: Callable[[], None],
-                 repeats: int):  # fmt: skip
-    """Time ``repeats`` epochs of ``slow`` with three of ``fast`` and one of ``bare`` after
-    each, so all see the same machine (a shared one drifts between busy and quiet over
-    seconds); medians."""
-    slow(), fast(), bare()  # warm-up
+def _interleaved(slow: Callable[[], None], fast: Callable[[int], list[float]],
+                 bare: Callable[[], None], repeats: int):  # fmt: skip
+    """Time ``repeats`` rounds of one epoch of ``slow``, three consecutive epochs of
+    ``fast`` and one of ``bare``, so all see the same machine (a shared one drifts between
+    busy and quiet over seconds); medians."""
+    slow(), fast(3), bare()  # warm-up
     times: tuple[list[float], list[float], list[float]] = ([], [], [])
     for _ in range(repeats):
-        for fn, out, count in ((slow, times[0], 1), (fast, times[1], 3), (bare, times[2], 1)):
-            for _ in range(count):
-                t0 = time.perf_counter()
-                fn()
-                out.append(time.perf_counter() - t0)
+        for fn, out in ((slow, times[0]), (bare, times[2])):
+            t0 = time.perf_counter()
+            fn()
+            out.append(time.perf_counter() - t0)
+        times[1].extend(fast(3))
     return tuple(_summary(t) for t in times)
 
 
@@ -261,7 +283,7 @@ def run_bench(rows: int, features: int, batch_sizes: list[int], epochs: int,
         progress(f"batch {size}: tutorial loop, huberfit engine and bare update, interleaved")
         t: dict[str, Any] = {}
         t["tutorial"], t["engine"], t["bare"] = _interleaved(
-            tutorial_epoch(X, y, size, device), engine_epoch(X, y, size, device),
+            tutorial_epoch(X, y, size, device), engine_epochs(X, y, size, device),
             bare_epoch(X, y, size, device), repeats,
         )  # fmt: skip
         progress(f"batch {size}: TensorBoard on vs off")
@@ -311,8 +333,16 @@ def _tb_pair(X, y, batch_size, device, repeats):
     with tempfile.TemporaryDirectory() as folder:
         timed = _TimedSink(TensorBoardSink(folder, flush_secs=5))
         try:
-            with_tb = engine_epoch(X, y, batch_size, device, sinks=timed, validate=True)
-            without = engine_epoch(X, y, batch_size, device, validate=True)
+            # one epoch at a time, each arm alike (a call gathers its own epoch's rows)
+            tb_on = engine_epochs(X, y, batch_size, device, sinks=timed, validate=True)
+            tb_off = engine_epochs(X, y, batch_size, device, validate=True)
+
+            def with_tb() -> None:
+                tb_on(1)
+
+            def without() -> None:
+                tb_off(1)
+
             with_tb(), without()
             timed.seconds = 0.0
             ta, tb_ = [], []
