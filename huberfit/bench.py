@@ -568,9 +568,9 @@ def table_notes(res: BenchResult) -> list[str]:
     paired = f"{min(pairs)}" if min(pairs) == max(pairs) else f"{min(pairs)}-{max(pairs)}"
     return [  # each line fits 80 columns
         "ms: per epoch; (c) per forward+backward, (e) in all",
-        f"medians: (a) and (b') of {e} epoch{'s' * (e != 1)}, (b) of {3 * e}, (d) of {paired} "
-        "pairs (TB off, on)",
-        "(d): the engine also scoring the validation rows each epoch, as a run does",
+        f"medians: (a) and (b') of {e} epoch{'s' * (e != 1)}, (b) of {3 * e} (3 a round), (d) of "
+        f"{paired} pairs",
+        "(d): one epoch at a time, scoring validation rows as a run does; TB off, on",
     ]
 
 

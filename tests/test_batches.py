@@ -91,3 +91,82 @@ def test_two_epochs_served_at_once_each_keep_their_own_order():
     assert torch.equal(b, X[source.order(1).long()])
     again = torch.cat([batch.X for batch, _ in source.epoch(0)])  # the buffer is free again
     assert torch.equal(again, X[source.order(0).long()])
+
+
+def _source(n=200_000, batch=1024, seed=9):
+    g = torch.Generator().manual_seed(seed)
+    X, y = torch.randn(n, 6, generator=g), torch.randn(n, 1, generator=g)
+    return InMemoryBatches(X, y, batch, seed), X, y
+
+
+def _served(source, epoch, skip=0):
+    return torch.cat([b.X1T for b, _ in source.epoch(epoch, skip)], dim=1)
+
+
+def test_epochs_gathered_ahead_are_the_epochs_gathered_by_blocks():
+    ahead, X, y = _source()
+    blocks = InMemoryBatches(X, y, 1024, 9)
+    blocks.reads_ahead = False
+    assert ahead.reads_ahead
+    for epoch, skip in [(0, 0), (1, 0), (2, 7), (2, 0), (5, 0), (6, 195)]:
+        assert torch.equal(_served(ahead, epoch, skip), _served(blocks, epoch, skip))
+    ahead.settle()
+
+
+def test_no_epoch_is_gathered_ahead_past_the_planned_last():
+    source, _, _ = _source()
+    source.plan(2)
+    _served(source, 0)
+    assert source._ahead.thread is not None  # epoch 1, being gathered
+    _served(source, 1)
+    assert source._ahead.thread is None  # epoch 2 will not come
+    source.settle()
+
+
+def test_a_failed_gather_ahead_is_raised_on_the_training_thread(monkeypatch):
+    source, _, _ = _source()
+    _served(source, 0)  # epoch 1 is gathered ahead meanwhile: let it fail
+    source.settle()
+    original = source.order
+
+    def broken(epoch, out=None):
+        if epoch == 2:
+            raise MemoryError("no room for epoch 2")
+        return original(epoch, out)
+
+    monkeypatch.setattr(source, "order", broken)
+    _served(source, 1)  # starts epoch 2 ahead, which fails
+    with pytest.raises(MemoryError, match="no room for epoch 2"):
+        source.settle()
+
+
+@pytest.mark.parametrize("stop", ["completed", "diverged"])
+def test_training_leaves_no_thread_behind_and_the_same_weights(stop):
+    import threading
+
+    from huberfit.loop import FitSettings, fit
+    from huberfit.losses import build_loss
+    from huberfit.model import build_model
+    from huberfit.optim import SGD
+
+    weights = []
+    for ahead in (True, False):
+        source, _, _ = _source(batch=2048)
+        source.reads_ahead = ahead
+        if stop == "diverged":
+            source.XY[:, -1] *= 1e30  # targets that make MSE overflow in the second epoch
+        model = build_model(6, True, 0, torch.float32)
+        opt = SGD(list(model.parameters()), lr=0.05 if stop == "completed" else 0.5)
+        loss = build_loss("huber" if stop == "completed" else "mse")
+        result = fit(model, loss, source, opt, _Quiet(), FitSettings(epochs=4),
+                     lambda m: (None, {}, None))  # fmt: skip
+        assert result.status == stop
+        assert not [t for t in threading.enumerate() if t.name == "huberfit-epoch-ahead"]
+        weights.append(torch.cat([model.weight.reshape(-1), model.bias]).detach())
+    if stop == "completed":  # gathered ahead or by blocks: the same batches, bit for bit
+        assert torch.equal(weights[0], weights[1])
+
+
+class _Quiet:
+    def step(self, step: int, loss: float) -> None: ...
+    def epoch(self, report) -> None: ...
