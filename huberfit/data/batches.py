@@ -20,7 +20,7 @@ from typing import Any, NamedTuple, Protocol
 import numpy as np
 import torch
 
-from huberfit.data.stream import Piece, StreamInfo, prefetch
+from huberfit.data.stream import Piece, StreamInfo, memory_budget_mb, prefetch
 from huberfit.errors import DataError
 
 Chunk = tuple[torch.Tensor, torch.Tensor]  # (X (b, f), y (b, 1)), on the training device
@@ -103,10 +103,11 @@ def empty_rows(shape: tuple[int, int], dtype: torch.dtype) -> torch.Tensor:
 
 # On the CPU, a whole epoch's rows are gathered into a table of their own on a background
 # thread while the epoch before is trained (two tables, lent to one epoch at a time), when
-# both fit in AHEAD_BYTES and the epoch has AHEAD_MIN_STEPS steps or more: the step then
-# never waits for a gather or a permutation. Measured on a 2-core Xeon, 1M x 16 float32,
-# consecutive epochs of the same step: batch 4096 32.3 ms against 43.4 ms gathering by
-# blocks, batch 256 92.6 ms against 115.2 ms.
+# both fit in AHEAD_BYTES (and an eighth of the RAM) and the epoch has AHEAD_MIN_STEPS
+# steps or more: the step then never waits for a gather or a permutation. Measured on a
+# 2-core Xeon, 1M x 16 float32, consecutive epochs of the same step: batch 4096 32.3 ms
+# against 43.4 ms gathering by blocks, batch 256 92.6 ms against 115.2 ms; whole runs of
+# 8 epochs 42.6-46.3 ms an epoch against 45.4-55.6 (the first epoch gathers its own).
 AHEAD_BYTES, AHEAD_MIN_STEPS = 512 * 2**20, 64
 VIEWS_AT_ONCE = 64  # batches whose views one ``_batches`` call makes from a gathered table
 
@@ -198,8 +199,9 @@ class InMemoryBatches:
         self.last_epoch: int | None = None  # plan(): no epoch is gathered ahead past it
         self._ahead: _EpochsAhead | None = None
         self._serving = 0  # epochs being served now
-        table = self.XY.nbytes
-        self.reads_ahead = (on_cpu and 2 * table <= AHEAD_BYTES
+        # the two tables: at most AHEAD_BYTES, and at most an eighth of this machine's RAM
+        room = min(AHEAD_BYTES, memory_budget_mb(None) * 2**20 / 2)
+        self.reads_ahead = (on_cpu and 2 * self.XY.nbytes <= room
                             and self.steps_per_epoch() >= AHEAD_MIN_STEPS)  # fmt: skip
 
     def plan(self, last_epoch: int) -> None:
