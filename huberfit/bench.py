@@ -347,9 +347,9 @@ def _tb_pair(X, y, batch_size, device, repeats):
             timed.seconds = 0.0
             ta, tb_ = [], []
             start, i = time.perf_counter(), 0
-            # at least 4 pairs an epoch asked for (12 at least) and 3 s of them: a median of
+            # at least 4 pairs an epoch asked for (12 at least) and 5 s of them: a median of
             # ratios a few percent apart needs more pairs of short epochs than of long ones
-            while i < max(4 * repeats, 12) or (time.perf_counter() - start < 3.0 and i < 60):
+            while i < max(4 * repeats, 12) or (time.perf_counter() - start < 5.0 and i < 80):
                 pair = ((with_tb, ta), (without, tb_)) if i % 2 else ((without, tb_), (with_tb, ta))
                 for fn, times in pair:
                     t0 = time.perf_counter()
