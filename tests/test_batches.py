@@ -94,9 +94,25 @@ def test_two_epochs_served_at_once_each_keep_their_own_order():
 
 
 def _source(n=200_000, batch=1024, seed=9):
+    """A source that gathers ahead (forced: with torch on one thread it would not)."""
     g = torch.Generator().manual_seed(seed)
     X, y = torch.randn(n, 6, generator=g), torch.randn(n, 1, generator=g)
-    return InMemoryBatches(X, y, batch, seed), X, y
+    source = InMemoryBatches(X, y, batch, seed)
+    source.reads_ahead = True
+    return source, X, y
+
+
+def test_epochs_are_gathered_ahead_only_with_a_core_for_it():
+    X, y = torch.zeros(200_000, 6), torch.zeros(200_000, 1)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)  # a sweep's worker: one core of its own
+        assert not InMemoryBatches(X, y, 1024, 0).reads_ahead
+        torch.set_num_threads(2)
+        assert InMemoryBatches(X, y, 1024, 0).reads_ahead
+        assert not InMemoryBatches(X, y, 10_000, 0).reads_ahead  # 20 steps an epoch
+    finally:
+        torch.set_num_threads(before)
 
 
 def _served(source, epoch, skip=0):
@@ -107,7 +123,6 @@ def test_epochs_gathered_ahead_are_the_epochs_gathered_by_blocks():
     ahead, X, y = _source()
     blocks = InMemoryBatches(X, y, 1024, 9)
     blocks.reads_ahead = False
-    assert ahead.reads_ahead
     for epoch, skip in [(0, 0), (1, 0), (2, 7), (2, 0), (5, 0), (6, 195)]:
         assert torch.equal(_served(ahead, epoch, skip), _served(blocks, epoch, skip))
     ahead.settle()

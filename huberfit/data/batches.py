@@ -199,9 +199,10 @@ class InMemoryBatches:
         self.last_epoch: int | None = None  # plan(): no epoch is gathered ahead past it
         self._ahead: _EpochsAhead | None = None
         self._serving = 0  # epochs being served now
-        # the two tables: at most AHEAD_BYTES, and at most an eighth of this machine's RAM
+        # the two tables: at most AHEAD_BYTES, and at most an eighth of this machine's RAM;
+        # and a core for the thread (torch on one thread, as in a sweep's workers: none)
         room = min(AHEAD_BYTES, memory_budget_mb(None) * 2**20 / 2)
-        self.reads_ahead = (on_cpu and 2 * self.XY.nbytes <= room
+        self.reads_ahead = (on_cpu and self.threads > 1 and 2 * self.XY.nbytes <= room
                             and self.steps_per_epoch() >= AHEAD_MIN_STEPS)  # fmt: skip
 
     def plan(self, last_epoch: int) -> None:
