@@ -343,6 +343,7 @@ class ShardedBatches(InMemoryBatches):
     def __init__(self, X, y, batch_size: int | None, seed: int, rank: int, world: int):
         super().__init__(X, y, batch_size, seed)
         self.rank, self.world = rank, world
+        self.reads_ahead = False  # its epochs are index lists, gathered late by ``take``
 
     def epoch(self, epoch: int, skip: int = 0) -> Iterator[tuple[torch.Tensor, int]]:
         """Row indices (gathered late, by ``take``), this rank's share of each batch."""
