@@ -233,8 +233,7 @@ class _Run:
     def _threads(self) -> contextlib.AbstractContextManager:
         rows = getattr(self.batches, "batch_size", None) or self.batches.n
         width = self.model.weight.numel() if isinstance(self.model, nn.Linear) else SMALL_STEP
-        if not self.batches.in_memory or getattr(self.batches, "reads_ahead", False):
-            # streamed, or the next epoch gathered ahead: the other cores read
+        if not self.batches.in_memory:  # streamed: the other cores read and shuffle
             return step_threads(self.batches.device, 0)
         return step_threads(self.batches.device, rows * (width + 1))
 

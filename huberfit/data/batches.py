@@ -140,9 +140,9 @@ class _EpochsAhead:
             self.made[slot], self.error = None, exc
 
     def settle(self) -> None:
-        if self.thread is not None:
-            self.thread.join()
-            self.thread = None
+        thread, self.thread = self.thread, None
+        if thread is not None and thread.ident is not None:  # None: start was cut short
+            thread.join()
         error, self.error = self.error, None
         if error is not None:
             raise error
