@@ -9,6 +9,7 @@ train or sinks.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import itertools
 import math
@@ -153,12 +154,8 @@ class _EpochsAhead:
         slot = self.made.index(epoch) if epoch in self.made else None
         if slot is None:  # the first epoch, or one not planned: made here, on every thread
             slot = 0 if self.made[0] is None or self.made[1] is not None else 1
-            now = torch.get_num_threads()
-            torch.set_num_threads(self.source.threads)
-            try:
+            with self.source.every_thread():
                 self._make(epoch, slot, background=False)
-            finally:
-                torch.set_num_threads(now)
             self.settle()
         return self.tables[slot], slot
 
@@ -290,12 +287,20 @@ class InMemoryBatches:
         """One block's rows, gathered with every thread torch had when this source was
         made: a gather is bound by memory latency, and two threads fetch twice the rows
         (the step itself may run on one thread; see ``loop.step_threads``)."""
+        with self.every_thread():
+            return self._batches(self.XY.index_select(0, idx))
+
+    @contextlib.contextmanager
+    def every_thread(self) -> Iterator[None]:
+        """Run with every thread torch had when this source was made (a gather is bound by
+        memory latency: two threads fetch twice the rows)."""
         now = torch.get_num_threads()
         if now == self.threads or self.device.type != "cpu":
-            return self._batches(self.XY.index_select(0, idx))
+            yield
+            return
         torch.set_num_threads(self.threads)
         try:
-            return self._batches(self.XY.index_select(0, idx))
+            yield
         finally:
             torch.set_num_threads(now)
 
