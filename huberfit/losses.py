@@ -49,36 +49,52 @@ def _reduce(loss: torch.Tensor, reduction: str) -> torch.Tensor:
     return loss
 
 
-_SCRATCH: dict[tuple[torch.dtype, torch.device], torch.Tensor] = {}
+_CONSTANTS: dict[tuple, tuple[float, torch.Tensor, torch.Tensor | None]] = {}
 
 
-def _scratch(like: torch.Tensor, rows: int = 1) -> torch.Tensor:
-    """A reusable flat buffer of ``rows`` times as many elements as ``like``: forward's
-    residual and its clamp are temporaries, and a fresh multi-MB allocation per call
-    costs more (page faults) than the arithmetic."""
-    key = (like.dtype, like.device)
-    size = rows * like.numel()
-    buf = _SCRATCH.get(key)
-    if buf is None or buf.numel() < size:
-        buf = _SCRATCH[key] = torch.empty(size, dtype=like.dtype, device=like.device)
-    return buf[:size]
+def _constants(
+    n: int, reduction: str, delta: float, like: torch.Tensor
+) -> tuple[float, torch.Tensor, torch.Tensor | None]:
+    """What forward needs for ``n`` elements, made once and kept (the last one only):
 
-
-_WEIGHTS: dict[tuple[int, str, torch.dtype, torch.device], torch.Tensor] = {}
-
-
-def _weights(n: int, reduction: str, like: torch.Tensor) -> torch.Tensor:
-    """``[1, -1/2]``, divided by ``n`` for the mean, on ``like``'s device: the weights that
-    turn ``[sum(d * c), sum(c * c)]`` into the loss. Made there by a fill (no copy from
-    the host, so no device synchronisation); the last one is kept."""
-    key = (n, reduction, like.dtype, like.device)
-    w = _WEIGHTS.get(key)
-    if w is None:
-        _WEIGHTS.clear()
-        scale = (1.0 / n if n else math.nan) if reduction == "mean" else 1.0  # torch: nan
-        w = _WEIGHTS[key] = torch.full((2,), scale, dtype=like.dtype, device=like.device)
+    - the clamp's bound, ``delta`` times ``s`` rounded as ``like``'s dtype rounds it, where
+      ``s`` is ``1/n`` for the mean (rounded the same way) and 1 otherwise;
+    - the weights that turn ``[sum(d * c), sum(c * c)]`` of the scaled rows into the loss:
+      ``[1, -1/2] / (n s**2)``, made on the device by a fill (no copy, so no
+      synchronisation);
+    - for the mean, ``1/2`` as a 0-dim tensor on the device (see ``_residual``).
+    """
+    key = (n, reduction, delta, like.dtype, like.device)
+    kept = _CONSTANTS.get(key)
+    if kept is None:
+        _CONSTANTS.clear()
+        scaled = reduction == "mean" and n > 1
+        one = torch.ones((), dtype=like.dtype)  # the dtype's rounding, on the host
+        s = one / n if scaled else one
+        bound = float(one * delta * s) if scaled else delta
+        if reduction != "mean":
+            weight = 1.0
+        else:  # no rows: nan, as torch; otherwise 1 / (n s**2), which is 1/n when s is 1
+            weight = 1.0 / (n * float(s) ** 2) if n else math.nan
+        w = torch.full((2,), weight, dtype=like.dtype, device=like.device)
         w[1:].mul_(-0.5)
-    return w
+        half = torch.full((), 0.5, dtype=like.dtype, device=like.device) if scaled else None
+        kept = _CONSTANTS[key] = (bound, w, half)
+    return kept
+
+
+def _residual(y_pred: torch.Tensor, y_true: torch.Tensor, half: torch.Tensor | None, out) -> None:
+    """``out = y_pred - y_true``, or ``(y_pred - y_true) / n`` for the mean, in one pass.
+
+    The scaled one is MSE's gradient kernel, ``(2 / n) * (y_pred - y_true) * g``, with
+    ``g = 1/2``: torch has no other single kernel for a scaled difference. Rounded as
+    ``(y_pred - y_true) * s`` is (``2 s`` and the halving are exact), so the clamp of it is
+    ``F.huber_loss``'s gradient bit for bit.
+    """
+    if half is None:
+        torch.sub(y_pred, y_true, out=out)
+    else:
+        torch.ops.aten.mse_loss_backward.grad_input(half, y_pred, y_true, 1, grad_input=out)
 
 
 class _HuberFunction(torch.autograd.Function):
@@ -87,29 +103,37 @@ class _HuberFunction(torch.autograd.Function):
     With ``d = y_pred - y_true`` and ``c = clamp(d, -delta, delta)``, the loss is
     ``d * c - c**2 / 2`` on both branches (``|d| <= delta``: ``d**2/2``; otherwise
     ``delta * |d| - delta**2/2``), so the sum is ``sum(d * c) - sum(c * c) / 2`` and ``c``
-    is already the gradient. ``d`` and ``c`` are the two rows of one reused buffer, so
-    both sums are one matrix-vector product, ``[d; c] @ c``: one pass over the two
-    (measured 1M float32 on a 2-core Xeon: 0.34 ms, two dot products 0.57 ms). The
-    only new tensor is the gradient, ``c`` scaled for the reduction.
+    is already the gradient.
+
+    Three passes over the data: for the mean, ``d`` is made already divided by ``n``, so its
+    clamp (at ``delta / n``) *is* the gradient; ``d`` and ``c`` are the two rows of one new
+    buffer, so both sums are one matrix-vector product, ``[d; c] @ c``, and ``c`` (a view
+    of the second row) is handed to autograd as it is. Measured on a 2-core Xeon, 1M
+    float32, forward + backward: 1.07x ``F.huber_loss`` against 1.29x for the four passes
+    before (``d``, its clamp, the sums, ``c / n``).
+
+    The sums are float accumulations of the scaled rows: in float32 the loss has the
+    relative error of a float32 dot product over ``n`` terms, and an absolute error below
+    ``n**2`` times the smallest normal float (1e-26 for 1M rows), where products of
+    residuals under ``n * 1e-19`` underflow. The gradient is exact.
     """
 
     @staticmethod
     def forward(ctx, y_pred, y_true, delta: float, reduction: str):  # type: ignore[override]
         n = y_pred.numel()
-        rows = _scratch(y_pred, 2).view(2, n)
+        bound, weights, half = _constants(n, reduction, delta, y_pred)
+        rows = y_pred.new_empty((2, n))
         d, c = rows[0].view(y_pred.shape), rows[1].view(y_pred.shape)
-        torch.sub(y_pred, y_true, out=d)
-        torch.clamp(d, -delta, delta, out=c)
+        _residual(y_pred, y_true, half, d)
+        torch.clamp(d, -bound, bound, out=c)
         if reduction == "none":
             loss = d * c - 0.5 * c * c
-        else:  # [sum(d * c), sum(c * c)] @ [1, -1/2] (/ n): two ops, not five
-            loss = torch.dot(torch.mv(rows, rows[1]), _weights(n, reduction, rows))
-        # the gradient for an upstream gradient of 1: c, or c / n for the mean (one pass
-        # either way); backward then rescales only if the upstream one is not 1
-        ctx.unit = 1.0 / max(n, 1) if reduction == "mean" else 1.0  # no rows: no gradient
-        # It lives on ctx (not save_for_backward) because backward hands it out as the
-        # gradient itself; a second backward recomputes it from the inputs.
-        ctx.grad = torch.mul(c, ctx.unit)
+        else:  # [sum(d * c), sum(c * c)] @ weights: two ops, not five
+            loss = torch.dot(torch.mv(rows, rows[1]), weights)
+        # c is the gradient for an upstream gradient of 1; backward rescales it only if the
+        # upstream one is not 1. It lives on ctx (not save_for_backward) because backward
+        # hands it out as the gradient itself; a second backward recomputes it.
+        ctx.grad = c
         ctx.save_for_backward(y_pred, y_true)
         ctx.delta, ctx.reduction = delta, reduction
         return loss
@@ -119,7 +143,10 @@ class _HuberFunction(torch.autograd.Function):
         grad, ctx.grad = ctx.grad, None
         if grad is None:  # a second backward (retain_graph=True): the buffer was handed out
             y_pred, y_true = ctx.saved_tensors
-            grad = torch.sub(y_pred, y_true).clamp_(-ctx.delta, ctx.delta).mul_(ctx.unit)
+            bound, _, half = _constants(y_pred.numel(), ctx.reduction, ctx.delta, y_pred)
+            grad = torch.empty_like(y_pred)
+            _residual(y_pred, y_true, half, grad)
+            grad.clamp_(-bound, bound)
         if not _is_one(grad_out):
             grad = grad.mul_(grad_out)
         grad_true = -grad if ctx.needs_input_grad[1] else None
