@@ -189,19 +189,25 @@ def _sync(device: torch.device) -> None:
         torch.mps.synchronize()
 
 
+# (b) trains this many consecutive epochs of one training a round, as a run has them: the
+# first gathers its own rows and the last prepares no next one, so a median of epochs is
+# a run's steady epoch, not one of those two
+RUN_EPOCHS = 5
+
+
 def _interleaved(slow: Callable[[], None], fast: Callable[[int], list[float]],
                  bare: Callable[[], None], repeats: int):  # fmt: skip
-    """Time ``repeats`` rounds of one epoch of ``slow``, three consecutive epochs of
+    """Time ``repeats`` rounds of one epoch of ``slow``, ``RUN_EPOCHS`` consecutive epochs of
     ``fast`` and one of ``bare``, so all see the same machine (a shared one drifts between
     busy and quiet over seconds); medians."""
-    slow(), fast(3), bare()  # warm-up
+    slow(), fast(RUN_EPOCHS), bare()  # warm-up
     times: tuple[list[float], list[float], list[float]] = ([], [], [])
     for _ in range(repeats):
         for fn, out in ((slow, times[0]), (bare, times[2])):
             t0 = time.perf_counter()
             fn()
             out.append(time.perf_counter() - t0)
-        times[1].extend(fast(3))
+        times[1].extend(fast(RUN_EPOCHS))
     return tuple(_summary(t) for t in times)
 
 
@@ -306,61 +312,57 @@ def run_bench(rows: int, features: int, batch_sizes: list[int], epochs: int,
     return res
 
 
-class _TimedSink:
-    """Forwards to a sink and adds up the time spent inside it."""
+class _Switch:
+    """Forwards to a sink in the epochs whose turn it is (``turns[i]`` for the i-th epoch
+    of a call) and adds up the time spent inside it."""
 
     def __init__(self, sink: Any) -> None:
         self.sink, self.seconds = sink, 0.0
+        self.turns: list[bool] = []
+
+    def plan(self, turns: list[bool]) -> None:
+        self.turns, self.seconds = list(turns), 0.0
 
     def step(self, step: int, loss: float) -> None:
-        t0 = time.perf_counter()
-        self.sink.step(step, loss)
-        self.seconds += time.perf_counter() - t0
+        if self.turns[0]:
+            t0 = time.perf_counter()
+            self.sink.step(step, loss)
+            self.seconds += time.perf_counter() - t0
 
     def epoch(self, report: Any) -> None:
-        t0 = time.perf_counter()
-        self.sink.epoch(report)
-        self.seconds += time.perf_counter() - t0
+        if self.turns.pop(0):
+            t0 = time.perf_counter()
+            self.sink.epoch(report)
+            self.seconds += time.perf_counter() - t0
 
 
 def _tb_pair(X, y, batch_size, device, repeats):
-    """Engine epochs with a real TensorBoard sink and without, in pairs, alternating which
-    goes first; the overhead is the median of the pairs' ratios (a pair shares the
-    machine's state, so a busy neighbour cancels out). The time spent inside the sink
-    (synchronous: it has no writer thread) is measured directly as well."""
+    """One training, scoring validation rows each epoch as a run does, with a real
+    TensorBoard sink switched on and off epoch by epoch in pairs (on-off, off-on, ...: a
+    slow stretch of a shared machine falls on both alike). Both arms share everything else
+    (the tables, the rows gathered ahead, the model), so the overhead, the median of the
+    pairs' ratios, is the sink's own. The time spent inside the sink (synchronous: it has
+    no writer thread) is measured directly as well."""
     from huberfit.sinks import TensorBoardSink
 
     with tempfile.TemporaryDirectory() as folder:
-        timed = _TimedSink(TensorBoardSink(folder, flush_secs=5))
+        switch = _Switch(TensorBoardSink(folder, flush_secs=5))
         try:
-            # one epoch at a time, each arm alike (a call gathers its own epoch's rows)
-            tb_on = engine_epochs(X, y, batch_size, device, sinks=timed, validate=True)
-            tb_off = engine_epochs(X, y, batch_size, device, validate=True)
-
-            def with_tb() -> None:
-                tb_on(1)
-
-            def without() -> None:
-                tb_off(1)
-
-            with_tb(), without()
-            timed.seconds = 0.0
-            ta, tb_ = [], []
-            start, i = time.perf_counter(), 0
+            epochs = engine_epochs(X, y, batch_size, device, sinks=switch, validate=True)
+            switch.plan([True, False, True])  # warm-up; the first epoch gathers its own rows
+            epoch_s = statistics.median(epochs(3)[1:])
             # at least 4 pairs an epoch asked for (12 at least) and 5 s of them: a median of
             # ratios a few percent apart needs more pairs of short epochs than of long ones
-            while i < max(4 * repeats, 12) or (time.perf_counter() - start < 5.0 and i < 80):
-                pair = ((with_tb, ta), (without, tb_)) if i % 2 else ((without, tb_), (with_tb, ta))
-                for fn, times in pair:
-                    t0 = time.perf_counter()
-                    fn()
-                    times.append(time.perf_counter() - t0)
-                i += 1
+            n = min(max(4 * repeats, 12, math.ceil(5.0 / (2 * epoch_s))), 80)
+            turns = [i % 4 in (0, 3) for i in range(2 * n)]  # on off off on on off ...
+            switch.plan([False, *turns])  # the first epoch of a call gathers its own rows
+            times = epochs(2 * n + 1)[1:]
         finally:
-            timed.sink.close()
-    overhead = statistics.median(a / b for a, b in zip(ta, tb_, strict=True)) - 1
-    on = {**_summary(ta), "in_sink": timed.seconds / len(ta), "pairs": len(ta)}
-    return on, _summary(tb_), overhead
+            switch.sink.close()
+    on = [t for t, turn in zip(times, turns, strict=True) if turn]
+    off = [t for t, turn in zip(times, turns, strict=True) if not turn]
+    overhead = statistics.median(a / b for a, b in zip(on, off, strict=True)) - 1
+    return {**_summary(on), "in_sink": switch.seconds / n, "pairs": n}, _summary(off), overhead
 
 
 def csv_load_pair(rows: int = 1_000_000, columns: int = 17, repeats: int = 3) -> dict[str, Any]:
@@ -568,9 +570,10 @@ def table_notes(res: BenchResult) -> list[str]:
     paired = f"{min(pairs)}" if min(pairs) == max(pairs) else f"{min(pairs)}-{max(pairs)}"
     return [  # each line fits 80 columns
         "ms: per epoch; (c) per forward+backward, (e) in all",
-        f"medians: (a) and (b') of {e} epoch{'s' * (e != 1)}, (b) of {3 * e} (3 a round), (d) of "
+        f"medians: (a) and (b') of {e} epoch{'s' * (e != 1)}, (b) of {RUN_EPOCHS * e} "
+        f"({RUN_EPOCHS} a round), (d) of "
         f"{paired} pairs",
-        "(d): one epoch at a time, scoring validation rows as a run does; TB off, on",
+        "(d): one training, TB on and off by turns, epoch by epoch; validation scored",
     ]
 
 

@@ -89,7 +89,7 @@ def test_bench_reports_every_measurement(runner):
         assert re.search(rf"^│ {re.escape(what)} +│", shown, re.M), what
     assert re.search(r"^│ \(b\) huberfit engine +│ +4,096 │", shown, re.M)
     lines = shown.splitlines()
-    assert any(re.fullmatch(r"medians: \(a\) and \(b'\) of 1 epoch, \(b\) of 3 \(3 a round\), "
+    assert any(re.fullmatch(r"medians: \(a\) and \(b'\) of 1 epoch, \(b\) of 5 \(5 a round\), "
                             r"\(d\) of \d+ pairs", ln) for ln in lines)  # fmt: skip
     hardware, software = data["host"].split("; ")
     assert f"machine: {hardware}" in lines and f"software: {software}" in lines
