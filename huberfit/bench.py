@@ -193,6 +193,7 @@ def _sync(device: torch.device) -> None:
 # first gathers its own rows and the last prepares no next one, so a median of epochs is
 # a run's steady epoch, not one of those two
 RUN_EPOCHS = 5
+TB_AB_SECONDS = 10.0  # (d): seconds of paired epochs per batch size
 
 
 def _interleaved(slow: Callable[[], None], fast: Callable[[int], list[float]],
@@ -345,24 +346,32 @@ def _tb_pair(X, y, batch_size, device, repeats):
     no writer thread) is measured directly as well."""
     from huberfit.sinks import TensorBoardSink
 
+    on: list[float] = []
+    off: list[float] = []
     with tempfile.TemporaryDirectory() as folder:
         switch = _Switch(TensorBoardSink(folder, flush_secs=5))
         try:
             epochs = engine_epochs(X, y, batch_size, device, sinks=switch, validate=True)
-            switch.plan([True, False, True])  # warm-up; the first epoch gathers its own rows
-            epoch_s = statistics.median(epochs(3)[1:])
-            # at least 4 pairs an epoch asked for (12 at least) and 5 s of them: a median of
-            # ratios a few percent apart needs more pairs of short epochs than of long ones
-            n = min(max(4 * repeats, 12, math.ceil(5.0 / (2 * epoch_s))), 80)
-            turns = [i % 4 in (0, 3) for i in range(2 * n)]  # on off off on on off ...
-            switch.plan([False, *turns])  # the first epoch of a call gathers its own rows
-            times = epochs(2 * n + 1)[1:]
+            switch.plan([True, False, True])  # warm-up
+            epochs(3)
+            seconds, start = 0.0, time.perf_counter()
+            # at least 4 pairs an epoch asked for (12 at least) and TB_AB_SECONDS of them:
+            # epoch times on a shared machine move by ~5% from one epoch to the next
+            while len(on) < max(4 * repeats, 12) or (
+                time.perf_counter() - start < TB_AB_SECONDS and len(on) < 400
+            ):
+                turns = [i % 4 in (0, 3) for i in range(16)]  # on off off on on off ...
+                # a call's first epoch gathers its own rows and its last prepares no next
+                # one (no epoch of a run but two is like them): neither is timed
+                switch.plan([False, *turns, False])
+                times = epochs(len(turns) + 2)[1:-1]
+                seconds += switch.seconds
+                on += [t for t, turn in zip(times, turns, strict=True) if turn]
+                off += [t for t, turn in zip(times, turns, strict=True) if not turn]
         finally:
             switch.sink.close()
-    on = [t for t, turn in zip(times, turns, strict=True) if turn]
-    off = [t for t, turn in zip(times, turns, strict=True) if not turn]
     overhead = statistics.median(a / b for a, b in zip(on, off, strict=True)) - 1
-    return {**_summary(on), "in_sink": switch.seconds / n, "pairs": n}, _summary(off), overhead
+    return {**_summary(on), "in_sink": seconds / len(on), "pairs": len(on)}, _summary(off), overhead
 
 
 def csv_load_pair(rows: int = 1_000_000, columns: int = 17, repeats: int = 3) -> dict[str, Any]:
