@@ -196,3 +196,45 @@ def test_the_residual_histogram_leaves_out_values_that_are_not_finite():
     with_bad = np.concatenate([finite, [np.nan, np.inf, -np.inf]])
     assert histogram_proto(with_bad, 64) == summary.histogram("r", finite, 64).value[0].histo
     assert histogram_proto(np.array([np.nan]), 64) is None
+
+
+def test_events_kept_back_keep_their_steps_times_and_histograms(tmp_path):
+    """Events are made in batches (up to 16 epochs, or when a flush is due): each keeps
+    the step and wall time of its epoch, and each epoch's histogram is of its residuals."""
+    from huberfit.loop import EpochReport
+    from huberfit.sinks import TensorBoardSink
+
+    rng = np.random.default_rng(0)
+    residuals, spans = [], []
+    with TensorBoardSink(tmp_path, flush_secs=1000) as sink:
+        for epoch in range(1, 21):  # more than one batch: 16, then 4 at close
+            for step in range(10 * epoch - 9, 10 * epoch + 1):
+                sink.step(step, 1.0 / step)
+            residuals.append(rng.standard_normal(30_000) * epoch)
+            report = EpochReport(epoch=epoch, step=10 * epoch, train_loss=1.0 / epoch,
+                                 val={"loss": 2.0 / epoch, "mse": 1.0, "mae": 1.0, "r2": 0.5},
+                                 params={"x0": float(epoch)}, lr=0.1, grad_norm=1.0,
+                                 samples_per_second=1e6, seconds=0.1,
+                                 residuals=residuals[-1])  # fmt: skip
+            before = time.time()
+            sink.epoch(report)
+            spans.append((before, time.time()))
+    ea = EventAccumulator(str(tmp_path), size_guidance={"scalars": 0, "histograms": 0})
+    ea.Reload()
+    assert [e.step for e in ea.Scalars("loss/train")] == list(range(1, 201))
+    assert [e.value for e in ea.Scalars("loss/train")] == pytest.approx(
+        [1.0 / s for s in range(1, 201)])  # fmt: skip
+    epochs = ea.Scalars("params/x0")
+    assert [(e.step, e.value) for e in epochs] == [(10 * k, k) for k in range(1, 21)]
+    for event, (before, after) in zip(epochs, spans, strict=True):
+        assert before <= event.wall_time <= after
+    histograms = ea.Histograms("residuals/val")
+    assert [h.step for h in histograms] == [10 * k for k in range(1, 21)]
+    for h, r in zip(histograms, residuals, strict=True):  # a strided sample of 10,000
+        assert h.histogram_value.num == 10_000
+        assert h.histogram_value.max == r[::3].max()
+    val = EventAccumulator(str(tmp_path / "val"))
+    val.Reload()
+    assert [e.step for e in val.Scalars("loss/epoch")] == [10 * k for k in range(1, 21)]
+    assert [e.value for e in val.Scalars("loss/epoch")] == pytest.approx(
+        [2.0 / k for k in range(1, 21)])  # fmt: skip
