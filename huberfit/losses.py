@@ -83,7 +83,9 @@ def _constants(
     return kept
 
 
-def _residual(y_pred: torch.Tensor, y_true: torch.Tensor, half: torch.Tensor | None, out) -> None:
+def _residual(
+    y_pred: torch.Tensor, y_true: torch.Tensor, half: torch.Tensor | None, out: torch.Tensor
+) -> None:
     """``out = y_pred - y_true``, or ``(y_pred - y_true) / n`` for the mean, in one pass.
 
     The scaled one is MSE's gradient kernel, ``(2 / n) * (y_pred - y_true) * g``, with
