@@ -117,7 +117,8 @@ class _HuberFunction(torch.autograd.Function):
     The sums are float accumulations of the scaled rows: in float32 the loss has the
     relative error of a float32 dot product over ``n`` terms, and an absolute error below
     ``n**2`` times the smallest normal float (1e-26 for 1M rows), where products of
-    residuals under ``n * 1e-19`` underflow. The gradient is exact.
+    residuals under ``n * 1e-19`` underflow. The gradient is exact. With
+    ``create_graph=True`` backward computes it again from differentiable ops instead.
     """
 
     @staticmethod
@@ -143,6 +144,14 @@ class _HuberFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out):  # type: ignore[override]
         grad, ctx.grad = ctx.grad, None
+        if torch.is_grad_enabled():  # create_graph=True: a gradient autograd can differentiate
+            y_pred, y_true = ctx.saved_tensors
+            bound, _, half = _constants(y_pred.numel(), ctx.reduction, ctx.delta, y_pred)
+            if half is None:
+                d = y_pred - y_true
+            else:  # the same kernel as forward's, as a differentiable op
+                d = torch.ops.aten.mse_loss_backward(half, y_pred, y_true, 1)
+            return _upstream(torch.clamp(d, -bound, bound), grad_out, ctx.needs_input_grad)
         if grad is None:  # a second backward (retain_graph=True): the buffer was handed out
             y_pred, y_true = ctx.saved_tensors
             bound, _, half = _constants(y_pred.numel(), ctx.reduction, ctx.delta, y_pred)
@@ -154,6 +163,12 @@ class _HuberFunction(torch.autograd.Function):
         grad_true = -grad if ctx.needs_input_grad[1] else None
         grad_pred = grad if ctx.needs_input_grad[0] else None
         return grad_pred, grad_true, None, None
+
+
+def _upstream(grad: torch.Tensor, grad_out: torch.Tensor, needs: tuple) -> tuple:
+    """Backward's outputs from the gradient for an upstream gradient of 1, out of place."""
+    grad = grad * grad_out
+    return (grad if needs[0] else None), (-grad if needs[1] else None), None, None
 
 
 def _is_one(t: torch.Tensor) -> bool:
