@@ -706,6 +706,7 @@ def bench(
 
     from huberfit.bench import (
         as_table_rows,
+        busy_note,
         csv_load_pair,
         host_description,
         host_lines,
@@ -749,6 +750,9 @@ def bench(
     out.print(table)
     for line in (*table_notes(res), *host_lines(dev)):
         out.print(line, soft_wrap=False)  # at word breaks if the terminal is narrower
+    busy = busy_note(res)
+    if busy:
+        out.print(busy, soft_wrap=False)
     plural = "s" * (epochs != 1)
     if epochs < 3:
         out.print(

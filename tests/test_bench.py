@@ -36,6 +36,8 @@ def test_bench_reports_every_measurement(runner):
     assert m["threads"] == torch.get_num_threads() and m["cpus"] == os.cpu_count()
     assert m["cpu"] and m["cpu"] in data["host"] and m["cpu_capability"] in data["host"]
     assert set(data["per_batch"]) == {"512", "2048"}
+    share = data["others_cpu_share"]  # other work's share of the CPUs meanwhile
+    assert share is None or 0.0 <= share <= 1.0
     rows = []
     for size, t in data["per_batch"].items():
         assert set(t) == {"tutorial", "engine", "bare", "engine_tb", "engine_no_tb", "ratios"}
@@ -221,3 +223,29 @@ def test_bench_on_a_gpu_that_is_not_here_is_one_line(runner):
     r = runner.invoke(app, ["bench", "--device", "cuda", "--rows", "1000"])
     assert r.exit_code == 1 and "Traceback" not in r.output
     assert r.stderr.startswith("error: device 'cuda' is not available here")
+
+
+def test_bench_says_when_other_work_took_the_cpus():
+    """The share of the CPUs other work took is measured (Linux's /proc/stat less this
+    process's own time), and above BUSY_SHARE the figures come with a warning."""
+    import subprocess
+    import sys
+    import time
+
+    from huberfit.bench import BUSY_SHARE, BenchResult, _OthersClock, busy_note
+
+    if not os.path.exists("/proc/stat"):
+        pytest.skip("no /proc/stat here: the share is unknown (None)")
+    clock = _OthersClock()
+    spin = subprocess.Popen([sys.executable, "-c", "import time\nt = time.time()\n"
+                             "while time.time() - t < 1.5: pass"])  # fmt: skip
+    spin.wait(timeout=30)
+    time.sleep(0.05)
+    # one busy CPU of the machine's for most of the time measured
+    assert clock.share() >= 0.5 / (os.cpu_count() or 1)
+    res = BenchResult(1000, 4, [256], 1, "cpu", {})
+    assert busy_note(res) is None  # unknown
+    res.others_cpu_share = BUSY_SHARE / 2
+    assert busy_note(res) is None
+    res.others_cpu_share = 0.37
+    assert busy_note(res).startswith("note: other work took 37% of the CPUs while this ran")
