@@ -823,7 +823,7 @@ def _bench_streaming(gigabytes: float, budget_mb: int, folder: Path | None, json
         raise ConfigError("--folder: name a folder for the benchmark's Parquet files, not the "
                           "current folder")  # fmt: skip
     if folder is not None and list(folder.glob("*.parquet")):
-        _check_bench_files(folder)
+        _check_bench_files(folder, gigabytes)
     with tempfile.TemporaryDirectory() as tmp:
         where = folder or Path(tmp) / "data"
         if not list(where.glob("*.parquet")):
@@ -862,18 +862,20 @@ def _bench_streaming(gigabytes: float, budget_mb: int, folder: Path | None, json
     out.print("\n".join(host_lines()), soft_wrap=False)
 
 
-def _check_bench_files(folder: Path) -> None:
+def _check_bench_files(folder: Path, gigabytes: float) -> None:
     """Parquet files already in ``--folder`` are reused only if bench wrote them (its
-    columns x0..x15, y); anything else is the user's data, which bench must not time as
-    its own."""
+    columns x0..x15, y) and they hold the ``gigabytes`` asked for (within 5%); anything
+    else is the user's data, which bench must not time as its own, or another size."""
     import pyarrow.parquet as pq
 
     from huberfit.errors import ConfigError
 
     expected = [f"x{i}" for i in range(16)] + ["y"]
+    rows = 0
     for path in sorted(folder.glob("*.parquet")):
         try:
-            names = pq.read_schema(path).names
+            meta = pq.read_metadata(path)
+            names = meta.schema.to_arrow_schema().names
         except Exception as exc:  # noqa: BLE001 - any unreadable file: one line
             raise ConfigError(f"--folder {folder}: {path.name} is not readable Parquet "
                               f"({type(exc).__name__})") from None  # fmt: skip
@@ -883,6 +885,14 @@ def _check_bench_files(folder: Path) -> None:
                 f"columns are {', '.join(names[:5])}{', ...' if len(names) > 5 else ''}); give "
                 "an empty or new folder"
             )
+        rows += meta.num_rows
+    held = rows * 8 * len(expected) / 1e9  # as write_parquet_dataset counts them
+    if abs(held - gigabytes) > 0.05 * gigabytes:
+        raise ConfigError(
+            f"--folder {folder}: holds {held:.2g} GB ({rows:,} rows) from an earlier bench, "
+            f"not the {gigabytes:g} GB asked for; ask for --stream-gb {held:.2g}, or give an "
+            "empty or new folder"
+        )
 
 
 def _dim(message: str) -> None:

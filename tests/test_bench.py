@@ -130,6 +130,19 @@ def test_bench_streaming_never_takes_the_users_files_or_folder(runner, tmp_path,
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mine"]
 
 
+def test_bench_streaming_reuses_its_files_only_for_the_size_asked(runner, tmp_path):
+    """Files an earlier bench wrote into --folder are timed again only when they hold the
+    gigabytes asked for; another size is one line saying what the folder holds."""
+    from huberfit.bench import write_parquet_dataset
+
+    rows = write_parquet_dataset(tmp_path, 0.002)
+    r = runner.invoke(app, ["bench", "--stream-gb", "0.5", "--folder", str(tmp_path)])
+    assert r.exit_code == 1 and "Traceback" not in r.output
+    assert r.stderr == (f"error: --folder {tmp_path}: holds 0.002 GB ({rows:,} rows) from an "
+                        "earlier bench, not the 0.5 GB asked for; ask for --stream-gb 0.002, "
+                        "or give an empty or new folder\n")  # fmt: skip
+
+
 def test_bench_csv_times_two_readers_of_the_same_numbers(runner, monkeypatch):
     """Both readers it times read the file it wrote, and read the same numbers: huberfit's
     reader (features, target) equals pandas' frame; the bytes reported are that file's."""
