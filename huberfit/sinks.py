@@ -631,7 +631,7 @@ class TensorBoardSink:
         self._write_pending()
         self.text("summary", summary_markdown(metrics), self.last_step)
         if metrics.get("gap"):  # how far the final weights are from the loss's optimum
-            self._scalars({"metrics/gap": metrics["gap"]["relative"]}, self.last_step)
+            self._scalars({"loss/gap": metrics["gap"]["relative"]}, self.last_step)
         if self.truth_events is not None:  # the truth spans the whole x-axis of its charts
             self._scalars({f"params/{k}": v for k, v in self.truth.items()}, self.last_step,
                           self.truth_events)  # fmt: skip
@@ -760,7 +760,7 @@ def hparam_metrics(metrics: dict[str, Any]) -> dict[str, float]:
         "val/mae": val.get("mae"),
         "val/mse": val.get("mse"),
         "loss/epoch": train.get("loss"),
-        "metrics/gap": (metrics.get("gap") or {}).get("relative"),
+        "loss/gap": (metrics.get("gap") or {}).get("relative"),
         "val/r2": val.get("r2"),
     }
     return {k: v for k, v in out.items() if v is not None}

@@ -96,7 +96,7 @@ def test_hparams_in_the_run_folder_with_the_same_keys_for_every_loss(tmp_path):
         metric_tags = [m.name.tag for m in exp.experiment.metric_infos]
         # every final metric, the most telling first (TensorBoard ticks the first five)
         assert metric_tags == ["val/loss", "params/coefficient_error", "val/mae", "val/mse",
-                               "loss/epoch", "metrics/gap", "val/r2"]  # fmt: skip
+                               "loss/epoch", "loss/gap", "val/r2"]  # fmt: skip
         # TensorBoard ticks the five hparams it sorts first: (not differs, name)
         infos = sorted(exp.experiment.hparam_infos, key=lambda h: (not h.differs, h.name))
         assert {h.name for h in infos[:5]} == {"loss", "delta", "optimizer", "lr", "batch_size"}
