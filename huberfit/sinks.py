@@ -512,8 +512,13 @@ class TensorBoardSink:
         self.val_events: EventFile | None = None
         self.truth = truth or {}
         self.truth_events = None
-        if self.truth and truth_run:
-            self.truth_events = write_truth_run(self.run_dir / "truth", self.truth, [0], flush_secs)
+        if self.truth and truth_run:  # from step 0, once (a resumed run continues its line)
+            there = (self.run_dir / "truth").is_dir() and any(
+                (self.run_dir / "truth").glob("events.out.tfevents.*")
+            )
+            self.truth_events = write_truth_run(
+                self.run_dir / "truth", self.truth, [] if there else [0], flush_secs
+            )
         self.figures = figures
         self.images_every = images_every
         self.last_step = 0

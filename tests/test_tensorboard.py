@@ -238,3 +238,15 @@ def test_events_kept_back_keep_their_steps_times_and_histograms(tmp_path):
     assert [e.step for e in val.Scalars("loss/epoch")] == [10 * k for k in range(1, 21)]
     assert [e.value for e in val.Scalars("loss/epoch")] == pytest.approx(
         [2.0 / k for k in range(1, 21)])  # fmt: skip
+
+
+def test_a_resumed_run_does_not_start_its_truth_line_again(tmp_path):
+    """The true coefficients' side run starts at step 0 once: a resumed run's sink only
+    continues it (its line went 0, 33140, 0, 46950 before)."""
+    from huberfit.sinks import TensorBoardSink
+
+    for _ in range(2):  # the run, then its resumption
+        TensorBoardSink(tmp_path, flush_secs=5, truth={"x0": 2.0}).close()
+    ea = EventAccumulator(str(tmp_path / "truth"))
+    ea.Reload()
+    assert [e.step for e in ea.Scalars("params/x0")] == [0]
