@@ -488,6 +488,7 @@ def stream_vs_scan(folder: Path, batch_size: int = 4096, repeats: int = 3) -> di
     from huberfit.data.batches import StreamBatches
     from huberfit.data.stream import scan
 
+    clock = _OthersClock()
     files = sorted(str(p) for p in folder.glob("*.parquet"))
     info = scan(str(folder), "parquet", "y", None, 0, 0.2, True, True)
     source = StreamBatches(info, "train", batch_size, torch.device("cpu"), torch.float32, 100_000)
@@ -513,7 +514,8 @@ def stream_vs_scan(folder: Path, batch_size: int = 4096, repeats: int = 3) -> di
     return {"rows": info.n_rows, "train_rows": info.n_train, "epoch_seconds": epoch_s,
             "scan_seconds": scan_s, "epoch_vs_scan": epoch_s / scan_s,
             "scan_rows_per_second": info.n_rows / scan_s,
-            "epoch_rows_per_second": info.n_rows / epoch_s}  # fmt: skip
+            "epoch_rows_per_second": info.n_rows / epoch_s,
+            "others_cpu_share": clock.share()}  # fmt: skip
 
 
 def _schema(names: list[str]):
@@ -616,9 +618,9 @@ def as_table_rows(res: BenchResult) -> list[tuple[str, str, str, str, str]]:
     return rows
 
 
-def busy_note(res: BenchResult) -> str | None:
+def busy_note(res: BenchResult | dict[str, Any]) -> str | None:
     """A warning when other work took more than ``BUSY_SHARE`` of the CPUs meanwhile."""
-    share = res.others_cpu_share
+    share = res["others_cpu_share"] if isinstance(res, dict) else res.others_cpu_share
     if share is None or share <= BUSY_SHARE:
         return None
     return (f"note: other work took {share:.0%} of the CPUs while this ran; the ratios can be "

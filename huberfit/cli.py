@@ -807,6 +807,7 @@ def _bench_streaming(gigabytes: float, budget_mb: int, folder: Path | None, json
     import tempfile
 
     from huberfit.bench import (
+        busy_note,
         host_description,
         host_lines,
         stream_vs_scan,
@@ -848,18 +849,22 @@ def _bench_streaming(gigabytes: float, budget_mb: int, folder: Path | None, json
     if json_out:
         print_json({**r, **s, "host": host_description()})
         return
-    out.print(
-        f"{r['bytes'] / 1e9:.2f} GB, {r['rows']:,} rows, streamed: {r['streamed']}\n"
-        f"epoch: {s['epoch_seconds']:.3f} s ({s['epoch_rows_per_second']:,.0f} rows read/s); "
-        f"bare pyarrow.dataset scan into NumPy: {s['scan_seconds']:.3f} s "
-        f"({s['scan_rows_per_second']:,.0f} rows/s); the epoch takes "
-        f"{s['epoch_vs_scan']:.2f}x the scan\n"
-        f"peak RSS {r['peak_rss_mb']:.0f} MB with data.memory_budget_mb={budget_mb} (the size "
-        f"from which a run streams, not a cap; a 1,000-row run: {r['baseline_rss_mb']:.0f} MB); "
+    lines = [  # each fits 80 columns
+        f"{r['bytes'] / 1e9:.2f} GB of Parquet, {r['rows']:,} rows, streamed: {r['streamed']}",
+        f"a streamed epoch: {s['epoch_seconds']:.3f} s ({s['epoch_rows_per_second']:,.0f} rows "
+        "read/s)",
+        f"a bare pyarrow.dataset scan into NumPy: {s['scan_seconds']:.3f} s "
+        f"({s['scan_rows_per_second']:,.0f} rows/s)",
+        f"the epoch takes {s['epoch_vs_scan']:.2f}x the scan",
+        f"peak RSS {r['peak_rss_mb']:.0f} MB with data.memory_budget_mb={budget_mb}",
+        f"  (the size from which a run streams, not a cap; a 1,000-row run: "
+        f"{r['baseline_rss_mb']:.0f} MB)",
         f"a whole training run: {r['wall_seconds']:.0f} s",
-        soft_wrap=False,
-    )
-    out.print("\n".join(host_lines()), soft_wrap=False)
+        *host_lines(),
+    ]
+    busy = busy_note(s)
+    for line in lines + ([busy] if busy else []):
+        out.print(line, soft_wrap=False)  # at word breaks if the terminal is narrower
 
 
 def _check_bench_files(folder: Path, gigabytes: float) -> None:

@@ -209,6 +209,17 @@ def test_bench_streaming_measures_a_child_run(runner, tmp_path):
     # the streamed epoch and the bare scan read the same rows; the ratio is their quotient
     assert data["train_rows"] < data["rows"] == written
     assert data["epoch_vs_scan"] == pytest.approx(data["epoch_seconds"] / data["scan_seconds"])
+    share = data["others_cpu_share"]  # other work's share of the CPUs meanwhile
+    assert share is None or 0.0 <= share <= 1.0
+    # as a person reads it: the same files again (the size asked is the size held), every
+    # line within 80 columns, the ratio and the machine said
+    r = runner.invoke(app, ["bench", "--stream-gb", "0.005", "--budget-mb", "1", "--folder",
+                            str(folder)])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    lines = r.stdout.splitlines()
+    assert all(len(line) <= 80 for line in lines), lines
+    assert any(re.fullmatch(r"the epoch takes \d+\.\d\dx the scan", ln) for ln in lines)
+    assert any(ln.startswith("machine: ") for ln in lines)
 
 
 @pytest.mark.parametrize(
