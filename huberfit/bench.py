@@ -623,9 +623,8 @@ def busy_note(res: BenchResult | dict[str, Any]) -> str | None:
     share = res["others_cpu_share"] if isinstance(res, dict) else res.others_cpu_share
     if share is None or share <= BUSY_SHARE:
         return None
-    return (f"note: other work took {share:.0%} of the CPUs while this ran; the ratios can be "
-            "off by far (the tutorial loop and the bare update wait for a taken core): "
-            "run it on a quiet machine")  # fmt: skip
+    return (f"note: other work took {share:.0%} of the CPUs meanwhile: the ratios can be off "
+            "by far\n  (a taken core slows the tutorial loop and the bare update most)")  # fmt: skip
 
 
 def table_notes(res: BenchResult) -> list[str]:

@@ -272,4 +272,7 @@ def test_bench_says_when_other_work_took_the_cpus():
     res.others_cpu_share = BUSY_SHARE / 2
     assert busy_note(res) is None
     res.others_cpu_share = 0.37
-    assert busy_note(res).startswith("note: other work took 37% of the CPUs while this ran")
+    note = busy_note(res)
+    assert note.startswith("note: other work took 37% of the CPUs meanwhile")
+    res.others_cpu_share = 1.0
+    assert all(len(line) <= 80 for line in busy_note(res).splitlines())
