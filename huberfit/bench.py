@@ -446,6 +446,11 @@ def csv_load_pair(rows: int = 1_000_000, columns: int = 17, repeats: int = 3) ->
     return {"bytes": size, "huberfit": statistics.median(ours), "pandas": statistics.median(theirs)}
 
 
+def parquet_gigabytes(rows: int, features: int = 16) -> float:
+    """The size ``write_parquet_dataset`` counts ``rows`` as: float64 features and target."""
+    return rows * 8 * (features + 1) / 1e9
+
+
 def write_parquet_dataset(folder: Path, gigabytes: float, features: int = 16,
                           file_rows: int = 2_000_000, seed: int = 0) -> int:  # fmt: skip
     """Write ~``gigabytes`` of float64 regression rows as Parquet files (row groups of 256k
@@ -456,7 +461,7 @@ def write_parquet_dataset(folder: Path, gigabytes: float, features: int = 16,
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     w = rng.uniform(-3, 3, size=features)
-    total = int(gigabytes * 1e9 / (8 * (features + 1)))
+    total = int(gigabytes * 1e9 / (8 * (features + 1)))  # parquet_gigabytes, inverted
     names = [f"x{i}" for i in range(features)] + ["y"]
     written, part = 0, 0
     while written < total:

@@ -873,6 +873,7 @@ def _check_bench_files(folder: Path, gigabytes: float) -> None:
     else is the user's data, which bench must not time as its own, or another size."""
     import pyarrow.parquet as pq
 
+    from huberfit.bench import parquet_gigabytes
     from huberfit.errors import ConfigError
 
     expected = [f"x{i}" for i in range(16)] + ["y"]
@@ -891,7 +892,7 @@ def _check_bench_files(folder: Path, gigabytes: float) -> None:
                 "an empty or new folder"
             )
         rows += meta.num_rows
-    held = rows * 8 * len(expected) / 1e9  # as write_parquet_dataset counts them
+    held = parquet_gigabytes(rows)
     if abs(held - gigabytes) > 0.05 * gigabytes:
         raise ConfigError(
             f"--folder {folder}: holds {held:.2g} GB ({rows:,} rows) from an earlier bench, "

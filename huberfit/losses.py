@@ -151,7 +151,8 @@ class _HuberFunction(torch.autograd.Function):
                 d = y_pred - y_true
             else:  # the same kernel as forward's, as a differentiable op
                 d = torch.ops.aten.mse_loss_backward(half, y_pred, y_true, 1)
-            return _upstream(torch.clamp(d, -bound, bound), grad_out, ctx.needs_input_grad)
+            grad = torch.clamp(d, -bound, bound) * grad_out  # out of place: on the graph
+            return _outputs(grad, ctx.needs_input_grad)
         if grad is None:  # a second backward (retain_graph=True): the buffer was handed out
             y_pred, y_true = ctx.saved_tensors
             bound, _, half = _constants(y_pred.numel(), ctx.reduction, ctx.delta, y_pred)
@@ -160,14 +161,11 @@ class _HuberFunction(torch.autograd.Function):
             grad.clamp_(-bound, bound)
         if not _is_one(grad_out):
             grad = grad.mul_(grad_out)
-        grad_true = -grad if ctx.needs_input_grad[1] else None
-        grad_pred = grad if ctx.needs_input_grad[0] else None
-        return grad_pred, grad_true, None, None
+        return _outputs(grad, ctx.needs_input_grad)
 
 
-def _upstream(grad: torch.Tensor, grad_out: torch.Tensor, needs: tuple) -> tuple:
-    """Backward's outputs from the gradient for an upstream gradient of 1, out of place."""
-    grad = grad * grad_out
+def _outputs(grad: torch.Tensor, needs: tuple) -> tuple:
+    """Backward's outputs: the gradient w.r.t. ``y_pred``, its negative w.r.t. ``y_true``."""
     return (grad if needs[0] else None), (-grad if needs[1] else None), None, None
 
 

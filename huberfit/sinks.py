@@ -385,22 +385,22 @@ class EventFile:
             return
         event = self._Event(summary=summary)
         value = event.summary.value[0]
-        crc, pack, records = self._crc, struct.pack, []
+        records = []
         for when, step, x in points:
             event.wall_time, event.step, value.simple_value = when, step, x
-            data = event.SerializeToString()
-            header = pack("<Q", len(data))
-            records += (header, pack("<I", crc(header)), data, pack("<I", crc(data)))
+            records.append(self._record(event.SerializeToString()))
         self.buffer += b"".join(records)
         self._flush_if_due()
 
     def _write(self, event: Any) -> None:
-        # TFRecord framing: length, masked CRC32C of the length, data, masked CRC32C of it
-        data = event.SerializeToString()
+        self.buffer += self._record(event.SerializeToString())
+        self._flush_if_due()
+
+    def _record(self, data: bytes) -> bytes:
+        """TFRecord framing: length, masked CRC32C of the length, data, masked CRC32C of it."""
         header = struct.pack("<Q", len(data))
         crc = self._crc
-        self.buffer += header + struct.pack("<I", crc(header)) + data + struct.pack("<I", crc(data))
-        self._flush_if_due()
+        return header + struct.pack("<I", crc(header)) + data + struct.pack("<I", crc(data))
 
     def _flush_if_due(self) -> None:
         if (
@@ -513,9 +513,7 @@ class TensorBoardSink:
         self.truth = truth or {}
         self.truth_events = None
         if self.truth and truth_run:  # from step 0, once (a resumed run continues its line)
-            there = (self.run_dir / "truth").is_dir() and any(
-                (self.run_dir / "truth").glob("events.out.tfevents.*")
-            )
+            there = any((self.run_dir / "truth").glob("events.out.tfevents.*"))
             self.truth_events = write_truth_run(
                 self.run_dir / "truth", self.truth, [] if there else [0], flush_secs
             )
@@ -695,7 +693,7 @@ def histogram_proto(values: Any, bins: int) -> Any:
     lo, hi = (vmin - 0.5, vmax + 0.5) if vmin == vmax else (vmin, vmax)  # NumPy's, one value
     edges = np.linspace(lo, hi, bins + 1)
     # counted by the edges themselves: np.histogram's equal-bin arithmetic (with its
-    # corrections) gives the same counts, and takes 2.5x as long
+    # corrections) gives the same counts, and takes 1.7x as long
     counts = np.histogram(v, edges)[0]
     nonzero = np.flatnonzero(counts)
     start, end = int(nonzero[0]), int(nonzero[-1]) + 1
