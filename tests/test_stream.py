@@ -8,6 +8,8 @@ import math
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import torch
 from conftest import assert_same_optimum, train_rows
@@ -16,6 +18,7 @@ from huberfit.cli import app
 from huberfit.config import load_config
 from huberfit.data.batches import StreamBatches
 from huberfit.data.scaling import Moments
+from huberfit.data.split import in_validation
 from huberfit.data.stream import scan
 from huberfit.errors import DataError
 from huberfit.experiment import train_run
@@ -94,13 +97,31 @@ def test_each_training_row_once_per_epoch_in_a_seeded_order(parts):
     assert not np.array_equal(e0, e1)  # and it changes per epoch
     key = lambda a: np.sort(a[:, 0])  # noqa: E731
     assert np.array_equal(key(e0), key(e1))  # the same rows each epoch
-    from huberfit.data.split import in_validation
-
     val = in_validation(np.arange(len(frame)), 0, 0.2)
     assert np.array_equal(key(e0), np.sort(frame.to_numpy()[~val][:, 0]))
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_streamed_rows_are_the_standardized_rows_bit_for_bit(tmp_path, dtype):
+    """Each split's streamed rows, in file order, are ``(value - mean) / scale`` of the
+    files' own rows in float64, rounded once to the training dtype, for float64, float32
+    and integer columns alike (the fast paths take each kept value straight into place)."""
+    rng = np.random.default_rng(5)
+    n = 70_000  # more than one record batch per row group
+    table = pa.table({"a": rng.normal(3.0, 2.0, n), "b": rng.normal(size=n).astype(np.float32),
+                      "c": rng.integers(-50, 50, n), "t": rng.normal(size=n)})  # fmt: skip
+    pq.write_table(table, tmp_path / "mixed.parquet", row_group_size=66_000)
+    info = scan(str(tmp_path / "mixed.parquet"), "parquet", "t", None, 0, 0.2, True, True)
+    whole = np.column_stack([table[c].to_numpy().astype(np.float64) for c in "abct"])
+    val = in_validation(np.arange(n), 0, 0.2)
+    shift, scale = info.scaling.shift_scale()
+    for split, rows in (("train", whole[~val]), ("val", whole[val])):
+        streamed = np.concatenate(list(info.rows(info.pieces, split, dtype)))
+        assert streamed.dtype == dtype
+        assert np.array_equal(streamed, ((rows - shift) / scale).astype(dtype))
+
+
 def test_bad_cells_deep_in_files_are_located(tmp_path):
     rng = np.random.default_rng(2)
     frame = pd.DataFrame(rng.normal(size=(200_000, 2)), columns=["x", "y"])
