@@ -595,7 +595,8 @@ def as_table_rows(res: BenchResult) -> list[tuple[str, str, str, str, str]]:
     n = res.rows
     rows: list[tuple[str, str, str, str, str]] = []
     for size, t in res.per_batch.items():
-        r, tut, b = t["ratios"], t["tutorial"]["median"], f"{size:,}"
+        r, tut = t["ratios"], t["tutorial"]["median"]
+        b = f"{size:,}" if size < n else "full"  # one batch of all the rows
 
         def per_epoch(key: str, t: dict = t) -> tuple[str, str]:
             s = t[key]["median"]

@@ -276,3 +276,22 @@ def test_bench_says_when_other_work_took_the_cpus():
     assert note.startswith("note: other work took 37% of the CPUs meanwhile")
     res.others_cpu_share = 1.0
     assert all(len(line) <= 80 for line in busy_note(res).splitlines())
+
+
+def test_bench_calls_a_batch_of_every_row_full():
+    """A batch size at or above the rows trains on one batch of all of them: the table
+    says "full", not the size asked for."""
+    from huberfit.bench import BenchResult, as_table_rows
+
+    res = BenchResult(1000, 4, [256, 1000, 4096], 1, "cpu", {})
+    timing = {"median": 0.01, "in_sink": 0.001}
+    for size in res.batch_sizes:
+        res.per_batch[size] = {key: timing for key in ("tutorial", "engine", "bare",
+                                                       "engine_tb", "engine_no_tb")}  # fmt: skip
+        res.per_batch[size]["ratios"] = {"tensorboard_overhead": 0.0,
+                                         "tensorboard_time_in_sink": 0.1}  # fmt: skip
+    res.timings = {"huber_loss_custom": timing, "huber_loss_torch": timing,
+                   "lbfgs": {"seconds": 0.1, "iterations": 3}}  # fmt: skip
+    res.ratios = {"custom_loss_vs_F_huber_loss": 1.0}
+    shown = [batch for what, batch, *_ in as_table_rows(res) if what == "(b) huberfit engine"]
+    assert shown == ["256", "full", "full"]
