@@ -483,26 +483,32 @@ def write_parquet_dataset(folder: Path, gigabytes: float, features: int = 16,
 
 
 def stream_vs_scan(folder: Path, batch_size: int = 4096, repeats: int = 3) -> dict[str, Any]:
-    """A streamed training epoch (the engine: Huber, SGD, float32, batches of
-    ``batch_size`` from a shuffle buffer of 100,000 rows, as ``huberfit train`` streams)
-    against a bare ``pyarrow.dataset`` scan of the same files into NumPy (each record
-    batch as one row-major float64 array, the form rows are trained from), alternating;
-    medians. Both read every row: the epoch drops the validation rows after reading."""
+    """A streamed training epoch as ``huberfit train`` runs one (the engine: Huber, SGD,
+    float32, batches of ``batch_size`` from a shuffle buffer of 100,000 rows, then the
+    validation rows scored, as ``huberfit train`` streams: built by ``load_data`` and
+    ``make_batches``) against a bare ``pyarrow.dataset`` scan of the same files into NumPy
+    (each record batch as one row-major float64 array, the form rows are trained from),
+    alternating; medians. Both read every row."""
     import pyarrow.dataset as ds
 
-    from huberfit.data.batches import StreamBatches
-    from huberfit.data.stream import scan
+    from huberfit.config import load_config
+    from huberfit.data.dataset import load_data, make_batches
+    from huberfit.metrics import Scorer
 
     clock = _OthersClock()
     files = sorted(str(p) for p in folder.glob("*.parquet"))
-    info = scan(str(folder), "parquet", "y", None, 0, 0.2, True, True)
-    source = StreamBatches(info, "train", batch_size, torch.device("cpu"), torch.float32, 100_000)
+    cfg = load_config(None, ["data.source=parquet", f"data.path={folder}", "data.target=y",
+                             "data.streaming=true", f"train.batch_size={batch_size}",
+                             "dtype=float32", "loss.name=huber", "loss.delta=1"])  # fmt: skip
+    data = load_data(cfg.data, cfg.seed, cfg.dtype)
+    info = data.stream
+    source, val = make_batches(cfg, data, torch.device("cpu"))
     model = build_model(len(info.features), True, 0, torch.float32)
     opt, loss_fn = SGD(list(model.parameters()), lr=0.01), HuberLoss(1.0)
+    evaluate = Scorer(loss_fn, data, 2).evaluator(val)
 
     def epoch() -> None:
-        fit(model, loss_fn, source, opt, _NullSink(), FitSettings(epochs=1),
-            lambda m: (None, {}, None))  # fmt: skip
+        fit(model, loss_fn, source, opt, _NullSink(), FitSettings(epochs=1), evaluate)
 
     def bare() -> None:
         for batch in ds.dataset(files, format="parquet").to_batches(batch_size=65_536):

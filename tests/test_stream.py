@@ -241,3 +241,30 @@ def test_quirky_csv_headers_read_alike_on_every_path(tmp_path, runner):
     r = runner.invoke(app, ["eval", "--run", run_dir, "--input", str(path), "--json"])
     assert r.exit_code == 0, r.output
     assert json.loads(r.stdout)["rows"] == 300
+
+
+def test_rows_passed_over_again_are_kept_when_they_fit(parts, tmp_path):
+    """A split's second full pass (validation every epoch, L-BFGS's objective) serves the
+    first pass's rows from memory when they fit ``keep_bytes``, and reads the files again
+    when they do not: the files are renamed away between the passes to tell them apart."""
+    folder, _ = parts
+    info = scan(str(folder / "pq"), "parquet", "t", None, 0, 0.2, True, True)
+    need = info.n_val * len(info.columns) * 4  # float32
+
+    def val(keep_bytes):
+        return StreamBatches(info, "val", None, torch.device("cpu"), torch.float32, 500,
+                             keep_bytes=keep_bytes)  # fmt: skip
+
+    def rows(source):
+        return [torch.cat(chunk, 1) for chunk in source.full_chunks()]
+
+    def same(a, b):
+        return len(a) == len(b) and all(x.equal(y) for x, y in zip(a, b, strict=True))
+
+    kept, read = val(need), val(need - 1)
+    first = rows(kept)
+    assert sum(len(a) for a in first) == info.n_val and same(rows(read), first)
+    (folder / "pq").rename(tmp_path / "moved")
+    assert same(rows(kept), first)  # the same numbers, chunk by chunk
+    with pytest.raises(DataError, match="the file is gone"):
+        rows(read)

@@ -405,8 +405,10 @@ class StreamBatches:
 
     def __init__(self, info: StreamInfo, split: str, batch_size: int | None, device: torch.device,
                  dtype: torch.dtype, shuffle_buffer: int, prefetch: int = 4, rank: int = 0,
-                 world: int = 1) -> None:  # fmt: skip
+                 world: int = 1, keep_bytes: float = 0) -> None:  # fmt: skip
         self.info, self.split, self.device, self.dtype = info, split, device, dtype
+        self.keep_bytes = keep_bytes  # full_chunks keeps its rows when they take at most this
+        self._kept: list[np.ndarray] | None = None
         self.rank, self.world = rank, world
         self.in_memory = False
         self.n = info.n_train if split == "train" else info.n_val
@@ -514,7 +516,25 @@ class StreamBatches:
 
     def full_chunks(self) -> Iterator[Chunk]:
         """This process's rows of the split (all of them in one process; under torchrun
-        its own pieces), in file order, one record batch at a time."""
+        its own pieces), in file order, one record batch at a time.
+
+        The validation rows are scored after every epoch, and L-BFGS evaluates its
+        objective over all training rows many times an epoch: each pass would read every
+        file again (the split's rows are spread over all of them). So the first complete
+        pass keeps the rows, as the training dtype, when they take at most ``keep_bytes``,
+        and later passes serve them from memory: the same arrays, so the same numbers."""
+        if self._kept is not None:
+            for a in self._kept:
+                yield self._tensors(a)
+            return
         pieces = self.info.pieces[self.rank :: self.world]
-        for a in self.info.rows(pieces, self.split, _NUMPY_DTYPES[self.dtype]):
+        dtype = _NUMPY_DTYPES[self.dtype]
+        rows = sum(p.split_rows(self.split) for p in pieces)
+        kept: list[np.ndarray] | None = None
+        if rows * len(self.info.columns) * np.dtype(dtype).itemsize <= self.keep_bytes:
+            kept = []
+        for a in self.info.rows(pieces, self.split, dtype):
+            if kept is not None:
+                kept.append(a)
             yield self._tensors(a)
+        self._kept = kept  # only once the pass is complete

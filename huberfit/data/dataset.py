@@ -223,11 +223,17 @@ def make_batches(
                 "set a batch size, or use optimizer.name: lbfgs (it streams the full batch)"
             )
 
-        def streamed(split: str, size: int | None) -> StreamBatches:
-            return StreamBatches(data.stream, split, size, device, TORCH_DTYPES[config.dtype],
-                                 config.data.shuffle_buffer, rank=rank, world=world)  # fmt: skip
+        # the rows passed over whole again and again (validation every epoch, L-BFGS's
+        # training rows) are kept in memory when each split takes at most half the budget
+        keep = memory_budget_mb(config.data.memory_budget_mb) * 2**20 / 2
 
-        return streamed("train", batch_size), streamed("val", None) if data.stream.n_val else None
+        def streamed(split: str, size: int | None, keep_bytes: float) -> StreamBatches:
+            return StreamBatches(data.stream, split, size, device, TORCH_DTYPES[config.dtype],
+                                 config.data.shuffle_buffer, rank=rank, world=world,
+                                 keep_bytes=keep_bytes)  # fmt: skip
+
+        train = streamed("train", batch_size, keep if full_batch else 0)
+        return train, streamed("val", None, keep) if data.stream.n_val else None
 
     def in_memory(X: torch.Tensor, y: torch.Tensor, size: int | None) -> BatchSource:
         X, y = X.to(device), y.to(device)
