@@ -155,7 +155,8 @@ def render_summary(metrics: dict[str, Any], run_dir: str, console: Console) -> N
     if metrics.get("standard_error_note"):
         lines.append(f"standard errors: {metrics['standard_error_note']}")
     lines.append(f"run folder: {run_dir}")
-    lines.append(f"look at it: tensorboard --logdir {run_dir}")
+    if any(Path(run_dir).rglob("events.out.tfevents.*")):  # output.tensorboard: false writes none
+        lines.append(f"look at it: tensorboard --logdir {run_dir}")
     for line in lines:  # prose wraps at word breaks; a path is never broken
         console.print(Text(line), soft_wrap="/" in line)
 

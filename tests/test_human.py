@@ -188,3 +188,12 @@ def test_sweep_prints_its_trials_the_best_and_where_to_look(width, runner, tmp_p
     assert re.search(r"^best: lr0\.\S+\s+val\.loss", text, re.M)
     assert str(parent / "best.yaml") in text.replace("\n", "")
     assert f"look at it: tensorboard --logdir {parent}" in text
+
+
+def test_no_tensorboard_hint_without_event_files(runner, tmp_path):
+    r = runner.invoke(app, ["train", "--runs-dir", str(tmp_path), "train.epochs=2",
+                            "output.tensorboard=false"])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    (run_dir,) = [p for p in tmp_path.iterdir() if p.is_dir()]
+    assert not list(run_dir.rglob("events.out.tfevents.*"))
+    assert f"run folder: {run_dir}" in r.stdout and "tensorboard --logdir" not in r.stdout
