@@ -11,8 +11,9 @@ columns named by ``tables.read_header`` (the same names every other path sees).
 2. ``StreamInfo.rows(pieces, split)`` then serves the standardized rows of a split, piece
    by piece; ``batches.StreamBatches`` turns them into shuffled training batches.
 
-Memory stays bounded by one record batch (plus what the batch source holds), whatever the
-size of the data. Must not import losses, model, train or sinks.
+Memory stays bounded by one record batch (plus what the batch source holds: its shuffle
+buffer, and a split it keeps within the memory budget), whatever the size of the data.
+Must not import losses, model, train or sinks.
 """
 
 from __future__ import annotations
