@@ -26,15 +26,20 @@ METRICS = {
 }  # fmt: skip
 
 
-def test_summary_shows_fitted_beside_true_and_where_to_look():
+def test_summary_shows_fitted_beside_true_and_where_to_look(tmp_path):
+    run = tmp_path / "quickstart-1"
+    (run / "tb").mkdir(parents=True)
+    render_summary(METRICS, str(run), console := plain_console())
+    assert "tensorboard --logdir" not in console.file.getvalue()  # nothing to show there yet
+    (run / "tb" / "events.out.tfevents.1.host").write_bytes(b"")
     console = plain_console()
-    render_summary(METRICS, "runs/quickstart-1", console)
+    render_summary(METRICS, str(run), console)
     text = console.file.getvalue()
     assert "x0" in text and "0.81" in text and "0.8 " in text and "-1.4" in text
     assert "intercept" in text and "1.02" in text
     assert "status: completed" in text and "9,600 samples/s" in text
     assert "coefficient error vs truth (L2): 0.02" in text
-    assert "tensorboard --logdir runs" in text
+    assert f"tensorboard --logdir {run}" in text
     assert "nan" in text  # an undefined R^2 is shown as such, not hidden
 
 
