@@ -41,7 +41,7 @@ from huberfit.artifacts import atomic_path
 from huberfit.data.batches import InMemoryBatches, empty_rows
 from huberfit.errors import RunError
 from huberfit.loop import FitSettings, TrainState, fit
-from huberfit.losses import HuberLoss, huber_reference
+from huberfit.losses import HuberLoss, huber_reference, loss_spec
 from huberfit.model import build_model
 from huberfit.optim import SGD
 
@@ -483,10 +483,10 @@ def write_parquet_dataset(folder: Path, gigabytes: float, features: int = 16,
 
 
 def stream_vs_scan(folder: Path, batch_size: int = 4096, repeats: int = 3) -> dict[str, Any]:
-    """A streamed training epoch as ``huberfit train`` runs one (the engine: Huber, SGD,
-    float32, batches of ``batch_size`` from a shuffle buffer of 100,000 rows, then the
-    validation rows scored, as ``huberfit train`` streams: built by ``load_data`` and
-    ``make_batches``) against a bare ``pyarrow.dataset`` scan of the same files into NumPy
+    """A streamed training epoch as ``huberfit train`` runs one (its sources built by
+    ``load_data`` and ``make_batches``; the engine: Huber, SGD, float32, batches of
+    ``batch_size`` from a shuffle buffer of 100,000 rows, then the validation rows
+    scored) against a bare ``pyarrow.dataset`` scan of the same files into NumPy
     (each record batch as one row-major float64 array, the form rows are trained from),
     alternating; medians. Both read every row."""
     import pyarrow.dataset as ds
@@ -505,7 +505,7 @@ def stream_vs_scan(folder: Path, batch_size: int = 4096, repeats: int = 3) -> di
     source, val = make_batches(cfg, data, torch.device("cpu"))
     model = build_model(len(info.features), True, 0, torch.float32)
     opt, loss_fn = SGD(list(model.parameters()), lr=0.01), HuberLoss(1.0)
-    evaluate = Scorer(loss_fn, data, 2).evaluator(val)
+    evaluate = Scorer(loss_fn, data, loss_spec("huber").power).evaluator(val)
 
     def epoch() -> None:
         fit(model, loss_fn, source, opt, _NullSink(), FitSettings(epochs=1), evaluate)

@@ -530,9 +530,8 @@ class StreamBatches:
         pieces = self.info.pieces[self.rank :: self.world]
         dtype = _NUMPY_DTYPES[self.dtype]
         rows = sum(p.split_rows(self.split) for p in pieces)
-        kept: list[np.ndarray] | None = None
-        if rows * len(self.info.columns) * np.dtype(dtype).itemsize <= self.keep_bytes:
-            kept = []
+        fits = rows * len(self.info.columns) * np.dtype(dtype).itemsize <= self.keep_bytes
+        kept: list[np.ndarray] | None = [] if fits else None
         for a in self.info.rows(pieces, self.split, dtype):
             if kept is not None:
                 kept.append(a)
