@@ -638,6 +638,8 @@ def load_config(
         if isinstance(data, dict) and isinstance(data.get("path"), str):
             data["path"] = _resolve_from(Path(path).parent, data["path"])
         _resolve_loss_file(raw, Path(path).parent)
+        if "name" not in raw:
+            raw["name"] = name_from_file(Path(path))
     raw = apply_overrides(raw, defaults or [])
     raw = apply_overrides(raw, overrides or [])
     data = raw.get("data")
@@ -647,6 +649,14 @@ def load_config(
     if "loss.name" in override_keys(overrides or []):
         _resolve_loss_file(raw, Path.cwd())
     return validate_config(raw, source, overridden=override_keys(overrides or []))
+
+
+def name_from_file(path: Path) -> str:
+    """A config file without ``name:`` names its runs after itself (``robust.yaml``:
+    ``robust-<time>``): characters a run name cannot hold become ``-``; ``run`` when
+    nothing is left."""
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "-", path.stem)[:MAX_NAME].strip("-")
+    return name if name.strip(".") else "run"
 
 
 def _resolve_loss_file(raw: dict[str, Any], folder: Path) -> None:

@@ -143,7 +143,7 @@ def render_summary(metrics: dict[str, Any], run_dir: str, console: Console) -> N
     lines = [
         f"status: {metrics['status']}   epochs: {metrics['epochs']}   steps: {metrics['steps']}",
         f"time: {metrics['seconds']:.2f} s"
-        + (f"   {sps:,.0f} samples/s" if sps else "")
+        + (f"   {sps:,.0f} samples/s overall" if sps else "")
         + f"   device: {metrics['device']}",
     ]
     message = metrics.get("message") if metrics["status"] != "diverged" else None

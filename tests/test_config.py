@@ -158,6 +158,19 @@ def test_relative_data_path_is_relative_to_config(tmp_path):
     assert load_config(f).data.path == str((tmp_path / "sub" / "d.csv").resolve())
 
 
+@pytest.mark.parametrize(
+    ("file", "expected"),
+    [("robust.yaml", "robust"), ("my run!.yml", "my-run"), ("...yaml", "run"), ("é.yaml", "run")],
+)
+def test_a_config_without_name_names_its_runs_after_the_file(tmp_path, file, expected):
+    (tmp_path / file).write_text("seed: 1\n")
+    assert load_config(tmp_path / file).name == expected
+    assert load_config(tmp_path / file, ["name=given"]).name == "given"
+    (tmp_path / file).write_text("name: kept\n")
+    assert load_config(tmp_path / file).name == "kept"
+    assert load_config(None).name == "quickstart"
+
+
 def test_cli_validate_show_and_errors(runner, tmp_path):
     qs = str(ROOT / "configs" / "quickstart.yaml")
     r = runner.invoke(app, ["config", "validate", "--config", qs])

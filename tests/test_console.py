@@ -37,7 +37,7 @@ def test_summary_shows_fitted_beside_true_and_where_to_look(tmp_path):
     text = console.file.getvalue()
     assert "x0" in text and "0.81" in text and "0.8 " in text and "-1.4" in text
     assert "intercept" in text and "1.02" in text
-    assert "status: completed" in text and "9,600 samples/s" in text
+    assert "status: completed" in text and "9,600 samples/s overall" in text
     assert "coefficient error vs truth (L2): 0.02" in text
     assert f"tensorboard --logdir {run}" in text
     assert "nan" in text  # an undefined R^2 is shown as such, not hidden

@@ -113,7 +113,7 @@ def _load_in_memory(
         X, y, truth_w, truth_b, outliers = make_synthetic(cfg, seed)
         names = [f"x{i}" for i in range(X.shape[1])]
         n_f = cfg.n_features
-        source = f"synthetic ({cfg.n_samples} rows, {n_f} feature{'s' * (n_f != 1)})"
+        source = f"synthetic ({cfg.n_samples:,} rows, {n_f} feature{'s' * (n_f != 1)})"
     else:
         # parsed straight into the training dtype (float32 parses ~10% faster); the
         # statistics below are computed in float64 either way
@@ -124,7 +124,7 @@ def _load_in_memory(
         )  # fmt: skip
         if dropped:
             notes.append(f"dropped {dropped} rows with missing or non-finite cells")
-        source = f"{cfg.path} ({X.shape[0]} rows)"
+        source = f"{cfg.path} ({X.shape[0]:,} rows)"
     # 2. split, 3. scaling from the training rows
     where = cfg.path if cfg.source != "synthetic" else "data.n_samples"
     train_idx, val_idx = split_indices(X.shape[0], cfg.val_fraction, seed, where=str(where))
@@ -179,7 +179,7 @@ def _load_streamed(
     return Dataset(
         X_train=X_train, y_train=y_train, X_val=X_val, y_val=y_val,
         feature_names=info.features, scaling=info.scaling,
-        source=f"{cfg.path} ({info.n_rows} rows in {files} file(s), streamed)",
+        source=f"{cfg.path} ({info.n_rows:,} rows in {files} file{'s' * (files != 1)}, streamed)",
         n_rows=info.n_rows, notes=info.notes, stream=info, constant=info.constant,
     )  # fmt: skip
 
@@ -199,7 +199,7 @@ def dataset_from_arrays(
     ys = ((y - scaling.y_mean) / scaling.y_scale).reshape(-1, 1)
     return Dataset(
         X_train=_tensor(scaling.apply_x(X), tdtype), y_train=_tensor(ys, tdtype), X_val=None,
-        y_val=None, feature_names=names, scaling=scaling, source=f"arrays ({len(X)} rows)",
+        y_val=None, feature_names=names, scaling=scaling, source=f"arrays ({len(X):,} rows)",
         n_rows=len(X), notes=[f"feature '{names[i]}' {msg}" for i, msg in notes],
         constant=[i for i, _ in notes],
     )  # fmt: skip
