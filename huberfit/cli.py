@@ -46,8 +46,9 @@ _debug = {"on": os.environ.get("HUBERFIT_DEBUG", "") not in ("", "0")}
 
 F = TypeVar("F", bound=Callable[..., Any])
 
+PATH = "<path>"  # path options are text (see path_option), shown as paths
 CONFIG_OPT = typer.Option(
-    None, "--config", "-c", help="YAML config file; default: the built-in quickstart."
+    None, "--config", "-c", metavar=PATH, help="YAML config file; default: the built-in quickstart."
 )
 OVERRIDES_ARG = typer.Argument(
     None, help="Overrides as dotted.key=value, e.g. optimizer.lr=0.1 train.epochs=5."
@@ -94,8 +95,18 @@ def no_empty(**flags: str | None) -> None:
         if value is not None and not value.strip():
             flag = "--" + key.replace("_", "-")
             hint = ("use auto, cpu, cuda, cuda:N or mps" if key == "device" else "give a value"
-                    if key == "input" else f"give a value, or leave {flag} out for its default")  # fmt: skip
+                    if key in ("input", "run", "resume") else f"give a value, or leave {flag} out for its default")  # fmt: skip
             raise ConfigError(f"{flag} is empty; {hint}")
+
+
+def path_option(value: str | None, flag: str) -> Path | None:
+    """A path option as given (``None`` when left out). Path options are taken as text:
+    Typer's ``Path`` turns ``''`` into ``.``, the current folder, which ``no_empty``
+    refuses instead."""
+    if value is None:
+        return None
+    no_empty(**{flag: value})
+    return Path(value)
 
 
 def print_json(data: Any) -> None:
@@ -153,39 +164,44 @@ def main_options(
 
 @config_app.command("show")
 @user_errors
-def config_show(overrides: list[str] = OVERRIDES_ARG, config: Path | None = CONFIG_OPT) -> None:
+def config_show(overrides: list[str] = OVERRIDES_ARG, config: str | None = CONFIG_OPT) -> None:
     """Print the resolved config (every default filled in) as YAML."""
     from huberfit.config import dump_config, load_config
 
-    out.print(dump_config(load_config(config, overrides)), end="", markup=False)
+    cfg = load_config(path_option(config, "config"), overrides)
+    out.print(dump_config(cfg), end="", markup=False)
 
 
 @config_app.command("validate")
 @user_errors
-def config_validate(overrides: list[str] = OVERRIDES_ARG, config: Path | None = CONFIG_OPT) -> None:
+def config_validate(overrides: list[str] = OVERRIDES_ARG, config: str | None = CONFIG_OPT) -> None:
     """Check a config: print 'ok', or every problem and exit 1."""
     from huberfit.config import load_config
 
-    load_config(config, overrides)
+    load_config(path_option(config, "config"), overrides)
     out.print("ok")
 
 
 @config_app.command("init")
 @user_errors
 def config_init(
-    path: Path = typer.Argument(Path("huberfit.yaml"), help="Where to write the starter config."),
+    path: str = typer.Argument("huberfit.yaml", help="Where to write the starter config."),
 ) -> None:
     """Write a commented starter config (never overwrites a file)."""
     from huberfit.artifacts import write_text_atomic
     from huberfit.config import starter_config
     from huberfit.errors import ConfigError
 
-    if path.exists() or path.is_symlink():
-        raise ConfigError(f"{path} already exists; choose another path or remove it first")
-    if not path.parent.is_dir():
-        raise ConfigError(f"cannot write {path}: its folder {path.parent} does not exist")
-    write_text_atomic(path, starter_config())  # whole or not at all (a full disk)
-    out.print(f"wrote {path}; run it with: huberfit train --config {path}")
+    if not path.strip():  # text, not Path: Typer's Path makes '' the current folder
+        raise ConfigError("config init: the path is empty; give a file name, or none for "
+                          "huberfit.yaml")  # fmt: skip
+    file = Path(path)
+    if file.exists() or file.is_symlink():
+        raise ConfigError(f"{file} already exists; choose another path or remove it first")
+    if not file.parent.is_dir():
+        raise ConfigError(f"cannot write {file}: its folder {file.parent} does not exist")
+    write_text_atomic(file, starter_config())  # whole or not at all (a full disk)
+    out.print(f"wrote {file}; run it with: huberfit train --config {file}")
 
 
 @config_app.command("schema")
@@ -203,12 +219,12 @@ def config_schema() -> None:
 @user_errors
 def train(
     overrides: list[str] = OVERRIDES_ARG,
-    config: Path | None = CONFIG_OPT,
+    config: str | None = CONFIG_OPT,
     runs_dir: str | None = typer.Option(None, "--runs-dir", help="Parent folder of run folders."),
     name: str | None = typer.Option(None, "--name", help="Run name (overrides name:)."),
     device: str | None = typer.Option(None, "--device", help="auto | cpu | cuda[:N] | mps."),
-    resume: Path | None = typer.Option(
-        None, "--resume", help="Continue this run folder to its configured epochs."
+    resume: str | None = typer.Option(
+        None, "--resume", metavar=PATH, help="Continue this run folder to its configured epochs."
     ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print nothing but errors."),
     json_out: bool = typer.Option(False, "--json", help="Print metrics.json to stdout only."),
@@ -218,17 +234,18 @@ def train(
     from huberfit.errors import ConfigError
 
     no_empty(runs_dir=runs_dir, name=name, device=device)
+    config_path, resume_path = path_option(config, "config"), path_option(resume, "resume")
     overrides = list(overrides or [])
     flags = [f"name={name}"] * bool(name) + [f"device={device}"] * bool(device)
-    if resume is not None:
+    if resume_path is not None:
         from huberfit.artifacts import load_resume
 
-        if config is not None:
+        if config_path is not None:
             raise ConfigError("--resume continues a run with its own config; drop --config")
-        cfg, ckpt = load_resume(str(resume), overrides + flags)
+        cfg, ckpt = load_resume(str(resume_path), overrides + flags)
     else:
-        cfg, ckpt = load_config(config, overrides + flags), None
-    _run_training(cfg, ckpt, resume, runs_dir, quiet, json_out)
+        cfg, ckpt = load_config(config_path, overrides + flags), None
+    _run_training(cfg, ckpt, resume_path, runs_dir, quiet, json_out)
 
 
 def _run_training(cfg, ckpt, resume, runs_dir, quiet: bool, json_out: bool) -> None:
@@ -375,10 +392,11 @@ def check_loss(
 @user_errors
 def compare_losses(
     overrides: list[str] = OVERRIDES_ARG,
-    config: Path | None = typer.Option(
+    config: str | None = typer.Option(
         None,
         "--config",
         "-c",
+        metavar=PATH,
         help="YAML config file; default: the built-in comparison (1 feature, 15% outliers).",
     ),
     losses: str = typer.Option(
@@ -396,6 +414,7 @@ def compare_losses(
 ) -> None:
     """Train the same experiment with each loss (same data, split, init, batch order)."""
     no_empty(runs_dir=runs_dir, name=name)
+    config_path = path_option(config, "config")
     from huberfit.config import load_config
     from huberfit.distributed import launched_by_torchrun
     from huberfit.errors import ConfigError
@@ -410,12 +429,12 @@ def compare_losses(
     if any(not d > 0 or d == float("inf") for d in delta_list):
         raise ConfigError(f"--deltas must all be finite and > 0; got {deltas!r}")
     overrides = list(overrides or []) + [f"name={name}"] * bool(name)
-    if config is None:
+    if config_path is None:
         from huberfit.compare import COMPARE_DEFAULTS
 
         cfg = load_config(None, overrides, defaults=COMPARE_DEFAULTS)
     else:
-        cfg = load_config(config, overrides)
+        cfg = load_config(config_path, overrides)
     _run_comparison(cfg, names, delta_list, runs_dir, quiet, json_out)
 
 
@@ -462,7 +481,7 @@ def sweep(
         None,
         help="key=a,b,c: choices; key=low..high or low..high:log: a range; key=value: fixed.",
     ),
-    config: Path | None = CONFIG_OPT,
+    config: str | None = CONFIG_OPT,
     sampler: str | None = typer.Option(
         None, "--sampler", help="grid | random | tpe; default: grid for choices, else tpe."
     ),
@@ -486,8 +505,8 @@ def sweep(
     study: str | None = typer.Option(
         None, "--study", help="Study name: every process and machine naming it joins it."
     ),
-    resume: Path | None = typer.Option(
-        None, "--resume", help="A sweep folder: finish its remaining trials."
+    resume: str | None = typer.Option(
+        None, "--resume", metavar=PATH, help="A sweep folder: finish its remaining trials."
     ),
     runs_dir: str | None = typer.Option(None, "--runs-dir", help="Parent folder of run folders."),
     name: str | None = typer.Option(None, "--name", help="Sweep name: sweep-<name>-<time>."),
@@ -509,7 +528,8 @@ def sweep(
     from huberfit.config import load_config
 
     no_empty(runs_dir=runs_dir, name=name, study=study)
-    if resume is not None:
+    config_path, resume_path = path_option(config, "config"), path_option(resume, "resume")
+    if resume_path is not None:
         given = {"--config": config, "key=value arguments": overrides, "--sampler": sampler,
                  "--trials": trials, "--metric": metric, "--direction": direction,
                  "--no-prune": no_prune, "--study": study, "--name": name,
@@ -517,15 +537,15 @@ def sweep(
         if any(given.values()):
             drop = ", ".join(k for k, v in given.items() if v)
             raise ConfigError(f"--resume finishes a sweep as it was planned; drop {drop}")
-        plan, parent = sw.load_parent(resume), resume
+        plan, parent = sw.load_parent(resume_path), resume_path
         plan.storage = sw.storage_for_resume(plan, storage)
     else:
         from huberfit.config import override_keys
 
         swept, plain = sw.split_args(list(overrides or []))
-        cfg = load_config(config, plain + [f"name={name}"] * bool(name))
+        cfg = load_config(config_path, plain + [f"name={name}"] * bool(name))
         raw = cfg.model_dump(mode="json")
-        plan = sw.build_plan(cfg, raw, swept, str(config) if config else "", sampler=sampler,
+        plan = sw.build_plan(cfg, raw, swept, str(config_path or ""), sampler=sampler,
                              trials=trials, metric=metric, direction=direction,
                              prune=False if no_prune else None, study=study or "",
                              storage=storage, fixed=override_keys(plain))  # fmt: skip
@@ -582,14 +602,14 @@ def _say_sweep_interrupted(parent: Path, how: str = "interrupted") -> None:
 
 # ----------------------------------------------------------------------------- use a run
 
-RUN_OPT = typer.Option(..., "--run", help="A run folder (holds checkpoint.pt).")
+RUN_OPT = typer.Option(..., "--run", metavar=PATH, help="A run folder (holds checkpoint.pt).")
 INPUT_OPT = typer.Option(..., "--input", "-i", help="A .csv or .parquet file.")
 
 
 @app.command()
 @user_errors
 def predict(
-    run: Path = RUN_OPT,
+    run: str = RUN_OPT,
     input: str = INPUT_OPT,
     output: str | None = typer.Option(
         None, "--output", "-o", help=".csv or .parquet; default: CSV on stdout."
@@ -600,9 +620,10 @@ def predict(
 ) -> None:
     """Add a 'prediction' column to the rows of a file, using a trained run."""
     no_empty(input=input, output=output)  # '' would be the current folder's every file
+    run_path = path_option(run, "run")
     from huberfit.predict import load_run, predict_file
 
-    trained = load_run(run)
+    trained = load_run(run_path)
     rows = predict_file(trained, input, output, overwrite=overwrite)
     if output is not None:
         err.print(f"wrote {rows} rows with predictions to {output}")
@@ -611,7 +632,7 @@ def predict(
 @app.command("eval")
 @user_errors
 def evaluate(
-    run: Path = RUN_OPT,
+    run: str = RUN_OPT,
     input: str = INPUT_OPT,
     target: str | None = typer.Option(None, "--target", help="Target column (default: the run's)."),
     loss: str | None = typer.Option(
@@ -621,11 +642,12 @@ def evaluate(
 ) -> None:
     """Score a trained run on a labelled file: MSE, MAE, R^2 and its training objective."""
     no_empty(input=input, target=target, loss=loss)
+    run_path = path_option(run, "run")
     from huberfit.errors import ConfigError
     from huberfit.predict import evaluate_file, load_run
     from huberfit.sinks import render_scores
 
-    trained = load_run(run)
+    trained = load_run(run_path)
     own = None
     if loss is not None:
         from huberfit.losses import is_own, load_own_loss, own_label
@@ -650,7 +672,9 @@ def evaluate(
 @app.command()
 @user_errors
 def runs(
-    runs_dir: Path = typer.Option(Path("runs"), "--runs-dir", help="Folder holding run folders."),
+    runs_dir: str = typer.Option(
+        "runs", "--runs-dir", metavar=PATH, help="Folder holding run folders."
+    ),
     json_out: bool = typer.Option(False, "--json", help="Print the rows as JSON."),
 ) -> None:
     """List runs, newest first (comparisons and sweeps with their runs under them)."""
@@ -658,6 +682,7 @@ def runs(
     from huberfit.runs import list_runs
     from huberfit.sinks import render_runs
 
+    no_empty(runs_dir=runs_dir)
     if Path(runs_dir).expanduser().exists() and not Path(runs_dir).expanduser().is_dir():
         raise HuberfitError(f"--runs-dir {runs_dir} is a file, not a runs folder")
     rows = list_runs(runs_dir, checkpoint_problem)  # a folder it offers to resume: checked
@@ -696,8 +721,11 @@ def bench(
     budget_mb: int = typer.Option(
         BENCH_BUDGET_MB, "--budget-mb", min=1, help="...and train on it with this budget."
     ),
-    folder: Path | None = typer.Option(
-        None, "--folder", help="Where the Parquet files go (default: a temporary folder)."
+    folder: str | None = typer.Option(
+        None,
+        "--folder",
+        metavar=PATH,
+        help="Where the Parquet files go (default: a temporary folder).",
     ),
     json_out: bool = typer.Option(False, "--json", help="Print the results as JSON."),
 ) -> None:
@@ -716,10 +744,11 @@ def bench(
     )
     from huberfit.device import resolve_device
 
-    _bench_flags_apart(csv, stream_gb, folder, rows, features, batch_size, epochs, device,
+    folder_path = path_option(folder, "folder")
+    _bench_flags_apart(csv, stream_gb, folder_path, rows, features, batch_size, epochs, device,
                        budget_mb)  # fmt: skip
     if stream_gb != 0.0:  # negative, NaN and inf included: refused there
-        _bench_streaming(stream_gb, budget_mb, folder, json_out)
+        _bench_streaming(stream_gb, budget_mb, folder_path, json_out)
         return
     if csv:
         r = csv_load_pair(rows)
@@ -837,7 +866,7 @@ def _bench_streaming(gigabytes: float, budget_mb: int, folder: Path | None, json
                 where.mkdir(parents=True, exist_ok=True)
             except OSError as exc:
                 raise RunError(f"--folder {where}: cannot create it ({exc.strerror})") from None
-            _dim(f"writing {gigabytes:g} GB of Parquet into {where}")
+            _dim(f"writing {gigabytes:g} GB of float64 rows as Parquet files into {where}")
             try:
                 write_parquet_dataset(where, gigabytes)
             except OSError as exc:
@@ -850,7 +879,8 @@ def _bench_streaming(gigabytes: float, budget_mb: int, folder: Path | None, json
         print_json({**r, **s, "host": host_description()})
         return
     lines = [  # each fits 80 columns
-        f"{r['bytes'] / 1e9:.2f} GB of Parquet, {r['rows']:,} rows, streamed: {r['streamed']}",
+        f"{r['rows']:,} rows, {r['bytes'] / 1e9:.2f} GB of Parquet on disk, streamed: "
+        f"{r['streamed']}",
         f"a streamed epoch: {s['epoch_seconds']:.3f} s ({s['epoch_rows_per_second']:,.0f} rows "
         "read/s)",
         f"a bare pyarrow.dataset scan into NumPy: {s['scan_seconds']:.3f} s "

@@ -124,9 +124,9 @@ def test_bench_streaming_never_takes_the_users_files_or_folder(runner, tmp_path,
     assert r.stderr == (f"error: --folder {mine}: data.parquet was not written by huberfit bench "
                         "(its columns are a, target); give an empty or new folder\n")  # fmt: skip
     monkeypatch.chdir(tmp_path)
-    for folder in ("", "."):
+    for folder, said in (("", "--folder is empty"), (".", "--folder: name a folder")):
         r = runner.invoke(app, ["bench", "--stream-gb", "0.001", "--folder", folder])
-        assert r.exit_code == 1 and r.stderr.startswith("error: --folder: name a folder")
+        assert r.exit_code == 1 and r.stderr.startswith(f"error: {said}")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mine"]
 
 

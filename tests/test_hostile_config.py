@@ -289,6 +289,17 @@ def test_paths_with_a_nul_or_an_unknown_user_are_named_not_crashed(tmp_path, mon
         (["predict", "--run", ".", "--input", ""], "--input is empty; give a value"),
         (["predict", "--run", ".", "--input", "x.csv", "-o", ""], "--output is empty; give a value, or leave --output out for its default"),
         (["eval", "--run", ".", "--input", ""], "--input is empty; give a value"),
+        (["train", "--config", ""], "--config is empty; give a value, or leave --config out for its default"),
+        (["train", "--resume", ""], "--resume is empty; give a value"),
+        (["sweep", "--resume", ""], "--resume is empty; give a value"),
+        (["compare-losses", "--config", " "], "--config is empty; give a value, or leave --config out for its default"),
+        (["config", "show", "--config", ""], "--config is empty; give a value, or leave --config out for its default"),
+        (["config", "validate", "--config", ""], "--config is empty; give a value, or leave --config out for its default"),
+        (["config", "init", ""], "config init: the path is empty; give a file name, or none for huberfit.yaml"),
+        (["predict", "--run", "", "--input", "x.csv"], "--run is empty; give a value"),
+        (["eval", "--run", "", "--input", "x.csv"], "--run is empty; give a value"),
+        (["runs", "--runs-dir", ""], "--runs-dir is empty; give a value, or leave --runs-dir out for its default"),
+        (["bench", "--stream-gb", "0.01", "--folder", ""], "--folder is empty; give a value, or leave --folder out for its default"),
         (["train", "--config", "c.yaml"], "c.yaml: output.runs_dir is empty; give a path ('.' is the current folder); got ''"),
         (["train", "data.source=csv", "data.target=y", "--config", "d.yaml"], "d.yaml: data.path is empty; give a path ('.' is the current folder); got ''"),
     ],
@@ -296,8 +307,9 @@ def test_paths_with_a_nul_or_an_unknown_user_are_named_not_crashed(tmp_path, mon
 def test_empty_options_and_paths_are_refused_not_taken_for_defaults(
     runner, tmp_path, monkeypatch, args, expected
 ):
-    """``--device ''`` silently meant auto, ``--runs-dir ''`` the default, and an empty
-    runs_dir or data.path the current folder (or the config's, read as a data folder)."""
+    """``--device ''`` silently meant auto, ``--runs-dir ''`` the default, an empty
+    runs_dir or data.path the current folder (or the config's, read as a data folder), and
+    an empty path option (``--config ''``, ``--run ''``) the current folder."""
     monkeypatch.chdir(tmp_path)
     (tmp_path / "c.yaml").write_text('output:\n  runs_dir: ""\n')
     (tmp_path / "d.yaml").write_text('data:\n  path: ""\n')
