@@ -129,6 +129,45 @@ def test_epochs_gathered_ahead_are_the_epochs_gathered_by_blocks():
     ahead.settle()
 
 
+def test_a_draw_on_the_training_thread_never_overwrites_the_order_being_gathered(monkeypatch):
+    """Epoch 4 asked for while epoch 3 is gathered ahead: the training thread must not draw
+    epoch 5 into 3's slot (``orders[1]``) while the gather reads it. Made certain, not
+    left to timing: a gather ahead waits (at most 0.2 s) for a permutation drawn on the
+    training thread meanwhile, so such a draw always lands while the gather is under way."""
+    import threading
+
+    ahead, X, y = _source()
+    blocks = InMemoryBatches(X, y, 1024, 9)
+    blocks.reads_ahead = False
+    drawn, clashes = threading.Event(), []
+    gather, order = torch.index_select, ahead.order
+
+    def gated(*args, **kwargs):
+        if threading.current_thread().name == "huberfit-epoch-ahead":
+            drawn.wait(0.2)
+        return gather(*args, **kwargs)
+
+    def noted(epoch, out=None):
+        state = ahead._ahead
+        meanwhile = (threading.current_thread() is threading.main_thread()
+                     and state is not None and state.thread is not None
+                     and state.thread.is_alive())  # fmt: skip
+        if meanwhile and state.gathering != epoch and state.gathering % 2 == epoch % 2:
+            clashes.append((epoch, state.gathering))
+        result = order(epoch, out)
+        if meanwhile:
+            drawn.set()
+        return result
+
+    monkeypatch.setattr(torch, "index_select", gated)
+    monkeypatch.setattr(ahead, "order", noted)
+    for epoch in (2, 4, 3):  # 3 is gathered ahead while 4 is asked for, then served
+        assert torch.equal(_served(ahead, epoch), _served(blocks, epoch))
+        drawn.clear()
+    ahead.settle()
+    assert clashes == []
+
+
 def test_no_epoch_is_gathered_ahead_past_the_planned_last():
     source, _, _ = _source()
     source.plan(2)
