@@ -626,7 +626,7 @@ def predict(
     trained = load_run(run_path)
     rows = predict_file(trained, input, output, overwrite=overwrite)
     if output is not None:
-        err.print(f"wrote {rows} rows with predictions to {output}")
+        err.print(f"wrote {rows:,} rows with predictions to {output}")
 
 
 @app.command("eval")

@@ -196,7 +196,7 @@ def check_range(
     advice = f"set {advice}or rescale the column" if advice else "rescale the column"
     if unscaled[i] and reach[i] <= limit:
         raise DataError(
-            f"{at} unscaled: its squares summed over {n_rows} rows overflow {dtype}; {advice}"
+            f"{at} unscaled: its squares summed over {n_rows:,} rows overflow {dtype}; {advice}"
         )
     scaled = "" if unscaled[i] else " once scaled"
     raise DataError(f"{at}{scaled}, beyond {dtype}'s range ({limit:.3g}); {advice}")
