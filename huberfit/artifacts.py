@@ -222,8 +222,7 @@ def load_checkpoint(run_dir: str | Path) -> dict[str, Any]:
 
     run = Path(run_dir)
     path = run / "checkpoint.pt"
-    if not run.is_dir():
-        raise RunError(f"run folder not found: {run}")
+    check_run_folder(run)
     if not path.is_file():
         from huberfit.runs import folder_state
 
@@ -461,8 +460,7 @@ def load_resume(run_dir: str, overrides: list[str]) -> tuple[Any, dict[str, Any]
     from huberfit.runs import folder_state
 
     run = Path(run_dir)
-    if not run.is_dir():
-        raise RunError(f"run folder not found: {run}")
+    check_run_folder(run)
     folder = folder_state(run, checkpoint_problem)
     if not folder.resumable:
         raise RunError(f"{run}: {folder.detail}")
@@ -527,3 +525,10 @@ def check_same_loss(ckpt: dict[str, Any], name: str) -> None:
             f"{then['sha256'][:12]} then, {now['sha256'][:12]} now); put it back as it was to "
             "resume, or train a new run"
         )
+
+
+def check_run_folder(run: Path) -> None:
+    """A run folder given by a person (``--resume``, ``--run``) exists and is a folder."""
+    if not run.is_dir():
+        raise RunError(f"{run} is a file, not a run folder" if run.exists()
+                       else f"run folder not found: {run}")  # fmt: skip

@@ -649,7 +649,8 @@ def table_notes(res: BenchResult) -> list[str]:
         f"medians: (a) and (b') of {e} epoch{'s' * (e != 1)}, (b) of {RUN_EPOCHS * e} "
         f"({RUN_EPOCHS} a round), (d) of "
         f"{paired} pairs",
-        "(d): one training, TB on and off by turns, epoch by epoch; validation scored",
+        "(d): one training, TB on and off by turns, epoch by epoch; validation scored;",
+        "  its % is the median of the pairs' differences, not of the two medians above",
     ]
 
 

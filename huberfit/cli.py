@@ -14,6 +14,7 @@ import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from shlex import quote
 from typing import Any, TypeVar
 
 import typer
@@ -137,7 +138,7 @@ def _say_interrupted(exc: BaseException | None = None) -> None:
     else:
         what = (f"{run_dir} keeps its checkpoint from epoch {epoch}" if at_once != "interrupted"
                 else f"saved {run_dir} (checkpoint at epoch {epoch})")  # fmt: skip
-        line = f"{at_once}: {what}; continue with: huberfit train --resume {run_dir}"
+        line = f"{at_once}: {what}; continue with: huberfit train --resume {quote(str(run_dir))}"
     err.print(line, markup=False, highlight=False, soft_wrap=True)
 
 
@@ -226,7 +227,7 @@ def train(
     resume: str | None = typer.Option(
         None, "--resume", metavar=PATH, help="Continue this run folder to its configured epochs."
     ),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="Print nothing but errors."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only errors and warnings."),
     json_out: bool = typer.Option(False, "--json", help="Print metrics.json to stdout only."),
 ) -> None:
     """Train one experiment into a new run folder (default: the built-in quickstart)."""
@@ -274,7 +275,10 @@ def _train(cfg, ckpt, resume, runs_dir, quiet: bool, dist):
     prepared = prepare(cfg, dist)
     how = " (auto)" if cfg.device == "auto" and dist is None else ""
     ranks = f"   processes: {dist.world} ({dist.device.type})" if dist is not None else ""
-    console.note(f"device: {prepared.device}{how}   data: {prepared.data.source}{ranks}")
+    parts = [f"device: {prepared.device}{how}", f"data: {prepared.data.source}{ranks}"]
+    line = "   ".join(parts)  # on two lines when a terminal is too narrow for one
+    for note in parts if err.is_terminal and len(line) > err.width else [line]:
+        console.note(note)
     done = ckpt["state"]["epoch"] if ckpt else 0
     if ckpt and done >= cfg.train.epochs:
         from huberfit.runs import FINISHED, folder_state
@@ -283,13 +287,13 @@ def _train(cfg, ckpt, resume, runs_dir, quiet: bool, dist):
         if ended.status in FINISHED:  # nothing to do: no writes (else: written anew)
             console.note(
                 f"the run already has its {done} epochs; nothing to train "
-                f"(continue it with: huberfit train --resume {resume} train.epochs={done + 10})"
+                f"(continue it with: huberfit train --resume {quote(str(resume))} train.epochs={done + 10})"
             )
             return ended.metrics, resume
         console.note(
             f"the run already has {done} epochs (train.epochs={cfg.train.epochs}): nothing to "
             f"train; it is scored as it is and ends completed (for more: huberfit train "
-            f"--resume {resume} train.epochs={done + 10})"
+            f"--resume {quote(str(resume))} train.epochs={done + 10})"
         )
     outcome = train_run(cfg, console, runs_dir, prepared, run_dir=resume, resume=ckpt, dist=dist)
     return outcome.metrics, outcome.run_dir
@@ -309,17 +313,19 @@ def _exit_for(metrics, run_dir, main: bool) -> None:
 
     from huberfit.errors import DivergedError
     from huberfit.metrics import gap_warning
+    from huberfit.sinks import prose
 
     status = metrics["status"]
     warning = gap_warning(metrics) if status != "interrupted" else None  # one line: resume
     if warning and main:
-        err.print(Text(warning, style="yellow"), soft_wrap=False)
+        prose(err, Text(warning, style="yellow"))
     if status == "diverged":
         raise DivergedError(f"{metrics['message']} (run folder kept: {run_dir})")
     if status == "interrupted":
         if main:
             err.print(
-                f"interrupted: saved {run_dir}; continue with: huberfit train --resume {run_dir}",
+                f"interrupted: saved {run_dir}; continue with: huberfit train --resume "
+                f"{quote(str(run_dir))}",
                 markup=False,
             )
         _said["interrupted"] = True
@@ -409,7 +415,7 @@ def compare_losses(
         "--name",
         help="Comparison name (overrides name:); the folder is compare-<name>-<time>.",
     ),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="Print nothing but errors."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only errors and warnings."),
     json_out: bool = typer.Option(False, "--json", help="Print comparison.json to stdout only."),
 ) -> None:
     """Train the same experiment with each loss (same data, split, init, batch order)."""
@@ -510,7 +516,7 @@ def sweep(
     ),
     runs_dir: str | None = typer.Option(None, "--runs-dir", help="Parent folder of run folders."),
     name: str | None = typer.Option(None, "--name", help="Sweep name: sweep-<name>-<time>."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="Print nothing but errors."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only errors and warnings."),
     json_out: bool = typer.Option(False, "--json", help="Print the trials as JSON only."),
     worker: Path | None = typer.Option(None, "--worker", hidden=True),
     worker_index: int = typer.Option(0, "--worker-index", hidden=True),
@@ -597,7 +603,7 @@ def _resume_comparison(plan, parent: Path, quiet: bool, json_out: bool) -> None:
 def _say_sweep_interrupted(parent: Path, how: str = "interrupted") -> None:
     """A sweep's (or comparison's) last line when stopped: how to finish it."""
     _said["interrupted"] = True
-    err.print(f"{how}: continue with: huberfit sweep --resume {parent}", markup=False)
+    err.print(f"{how}: continue with: huberfit sweep --resume {quote(str(parent))}", markup=False)
 
 
 # ----------------------------------------------------------------------------- use a run
@@ -854,6 +860,7 @@ def _bench_streaming(gigabytes: float, budget_mb: int, folder: Path | None, json
                           "current folder")  # fmt: skip
     if folder is not None and list(folder.glob("*.parquet")):
         _check_bench_files(folder, gigabytes)
+        _dim(f"timing the {gigabytes:g} GB of Parquet files an earlier bench left in {folder}")
     with tempfile.TemporaryDirectory() as tmp:
         where = folder or Path(tmp) / "data"
         if not list(where.glob("*.parquet")):
@@ -878,18 +885,19 @@ def _bench_streaming(gigabytes: float, budget_mb: int, folder: Path | None, json
     if json_out:
         print_json({**r, **s, "host": host_description()})
         return
+    how = "streamed" if r["streamed"] else "loaded into memory"
     lines = [  # each fits 80 columns
-        f"{r['rows']:,} rows, {r['bytes'] / 1e9:.2f} GB of Parquet on disk, streamed: "
-        f"{r['streamed']}",
+        f"{r['rows']:,} rows x 17 columns, {r['bytes'] / 1e9:.2f} GB of Parquet on disk",
         f"a streamed epoch: {s['epoch_seconds']:.3f} s ({s['epoch_rows_per_second']:,.0f} rows "
         "read/s)",
         f"a bare pyarrow.dataset scan into NumPy: {s['scan_seconds']:.3f} s "
         f"({s['scan_rows_per_second']:,.0f} rows/s)",
         f"the epoch takes {s['epoch_vs_scan']:.2f}x the scan",
-        f"peak RSS {r['peak_rss_mb']:.0f} MB with data.memory_budget_mb={budget_mb}",
-        f"  (the size from which a run streams, not a cap; a 1,000-row run: "
-        f"{r['baseline_rss_mb']:.0f} MB)",
-        f"a whole training run: {r['wall_seconds']:.0f} s",
+        f"a training run of 1 epoch with data.memory_budget_mb={budget_mb} ({how}):",
+        f"  peak RSS {r['peak_rss_mb']:.0f} MB; {r['wall_seconds']:.0f} s from start to end "
+        "(scan, epoch, scoring)",
+        f"  (a 1,000-row run: {r['baseline_rss_mb']:.0f} MB; the budget is when to stream, "
+        "not a cap)",
         *host_lines(),
     ]
     busy = busy_note(s)

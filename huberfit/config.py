@@ -12,6 +12,7 @@ from __future__ import annotations
 import difflib
 import re
 import stat
+import unicodedata
 from pathlib import Path
 from types import UnionType
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
@@ -21,7 +22,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from huberfit.errors import ConfigError, one_line
 
-NAME_PATTERN = r"^[A-Za-z0-9_.-]+$"
+# a run name: never hidden (".x"), never read as an option ("-x") where a command names it
+NAME_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$"
+NAME_RULE = "ASCII letters, digits, '_', '-' and '.', beginning with a letter, digit or '_'"
 DEVICE_PATTERN = r"^(auto|cpu|mps|cuda(:[0-9]+)?)$"
 # A run folder is <prefix><name>-<YYYYmmdd-HHMMSS>[-N]: a name of at most 128 characters
 # keeps it well inside the 255 bytes a file name may have (ext4, APFS, NTFS).
@@ -653,10 +656,11 @@ def load_config(
 
 def name_from_file(path: Path) -> str:
     """A config file without ``name:`` names its runs after itself (``robust.yaml``:
-    ``robust-<time>``): characters a run name cannot hold become ``-``; ``run`` when
-    nothing is left."""
-    name = re.sub(r"[^A-Za-z0-9_.-]+", "-", path.stem)[:MAX_NAME].strip("-")
-    return name if name.strip(".") else "run"
+    ``robust-<time>``): accents dropped (``é`` is ``e``), other characters a run name
+    cannot hold become ``-``, leading dots and dashes go; ``run`` when nothing is left."""
+    ascii_stem = unicodedata.normalize("NFKD", path.stem).encode("ascii", "ignore").decode()
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "-", ascii_stem).lstrip(".-")[:MAX_NAME].rstrip("-")
+    return name or "run"
 
 
 def _resolve_loss_file(raw: dict[str, Any], folder: Path) -> None:
@@ -769,6 +773,8 @@ def _problem(err: dict[str, Any]) -> tuple[str, str]:
     constraint = _CONSTRAINTS.get(kind)
     if constraint is None:
         constraint = _clip(err["msg"][0].lower() + err["msg"][1:], 120)
+    elif kind == "string_pattern_mismatch" and ctx.get("pattern") == NAME_PATTERN:
+        constraint = f"must be {NAME_RULE}"
     else:
         constraint = constraint.format(**{k: _show_ctx(v) for k, v in ctx.items()})
     hint = ""

@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from shlex import quote
 from typing import Any
 
 from huberfit.config import user_path
@@ -37,10 +38,11 @@ def list_runs(runs_dir: str | Path, check: Check | None = None) -> list[dict[str
         is_sweep = (folder / "sweep.json").is_file()
         if (folder / "comparison.json").is_file() or is_sweep:
             rows.append(_parent_row(folder))
-            children = sorted(
-                (p for p in _folders(folder) if p.name not in SIDE_RUNS), key=lambda p: p.name
-            )
-            rows += [{**_run_row(child, check), "parent": folder.name} for child in children]
+            children = [{**_run_row(child, check), "parent": folder.name}
+                        for child in _folders(folder) if child.name not in SIDE_RUNS]  # fmt: skip
+            # in the order they were trained (a comparison's table order): started (to the
+            # second), then finished
+            rows += sorted(children, key=lambda r: (r["started"], _finished(Path(r["folder"]))))
         else:
             rows.append(_run_row(folder, check))
     return rows
@@ -51,6 +53,16 @@ def _folders(root: Path) -> list[Path]:
         return [p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")]
     except OSError as exc:
         raise RunError(f"cannot list {root}: {exc.strerror}") from None
+
+
+def _finished(folder: Path) -> float:
+    """When a run wrote its ``metrics.json`` (its last file), or its folder last changed."""
+    for path in (folder / "metrics.json", folder):
+        try:
+            return path.stat().st_mtime
+        except OSError:
+            continue
+    return 0.0
 
 
 def _started(folder: Path) -> float:
@@ -190,7 +202,7 @@ def _state(folder: Path) -> FolderState:
             why = _why(exc, "metrics.json")
             if checkpoint:  # --resume continues from the checkpoint and writes it anew
                 return FolderState("unreadable", f"{why}; its checkpoint remains: huberfit "
-                                   f"train --resume {folder} writes metrics.json anew", True)  # fmt: skip
+                                   f"train --resume {quote(str(folder))} writes metrics.json anew", True)  # fmt: skip
             return FolderState("unreadable", why, False)
         status = m["status"]
         if checkpoint:
@@ -199,7 +211,7 @@ def _state(folder: Path) -> FolderState:
                            "nothing to resume; train it again", False, m)  # fmt: skip
     if checkpoint:
         return FolderState("interrupted", "stopped before its end (no metrics.json); "
-                           f"continue it with: huberfit train --resume {folder}", True)  # fmt: skip
+                           f"continue it with: huberfit train --resume {quote(str(folder))}", True)  # fmt: skip
     if (folder / "config.yaml").is_file():
         return FolderState("incomplete", "stopped before its first checkpoint (no "
                            "checkpoint.pt): nothing to resume; train it again with: huberfit "
@@ -296,7 +308,7 @@ def _sweep_row(folder: Path) -> dict[str, Any]:
         metric = str(plan["metric"])
         if not (folder / "trials.csv").is_file():
             return {**row, "status": "sweep", "detail": "no trials.csv yet: running or "
-                    f"stopped (finish it: huberfit sweep --resume {folder})"}  # fmt: skip
+                    f"stopped (finish it: huberfit sweep --resume {quote(str(folder))})"}  # fmt: skip
         with (folder / "trials.csv").open(encoding="utf-8", newline="") as fh:
             trials = list(csv.DictReader(fh))
     except (OSError, ValueError, KeyError, TypeError, RecursionError) as exc:

@@ -14,6 +14,7 @@ import struct
 import time
 from collections.abc import Callable
 from pathlib import Path
+from shlex import quote
 from typing import Any
 
 from rich import box
@@ -54,6 +55,12 @@ class Sinks:
 # ----------------------------------------------------------------------------- console
 
 
+def prose(console: Console, text: Text) -> None:
+    """A line of prose: wrapped at word breaks on a terminal, one line in a file or a pipe
+    (a log keeps each message whole, as it keeps an ``error:`` line)."""
+    console.print(text, soft_wrap=not console.is_terminal)
+
+
 class ConsoleSink:
     """Progress on stderr: on a terminal or in a notebook a Rich bar that moves at every log
     interval and stays on screen at the end; otherwise one plain line per epoch. Notes are printed once
@@ -76,7 +83,7 @@ class ConsoleSink:
         if self.quiet or message in self._shown:
             return
         self._shown.add(message)
-        self.err.print(Text(message, style="dim"), soft_wrap=False)
+        prose(self.err, Text(message, style="dim"))
 
     def start(self, first_epoch: int = 0, steps_per_epoch: int = 0) -> None:
         self.steps_per_epoch = steps_per_epoch
@@ -156,7 +163,7 @@ def render_summary(metrics: dict[str, Any], run_dir: str, console: Console) -> N
         lines.append(f"standard errors: {metrics['standard_error_note']}")
     lines.append(f"run folder: {run_dir}")
     if any(Path(run_dir).rglob("events.out.tfevents.*")):  # output.tensorboard: false writes none
-        lines.append(f"look at it: tensorboard --logdir {run_dir}")
+        lines.append(f"look at it: tensorboard --logdir {quote(run_dir)}")
     for line in lines:  # prose wraps at word breaks; a path is never broken
         console.print(Text(line), soft_wrap="/" in line)
 
@@ -244,18 +251,20 @@ def render_comparison(
     if not wide:
         console.print(Text("coefficients, intercept (original units):"))
         for label, text in coefs.items():
-            console.print(Text(f"  {label}: {text}"), soft_wrap=False)
-    epochs = sorted({r["epochs"] for r in rows})
+            prose(console, Text(f"  {label}: {text}"))
+    epochs = {r["epochs"] for r in rows}
+    ran = (f"{epochs.pop()} each" if len(epochs) == 1
+           else ", ".join(f"{r['label']} {r['epochs']}" for r in rows))  # fmt: skip
     seconds = sum(r["seconds"] for r in rows)
     note = (
-        "* best in its column. rel. gap: the training objective's distance above the certified "
-        "optimum of the same loss on the training rows, relative to it (see README); "
-        f"objectives are in each loss's own units. epochs run: {', '.join(map(str, epochs))}; "
-        f"{seconds:.2g} s of training in all"
+        "* best in its column (ties to the digits shown all marked). rel. gap: the training "
+        "objective's distance above the certified optimum of the same loss on the training "
+        "rows, relative to it (see README); objectives are in each loss's own units. epochs "
+        f"run: {ran}; {seconds:.2g} s of training in all"
     )
-    console.print(Text(note), soft_wrap=False)  # prose wraps at the terminal's width
-    console.print(Text(f"verdict: {verdict}"), soft_wrap=False)
-    console.print(Text(f"runs: {parent}\nlook at it: tensorboard --logdir {parent}"))
+    prose(console, Text(note))
+    prose(console, Text(f"verdict: {verdict}"))
+    console.print(Text(f"runs: {parent}\nlook at it: tensorboard --logdir {quote(str(parent))}"))
 
 
 def fits(table: Table, console: Console) -> bool:
@@ -282,7 +291,8 @@ def _comparison_table(
     for r in rows:
         cells = [r["label"]]
         for _, key, _lower in columns:
-            mark = "*" if key in best and r[key] == best[key] else ""
+            # the best, and any value shown as the same digits (a tie on the screen)
+            mark = "*" if key in best and _short(r[key]) == _short(best[key]) else ""
             cells.append(_short(r[key]) + mark)
         if coefs is not None:
             cells.append(coefs[r["label"]])
@@ -790,11 +800,19 @@ def _loss_cell(row: dict[str, Any]) -> str:
     return row["loss"] + (f" {row['delta']:.4g}" if isinstance(row.get("delta"), float) else "")
 
 
+def _tree(rows: list[dict[str, Any]], i: int) -> str:
+    """Row ``i``'s folder name, a child under its parent as a tree: ``├`` and, last, ``└``."""
+    name, parent = Path(rows[i]["folder"]).name, rows[i].get("parent")
+    if not parent:
+        return name
+    last = i + 1 == len(rows) or rows[i + 1].get("parent") != parent
+    return f"{'└' if last else '├'} {name}"
+
+
 def render_runs(rows: list[dict[str, Any]], runs_dir: str, console: Console) -> None:
     """The ``huberfit runs`` table; a comparison's runs are indented under it. The run
     folder is never cut or wrapped; on a narrow screen the least important columns go."""
-    folders = [(f"└ {Path(r['folder']).name}" if r.get("parent") else Path(r["folder"]).name)
-               for r in rows]  # fmt: skip
+    folders = [_tree(rows, i) for i in range(len(rows))]
     cells = [[cell(r) for _, cell in RUN_COLUMNS] for r in rows]
     keep = len(RUN_COLUMNS)
     table = _runs_table(folders, cells, keep)
@@ -805,14 +823,15 @@ def render_runs(rows: list[dict[str, Any]], runs_dir: str, console: Console) -> 
     console.print(table)
     if keep < len(RUN_COLUMNS):
         hidden = ", ".join(h for h, _ in RUN_COLUMNS[keep:])
-        note = f"(not shown on this width: {hidden}; see huberfit runs --json)"
-        console.print(Text(note), soft_wrap=False)
+        prose(
+            console, Text(f"(huberfit runs --json has them all; not shown on this width: {hidden})")
+        )
     for row in rows:
         name = Path(row["folder"]).name
         if row.get("kind") in ("comparison", "sweep") and row.get("verdict"):
-            console.print(Text(f"{name}: {row['verdict']}"), soft_wrap=False)
+            prose(console, Text(f"{name}: {row['verdict']}"))
         if row.get("detail"):
-            console.print(Text(f"{name}: {row['detail']}"), soft_wrap=False)
+            prose(console, Text(f"{name}: {row['detail']}"))
 
 
 def _runs_table(folders: list[str], cells: list[list[str]], keep: int) -> Table:
@@ -841,8 +860,8 @@ def render_scores(scores: dict[str, Any], console: Console) -> None:
     console.print(table)
     se, ci = scores.get("standard_errors"), scores.get("intervals95") or {}
     if se and scores.get("converged") is False:
-        console.print(Text("note: the run did not reach its loss's optimum (see its summary); "
-                           "these describe its coefficients, not the optimum's"), soft_wrap=False)  # fmt: skip
+        prose(console, Text("note: the run did not reach its loss's optimum (see its summary); "
+                            "these describe its coefficients, not the optimum's"))  # fmt: skip
     if se:
         table = Table(box=box.SIMPLE_HEAD, title="the trained coefficients' uncertainty "
                       "(from the run's training rows)", title_justify="left")  # fmt: skip
@@ -895,14 +914,16 @@ def render_trials(
     table = _trials_table(columns[:shown], [c[:shown] for c in cells])
     console.print(table)
     if shown < len(columns):
-        console.print(Text(f"(not shown for width: {', '.join(columns[shown:])}; "
-                           "see trials.csv)"), soft_wrap=False)  # fmt: skip
+        prose(console, Text(f"(trials.csv has them all; not shown for width: "
+                            f"{', '.join(columns[shown:])})"))  # fmt: skip
     if best:
-        console.print(Text(f"best: {rows[0]['name']}  {metric} {_cell(rows[0][metric])}  "
-                           f"-> {best}"), soft_wrap=False)  # fmt: skip
+        prose(console, Text(f"best: {rows[0]['name']}  {metric} {_cell(rows[0][metric])}  "
+                            f"-> {best}"))  # fmt: skip
     elif not any(r["state"] == "complete" for r in rows):
         console.print(Text("no trial completed: no best.yaml"))
-    console.print(Text(f"trials: {parent}/trials.csv\nlook at it: tensorboard --logdir {parent}"))
+    console.print(
+        Text(f"trials: {parent}/trials.csv\nlook at it: tensorboard --logdir {quote(str(parent))}")
+    )
 
 
 def _trials_table(columns: list[str], cells: list[list[str]]) -> Table:

@@ -43,6 +43,7 @@ from huberfit.artifacts import (
 )
 from huberfit.config import (
     NAME_PATTERN,
+    NAME_RULE,
     Config,
     SweepConfig,
     SweepRange,
@@ -242,8 +243,8 @@ def build_plan(
     elif metric.startswith("val.") and config.data.val_fraction == 0:
         problems.append(f"metric {metric} needs validation rows (data.val_fraction > 0); "
                         "or use --metric train.loss")  # fmt: skip
-    if study and not re.match(NAME_PATTERN, study) or study in (".", ".."):
-        problems.append(f"--study must be a name (letters, digits, '-', '_', '.'); got {study!r}")
+    if study and not re.match(NAME_PATTERN, study):
+        problems.append(f"--study must be {NAME_RULE}; got {study!r}")
     objective_keys = sorted({d.key for d in dims} & {"loss.name", "loss.delta", "loss.quantile"})
     if objective_keys and metric in ("val.loss", "train.loss"):
         problems.append(f"sweeping {', '.join(objective_keys)} with metric {metric} compares "

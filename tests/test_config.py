@@ -112,7 +112,10 @@ def test_three_bad_values_all_reported(tmp_path):
         ("- 1\n- 2\n", "top level must be a mapping"),
         ("train:\n  epochs: [1\n", r"c.yaml:\d+:\d+: invalid YAML"),
         ("seed: '3'\n", "seed must be an integer; got '3'"),
-        ("name: ../evil\n", "name must match"),
+        ("name: ../evil\n", "name must be ASCII letters, digits, '_', '-' and '.', beginning"),
+        ("name: .hidden\n", "name must be ASCII letters"),
+        ("name: -x\n", "name must be ASCII letters"),
+        ("name: ünï\n", "name must be ASCII letters"),
         ("data:\n  source: csv\n", "data.path is required when data.source is csv"),
         ("data:\n  true_weights: [1, 2]\n", "must have n_features=3 values; got 2"),
         ("device: gpu\n", "device must match"),
@@ -160,7 +163,16 @@ def test_relative_data_path_is_relative_to_config(tmp_path):
 
 @pytest.mark.parametrize(
     ("file", "expected"),
-    [("robust.yaml", "robust"), ("my run!.yml", "my-run"), ("...yaml", "run"), ("é.yaml", "run")],
+    [
+        ("robust.yaml", "robust"),
+        ("my run!.yml", "my-run"),
+        ("...yaml", "run"),
+        ("ß.yaml", "run"),
+        ("ünï cödé.yaml", "uni-code"),
+        (".hidden.yaml", "hidden"),
+        ("-x.yaml", "x"),
+        ("é.yaml", "e"),
+    ],
 )
 def test_a_config_without_name_names_its_runs_after_the_file(tmp_path, file, expected):
     (tmp_path / file).write_text("seed: 1\n")

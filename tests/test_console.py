@@ -63,6 +63,19 @@ def test_comparison_marks_the_best_of_each_column():
     assert "0.04*" in huber and "-2e-07*" in mse  # smallest error; smallest relative gap
     assert "2.4*" in mse
     assert any(line.startswith("verdict: huber") for line in lines)
+    assert any("epochs run: 5 each;" in line for line in lines)
+
+
+def test_comparison_marks_ties_on_the_screen_and_says_each_runs_epochs():
+    """2.3341 and 2.3342 both show as 2.334: one star of the two looked arbitrary."""
+    console = plain_console(width=300)
+    rows = [_row("huber", 1e-6, 2.3342, 0.04), _row("l1", 3e-3, 2.3341, 0.08)]
+    rows[1]["epochs"] = 10
+    render_comparison(rows, "huber recovered the true coefficients best", "runs/compare-x", console)
+    lines = console.file.getvalue().splitlines()
+    for label in ("huber", "l1"):
+        assert "2.334*" in next(line for line in lines if line.strip().startswith(label))
+    assert any("epochs run: huber 5, l1 10;" in line for line in lines)
 
 
 def test_runs_table_lists_comparisons_with_their_runs():
@@ -70,6 +83,8 @@ def test_runs_table_lists_comparisons_with_their_runs():
     rows = [
         {"name": "c", "folder": "runs/compare-c-1", "kind": "comparison", "status": "comparison",
          "started": "2026-11-27 10:00:00", "verdict": "l1 won"},
+        {"name": "mse", "folder": "runs/compare-c-1/mse", "kind": "run", "status": "completed",
+         "parent": "compare-c-1", "started": "2026-11-27 10:00:00", "loss": "mse"},
         {"name": "l1", "folder": "runs/compare-c-1/l1", "kind": "run", "status": "completed",
          "parent": "compare-c-1", "started": "2026-11-27 10:00:00", "loss": "l1"},
         {"name": "junk", "folder": "runs/junk", "kind": "run", "status": "not a run",
@@ -77,4 +92,31 @@ def test_runs_table_lists_comparisons_with_their_runs():
     ]  # fmt: skip
     render_runs(rows, "runs", console)
     text = console.file.getvalue()
-    assert "└ l1" in text and "compare-c-1: l1 won" in text and "junk: no metrics.json" in text
+    assert (
+        "├ mse" in text
+        and "└ l1" in text
+        and "compare-c-1: l1 won" in text
+        and "junk: no metrics.json" in text
+    )
+
+
+def test_commands_to_paste_quote_a_path_with_spaces(tmp_path):
+    """``tensorboard --logdir runs x/...`` and ``--resume runs x/...`` broke when pasted
+    into a shell (found by a fresh-eyes check)."""
+    import shlex
+
+    from huberfit.runs import folder_state
+
+    run = tmp_path / "runs x" / "my (v2)-1"
+    run.mkdir(parents=True)
+    (run / "events.out.tfevents.1.host").write_bytes(b"")
+    render_summary(METRICS, str(run), console := plain_console(width=300))
+    line = next(t for t in console.file.getvalue().splitlines() if t.startswith("look at it"))
+    assert shlex.split(line.split(": ", 1)[1]) == ["tensorboard", "--logdir", str(run)]
+    import huberfit
+
+    trained = huberfit.train(runs_dir=str(tmp_path / "runs x"), quiet=True,
+                             overrides=["train.epochs=1", "output.tensorboard=false"])  # fmt: skip
+    (trained.run_dir / "metrics.json").unlink()  # stopped before its end: resumable
+    detail = folder_state(trained.run_dir).detail
+    assert shlex.split(detail.split("continue it with: ")[1])[-1] == str(trained.run_dir)

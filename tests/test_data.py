@@ -123,7 +123,7 @@ BAD_FILES = [
     (
         "inf",
         "x,y\n1,2\ninf,4\n",
-        r"1 missing or non-finite cells, the first in column 'x' at line 3",
+        r"1 missing or non-finite cell, the first in column 'x' at line 3",
     ),
 ]
 

@@ -28,7 +28,11 @@ WIDTHS = [80, pytest.param(120, marks=pytest.mark.slow)]
 @pytest.fixture(params=WIDTHS, ids=lambda w: f"{w}cols")
 def width(request, monkeypatch):
     """The command's console as a terminal of this many columns."""
-    monkeypatch.setattr(cli, "out", Console(highlight=False, soft_wrap=True, width=request.param))
+    # terminals: prose wraps at words there (in a file or a pipe it stays one line)
+    for name, stderr in (("out", False), ("err", True)):
+        terminal = Console(stderr=stderr, highlight=False, soft_wrap=True, width=request.param,
+                           force_terminal=True, color_system=None)  # fmt: skip
+        monkeypatch.setattr(cli, name, terminal)
     return request.param
 
 
@@ -197,3 +201,21 @@ def test_no_tensorboard_hint_without_event_files(runner, tmp_path):
     (run_dir,) = [p for p in tmp_path.iterdir() if p.is_dir()]
     assert not list(run_dir.rglob("events.out.tfevents.*"))
     assert f"run folder: {run_dir}" in r.stdout and "tensorboard --logdir" not in r.stdout
+
+
+def test_a_log_file_keeps_each_warning_and_note_on_one_line(tmp_path):
+    """Written to a file (not a terminal), a warning or note is one line, as an ``error:``
+    line is: it was cut at 80 columns with a trailing space (found by a fresh-eyes check)."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "huberfit", "train", "--runs-dir", str(tmp_path / "a b"),
+         "train.epochs=2", "output.tensorboard=false"],
+        capture_output=True, text=True, timeout=120, env={**os.environ, "COLUMNS": "40"},
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stderr.splitlines()
+    assert lines[0].startswith("device: ") and lines[0].endswith(
+        "   data: synthetic (2,000 rows, 3 features)"
+    )
+    (warning,) = [line for line in lines if line.startswith("warning:")]
+    assert warning.endswith("optimizer.name=lbfgs dtype=float64"), lines
+    assert not [line for line in lines if line != line.rstrip()]

@@ -87,6 +87,13 @@ def test_predict_errors(trained, tmp_path, runner):
     test.assign(a=np.nan).to_csv(tmp_path / "nan.csv", index=False)
     r = runner.invoke(app, ["predict", "--run", str(run_dir), "--input", str(tmp_path / "nan.csv")])
     assert r.exit_code == 1 and "missing or non-finite cells" in r.output and "line 2" in r.output
+    assert r.output.rstrip().endswith("fix them or remove those rows")  # no data.missing here
+    (tmp_path / "file.csv").write_text("a\n")
+    r = runner.invoke(app, ["train", "--resume", str(tmp_path / "file.csv")])
+    assert (
+        r.exit_code == 1
+        and r.output == f"error: {tmp_path / 'file.csv'} is a file, not a run folder\n"
+    )
     r = runner.invoke(
         app, ["predict", "--run", str(tmp_path), "--input", str(tmp_path / "test.csv")]
     )

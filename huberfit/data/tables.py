@@ -215,7 +215,8 @@ def _file_chunks(
             numeric = frame[wanted].replace(NA_TEXT, np.nan)
         else:
             numeric = frame[wanted].copy()
-        values, _ = numeric_values(numeric, wanted, file, source, "error", np.float64, offset)
+        values, _ = numeric_values(numeric, wanted, file, source, "error", np.float64, offset,
+                                   "fix them or remove those rows")  # fmt: skip
         X = values[:, : len(features)]
         y = values[:, len(features)] if has_target else None
         offset += len(frame)
@@ -550,7 +551,7 @@ class _Float32Overflow(Exception):
 
 def numeric_values(
     frame: Any, wanted: list[str], file: Path, source: str, missing: str, dtype: type,
-    offset: int = 0,
+    offset: int = 0, advice: str = "fix them or set data.missing: drop",
 ) -> tuple[np.ndarray, int]:  # fmt: skip
     """The ``wanted`` columns of ``frame`` as a ``dtype`` array and the rows dropped.
     Cells that are not numbers are located errors (file, column, line or row counted from
@@ -592,17 +593,17 @@ def numeric_values(
         # values fit, so read them as float64 (a CSV parsed to float32 is read again)
         if any(frame[c].dtype == np.float32 for c in wanted):
             raise _Float32Overflow
-        return numeric_values(frame, wanted, file, source, missing, np.float64, offset)
+        return numeric_values(frame, wanted, file, source, missing, np.float64, offset, advice)
     if source == "csv":  # a short row reads as missing cells: say what it is
         check_ragged(file, len(read_header(file, source)))
     bad_rows = ~finite.all(axis=1)
     if missing == "drop":
         return values[~bad_rows], int(bad_rows.sum())
     row = int(np.flatnonzero(bad_rows)[0])
-    col = wanted[int(np.flatnonzero(~finite[row])[0])]
+    col, bad = wanted[int(np.flatnonzero(~finite[row])[0])], int((~finite).sum())
     raise DataError(
-        f"{file}: {int((~finite).sum())} missing or non-finite cells, the first in column "
-        f"{col!r} at {where(row)}; fix them or set data.missing: drop"
+        f"{file}: {bad} missing or non-finite cell{'s' * (bad != 1)}, the first in column "
+        f"{col!r} at {where(row)}; {advice}"
     )
 
 
