@@ -326,7 +326,7 @@ def evaluate_file(
 
 
 def _run_uncertainty(run_dir: Path) -> dict[str, Any]:
-    """The trained coefficients' standard errors and 95% intervals, as the run's
+    """The trained coefficients, their standard errors and 95% intervals, as the run's
     ``metrics.json`` has them (from its training rows), for ``huberfit eval --json``."""
     import json
 
@@ -334,8 +334,8 @@ def _run_uncertainty(run_dir: Path) -> dict[str, Any]:
         metrics = json.loads((Path(run_dir) / "metrics.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return {}
-    keys = ("standard_errors", "standard_errors_hc3", "intervals95", "standard_error_method",
-            "converged")  # fmt: skip
+    keys = ("coefficients", "intercept", "standard_errors", "standard_errors_hc3", "intervals95",
+            "standard_error_method", "converged")  # fmt: skip
     if not isinstance(metrics, dict):
         return {}
     return {k: metrics[k] for k in keys if metrics.get(k) is not None}

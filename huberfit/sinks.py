@@ -111,16 +111,16 @@ class ConsoleSink:
             return
         self._next_refresh = now + self.REFRESH_SECONDS
         done = min(step / self.steps_per_epoch, float(self.epochs))
-        info = f"loss {train_loss:.5g}" + (f"  {self.epoch_info}" if self.epoch_info else "")
+        info = f"loss {train_loss:#.5g}" + (f"  {self.epoch_info}" if self.epoch_info else "")
         running = min(int(done) + 1, self.epochs)  # the epoch under way, counted from 1
         self.progress.update(self.task, completed=done, info=info, epoch=running)
 
     def epoch(self, report: Any) -> None:
         if self.quiet:
             return
-        val = f"val {report.val['loss']:.5g}  " if report.val else ""
+        val = f"val {report.val['loss']:#.5g}  " if report.val else ""  # #: fixed width
         self.epoch_info = f"{val}{report.samples_per_second:,.0f} samples/s"
-        info = f"loss {report.train_loss:.5g}  {self.epoch_info}"
+        info = f"loss {report.train_loss:#.5g}  {self.epoch_info}"
         if self.progress is not None:
             self.progress.update(self.task, completed=report.epoch, info=info, epoch=report.epoch)
         else:
@@ -865,11 +865,13 @@ def render_scores(scores: dict[str, Any], console: Console) -> None:
     if se:
         table = Table(box=box.SIMPLE_HEAD, title="the trained coefficients' uncertainty "
                       "(from the run's training rows)", title_justify="left")  # fmt: skip
-        for col in ("parameter", "std err", "95% interval"):
+        fitted = {**(scores.get("coefficients") or {}), "intercept": scores.get("intercept")}
+        for col in ("parameter", "fitted", "std err", "95% from", "to"):
             table.add_column(col, justify="left" if col == "parameter" else "right")
         for name, value in se.items():
             low, high = ci.get(name, (None, None))
-            table.add_row(*_texts(name, _short(value), f"{_short(low)} .. {_short(high)}"))
+            table.add_row(*_texts(name, _short(fitted.get(name)), _short(value), _short(low),
+                                  _short(high)))  # fmt: skip
         console.print(table)
 
 
