@@ -578,7 +578,7 @@ def streaming_peak_rss(folder: Path, budget_mb: int, epochs: int = 1) -> dict[st
     _, base_mb, _ = child(["train.epochs=1", "data.n_samples=1000"])
     size = sum(f.stat().st_size for f in folder.glob("*.parquet"))
     metrics, peak_mb, wall = child([
-        "data.source=parquet", f"data.path={folder}", "data.target=y",
+        "data.source=parquet", f"data.path={folder}", "data.target=y", "data.streaming=true",
         f"data.memory_budget_mb={budget_mb}", f"train.epochs={epochs}", "train.batch_size=4096",
     ])  # fmt: skip
     rows = metrics["n_train"] + metrics["n_val"]

@@ -139,6 +139,16 @@ def _say_interrupted(exc: BaseException | None = None) -> None:
         what = (f"{run_dir} keeps its checkpoint from epoch {epoch}" if at_once != "interrupted"
                 else f"saved {run_dir} (checkpoint at epoch {epoch})")  # fmt: skip
         line = f"{at_once}: {what}; continue with: huberfit train --resume {quote(str(run_dir))}"
+    say_resumable(line)
+
+
+def say_resumable(line: str) -> None:
+    """A stopped command's last line, ``...; continue with: COMMAND``: one line in a file
+    (scripts read it), and on a terminal too narrow for it the command on a line of its
+    own, so that the terminal never wraps it mid-word."""
+    head, sep, command = line.rpartition("continue with: ")
+    if sep and err.is_terminal and len(line) > err.width:
+        line = f"{head.rstrip('; ')}\n{sep}{command}"
     err.print(line, markup=False, highlight=False, soft_wrap=True)
 
 
@@ -202,7 +212,7 @@ def config_init(
     if not file.parent.is_dir():
         raise ConfigError(f"cannot write {file}: its folder {file.parent} does not exist")
     write_text_atomic(file, starter_config())  # whole or not at all (a full disk)
-    out.print(f"wrote {file}; run it with: huberfit train --config {file}")
+    out.print(f"wrote {file}; run it with: huberfit train --config {quote(str(file))}")
 
 
 @config_app.command("schema")
@@ -323,11 +333,8 @@ def _exit_for(metrics, run_dir, main: bool) -> None:
         raise DivergedError(f"{metrics['message']} (run folder kept: {run_dir})")
     if status == "interrupted":
         if main:
-            err.print(
-                f"interrupted: saved {run_dir}; continue with: huberfit train --resume "
-                f"{quote(str(run_dir))}",
-                markup=False,
-            )
+            say_resumable(f"interrupted: saved {run_dir}; continue with: huberfit train --resume "
+                          f"{quote(str(run_dir))}")  # fmt: skip
         _said["interrupted"] = True
         raise typer.Exit(130)
 
@@ -603,7 +610,7 @@ def _resume_comparison(plan, parent: Path, quiet: bool, json_out: bool) -> None:
 def _say_sweep_interrupted(parent: Path, how: str = "interrupted") -> None:
     """A sweep's (or comparison's) last line when stopped: how to finish it."""
     _said["interrupted"] = True
-    err.print(f"{how}: continue with: huberfit sweep --resume {quote(str(parent))}", markup=False)
+    say_resumable(f"{how}: continue with: huberfit sweep --resume {quote(str(parent))}")
 
 
 # ----------------------------------------------------------------------------- use a run
@@ -725,7 +732,10 @@ def bench(
         0.0, "--stream-gb", help="Only measure streaming: generate this many GB of Parquet..."
     ),
     budget_mb: int = typer.Option(
-        BENCH_BUDGET_MB, "--budget-mb", min=1, help="...and train on it with this budget."
+        BENCH_BUDGET_MB,
+        "--budget-mb",
+        min=1,
+        help="...and train on it, streamed, with this data.memory_budget_mb.",
     ),
     folder: str | None = typer.Option(
         None,
@@ -860,7 +870,8 @@ def _bench_streaming(gigabytes: float, budget_mb: int, folder: Path | None, json
                           "current folder")  # fmt: skip
     if folder is not None and list(folder.glob("*.parquet")):
         _check_bench_files(folder, gigabytes)
-        _dim(f"timing the {gigabytes:g} GB of Parquet files an earlier bench left in {folder}")
+        _dim(f"reusing the Parquet files an earlier bench wrote into {folder} "
+             f"({gigabytes:g} GB of float64 rows)")  # fmt: skip
     with tempfile.TemporaryDirectory() as tmp:
         where = folder or Path(tmp) / "data"
         if not list(where.glob("*.parquet")):
@@ -880,12 +891,11 @@ def _bench_streaming(gigabytes: float, budget_mb: int, folder: Path | None, json
                 raise RunError(f"--folder {where}: cannot write Parquet there ({exc})") from None
         _dim("a streamed epoch against a bare pyarrow.dataset scan of the same files")
         s = stream_vs_scan(where)
-        _dim(f"training on it with data.memory_budget_mb={budget_mb}")
+        _dim(f"a streamed training run with data.memory_budget_mb={budget_mb}, for its memory")
         r = streaming_peak_rss(where, budget_mb)
     if json_out:
         print_json({**r, **s, "host": host_description()})
         return
-    how = "streamed" if r["streamed"] else "loaded into memory"
     lines = [  # each fits 80 columns
         f"{r['rows']:,} rows x 17 columns, {r['bytes'] / 1e9:.2f} GB of Parquet on disk",
         f"a streamed epoch: {s['epoch_seconds']:.3f} s ({s['epoch_rows_per_second']:,.0f} rows "
@@ -893,7 +903,7 @@ def _bench_streaming(gigabytes: float, budget_mb: int, folder: Path | None, json
         f"a bare pyarrow.dataset scan into NumPy: {s['scan_seconds']:.3f} s "
         f"({s['scan_rows_per_second']:,.0f} rows/s)",
         f"the epoch takes {s['epoch_vs_scan']:.2f}x the scan",
-        f"a training run of 1 epoch with data.memory_budget_mb={budget_mb} ({how}):",
+        f"a streamed training run of 1 epoch, data.memory_budget_mb={budget_mb}:",
         f"  peak RSS {r['peak_rss_mb']:.0f} MB; {r['wall_seconds']:.0f} s from start to end "
         "(scan, epoch, scoring)",
         f"  (a 1,000-row run: {r['baseline_rss_mb']:.0f} MB; the budget is when to stream, "

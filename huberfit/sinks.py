@@ -811,16 +811,24 @@ def _tree(rows: list[dict[str, Any]], i: int) -> str:
 
 def render_runs(rows: list[dict[str, Any]], runs_dir: str, console: Console) -> None:
     """The ``huberfit runs`` table; a comparison's runs are indented under it. The run
-    folder is never cut or wrapped; on a narrow screen the least important columns go."""
+    folder is never cut or wrapped; on a narrow terminal the least important columns go
+    (in a file or a pipe none do; the status always stays), and a table that still does
+    not fit is printed whole, wider than the screen, rather than cut."""
     folders = [_tree(rows, i) for i in range(len(rows))]
     cells = [[cell(r) for _, cell in RUN_COLUMNS] for r in rows]
     keep = len(RUN_COLUMNS)
     table = _runs_table(folders, cells, keep)
-    while keep > 1 and not fits(table, console):
+    while console.is_terminal and keep > 1 and not fits(table, console):
         keep -= 1
         table = _runs_table(folders, cells, keep)
     console.print(Text(f"runs in {runs_dir}", style="italic"))
-    console.print(table)
+    natural = console.measure(table, options=console.options.update(width=10_000)).maximum
+    width = console.width
+    console.width = max(natural, width)  # the terminal wraps a wider table; Rich would cut it
+    try:
+        console.print(table)
+    finally:
+        console.width = width
     if keep < len(RUN_COLUMNS):
         hidden = ", ".join(h for h, _ in RUN_COLUMNS[keep:])
         prose(

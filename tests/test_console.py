@@ -120,3 +120,17 @@ def test_commands_to_paste_quote_a_path_with_spaces(tmp_path):
     (trained.run_dir / "metrics.json").unlink()  # stopped before its end: resumable
     detail = folder_state(trained.run_dir).detail
     assert shlex.split(detail.split("continue it with: ")[1])[-1] == str(trained.run_dir)
+
+
+def test_a_stopped_commands_resume_line_never_wraps_mid_command(monkeypatch):
+    """On a terminal too narrow for it, the command goes on a line of its own (the
+    terminal wrapped it mid-word); in a file it stays one line, as scripts read it."""
+    from huberfit import cli
+
+    line = ("interrupted: saved runs x/q-20261128-204423 (checkpoint at epoch 3); continue "
+            "with: huberfit train --resume 'runs x/q-20261128-204423'")  # fmt: skip
+    for terminal, expected in ((True, line.replace("; continue", "\ncontinue")), (False, line)):
+        console = Console(file=io.StringIO(), width=80, force_terminal=terminal, color_system=None)
+        monkeypatch.setattr(cli, "err", console)
+        cli.say_resumable(line)
+        assert console.file.getvalue() == expected + "\n"
