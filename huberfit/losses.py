@@ -599,5 +599,12 @@ def optimality_gap(
 
 
 def relative_gap(f: float, f_star: float) -> float:
-    """``(f - f*) / f*``; the absolute gap when the optimum is 0 (a perfect fit)."""
-    return (f - f_star) / f_star if f_star > 0 else f - f_star
+    """``(f - f*) / f*``; the absolute gap when the optimum is 0 (a perfect fit), which
+    ``optimum_is_zero`` says: below the run's own objective's rounding it is 0 in all but
+    rounding, and a relative gap of 1e31 measures nothing."""
+    return f - f_star if optimum_is_zero(f, f_star) else (f - f_star) / f_star
+
+
+def optimum_is_zero(f: float, f_star: float) -> bool:
+    """Whether the optimum ``f_star`` is 0 to rounding, beside the run's objective ``f``."""
+    return not f_star > np.finfo(np.float64).eps * abs(f)

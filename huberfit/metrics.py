@@ -24,7 +24,14 @@ from huberfit.data.batches import BatchSource
 from huberfit.data.dataset import Dataset
 from huberfit.data.scaling import Moments
 from huberfit.errors import ConfigError
-from huberfit.losses import optimum_of, own_label, own_source, relative_gap, spec_of
+from huberfit.losses import (
+    optimum_is_zero,
+    optimum_of,
+    own_label,
+    own_source,
+    relative_gap,
+    spec_of,
+)
 from huberfit.model import read_coefficients
 from huberfit.reference import HUBER_T, NotCertified, design, robust_scale
 from huberfit.sinks import coefficient_error
@@ -196,7 +203,8 @@ def optimality(config: Config, data: Dataset, params: dict[str, float]) -> dict[
             out["optimum"] = {"objective": opt.objective,
                               "coefficients": dict(zip(data.feature_names, map(float, ref_w), strict=True)),
                               "intercept": ref_b, "certificate": opt.certificate}  # fmt: skip
-            out["gap"] = {"absolute": f - opt.objective, "relative": rel, "threshold": GAP_WARNING}
+            out["gap"] = {"absolute": f - opt.objective, "relative": rel, "threshold": GAP_WARNING,
+                          "optimum_is_zero": optimum_is_zero(f, opt.objective)}  # fmt: skip
             out["converged"] = bool(rel <= GAP_WARNING)
         beta = np.r_[w, b] if config.model.bias else w
         se = standard_errors(c.name, design(X, config.model.bias), y, beta, data.feature_names,
@@ -222,7 +230,9 @@ def gap_warning(metrics: dict[str, Any]) -> str | None:
         change = "try dtype=float64"
     else:
         change = "raise optimizer.max_iter or train.epochs"
-    return f"warning: not converged (relative gap {gap['relative']:.2g}): {change}"
+    how_far = (f"gap {gap['absolute']:.2g} to a perfect fit" if gap.get("optimum_is_zero")
+               else f"relative gap {gap['relative']:.2g}")  # fmt: skip
+    return f"warning: not converged ({how_far}): {change}"
 
 
 def final_metrics(

@@ -212,10 +212,12 @@ def optimum_line(metrics: dict[str, Any]) -> str:
     if not opt or not gap:
         return f"optimum: {metrics.get('optimum_note') or 'not computed'}"
     verdict = "converged (<" if metrics.get("converged") else "NOT converged (>"
-    line = (
-        f"optimum (certified): {opt['objective']:.6g}   relative gap {gap['relative']:.2g}: "
-        f"{verdict} {gap['threshold']:g})"
-    )
+    f_star = opt["objective"]
+    if gap.get("optimum_is_zero"):  # then its gap is absolute
+        measured = f"{f_star:.3g}: 0 to rounding (a perfect fit)   gap {gap['absolute']:.2g}"
+    else:
+        measured = f"{f_star:.6g}   relative gap {gap['relative']:.2g}"
+    line = f"optimum (certified): {measured}: {verdict} {gap['threshold']:g})"
     scale = metrics.get("scale")
     if scale:
         line += f"\ndelta: auto = 1.345 x the residuals' robust scale {scale:.4g}"
@@ -256,11 +258,16 @@ def render_comparison(
     ran = (f"{epochs.pop()} each" if len(epochs) == 1
            else ", ".join(f"{r['label']} {r['epochs']}" for r in rows))  # fmt: skip
     seconds = sum(r["seconds"] for r in rows)
+    below = any((r["relative_gap"] or 0) < 0 for r in rows)
     note = (
-        "* best in its column (ties to the digits shown all marked). rel. gap: the training "
-        "objective's distance above the certified optimum of the same loss on the training "
-        "rows, relative to it (see README); objectives are in each loss's own units. epochs "
-        f"run: {ran}; {seconds:.2g} s of training in all"
+        "* best in its column (ties to the digits shown all marked). "
+        * bool(best)
+        + "rel. gap: the training objective's distance above the certified optimum of the "
+        "same loss on the training rows, relative to it (see README"
+        + "; below 0: under the optimum by rounding"
+        * below
+        + f"); objectives are in each loss's own units. epochs run: {ran}; {seconds:.2g} s of "
+        "training in all"
     )
     prose(console, Text(note))
     prose(console, Text(f"verdict: {verdict}"))

@@ -271,3 +271,23 @@ def test_simplex_finish_from_a_poor_vertex_reaches_the_lp_optimum():
         opt = R.solve_quantile(A, y, quantile=tau)
         got = R.quantile_objective(y - A @ beta.numpy(), quantile=tau)
         assert got == pytest.approx(opt.objective, rel=1e-12)
+
+
+def test_a_perfect_fit_has_an_absolute_gap_not_a_relative_one_of_1e31(tmp_path):
+    """Rows on a line: the certified optimum is 0 to rounding (5.5e-32 here), and a run's
+    gap divided by it said 'relative gap 1.5e+31' (found by a fresh-eyes check)."""
+    import huberfit
+    from huberfit.losses import optimum_is_zero, relative_gap
+
+    assert relative_gap(3.0, 2.0) == 0.5 and relative_gap(3.3, 5.5e-32) == 3.3 - 5.5e-32
+    assert optimum_is_zero(1e-20, 0.0) and not optimum_is_zero(1e-20, 1e-30)
+    data = tmp_path / "line.csv"
+    data.write_text("x,y\n" + "".join(f"{i},{2 * i + 1}\n" for i in range(1, 9)))
+    base = ["data.source=csv", f"data.path={data}", "data.target=y", "data.val_fraction=0"]
+    for extra, converged in ((["train.epochs=2"], False),
+                             (["optimizer.name=lbfgs", "dtype=float64", "train.epochs=5"], True)):  # fmt: skip
+        m = huberfit.train(
+            overrides=base + extra, runs_dir=str(tmp_path / "runs"), quiet=True
+        ).metrics
+        assert m["gap"]["optimum_is_zero"] and m["optimum"]["objective"] < 1e-25
+        assert m["gap"]["relative"] == m["gap"]["absolute"] and m["converged"] is converged

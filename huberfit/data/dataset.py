@@ -123,7 +123,8 @@ def _load_in_memory(
             cfg.missing, parse_dtype,
         )  # fmt: skip
         if dropped:
-            notes.append(f"dropped {dropped:,} rows with missing or non-finite cells")
+            notes.append(f"dropped {dropped:,} row{'s' * (dropped != 1)} with missing or "
+                         "non-finite cells")  # fmt: skip
         source = f"{cfg.path} ({X.shape[0]:,} rows)"
     # 2. split, 3. scaling from the training rows
     where = cfg.path if cfg.source != "synthetic" else "data.n_samples"
