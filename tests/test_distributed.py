@@ -27,7 +27,12 @@ COMMON = ["dtype=float64", "train.batch_size=50", "train.grad_accum_steps=3",
 def torchrun(tmp_path, *args, nproc=2, timeout=120):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
            f"--nproc_per_node={nproc}", "-m", "huberfit", "train", *args]  # fmt: skip
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HUBERFIT_DIST_TIMEOUT": "20"}
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "HUBERFIT_DIST_TIMEOUT": "20",
+        "TMPDIR": str(tmp_path),
+    }  # torchrun leaves a torchelastic_* folder there
     return subprocess.run(
         cmd, capture_output=True, text=True, timeout=timeout, env=env, cwd=tmp_path
     )
@@ -95,7 +100,12 @@ def test_killing_one_rank_stops_the_others(tmp_path):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
            "-m", "huberfit", "train", "--runs-dir", "k", "train.epochs=100000",
            "data.n_samples=400", "output.images=false"]  # fmt: skip
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HUBERFIT_DIST_TIMEOUT": "20"}
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "HUBERFIT_DIST_TIMEOUT": "20",
+        "TMPDIR": str(tmp_path),
+    }  # torchrun leaves a torchelastic_* folder there
     p = subprocess.Popen(
         cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
@@ -124,7 +134,12 @@ def test_ctrl_c_under_torchrun_saves_once_and_stops_every_rank(tmp_path):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
            "-m", "huberfit", "train", "--runs-dir", "k", "train.epochs=100000",
            "data.n_samples=400", "output.images=false"]  # fmt: skip
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HUBERFIT_DIST_TIMEOUT": "20"}
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "HUBERFIT_DIST_TIMEOUT": "20",
+        "TMPDIR": str(tmp_path),
+    }  # torchrun leaves a torchelastic_* folder there
     p = subprocess.Popen(cmd, cwd=tmp_path, env=env, start_new_session=True,
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
     try:

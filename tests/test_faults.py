@@ -426,7 +426,12 @@ def test_a_job_wide_ctrl_c_under_torchrun_saves_a_run_that_resumes(tmp_path):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
            "rank.py", "train", "--runs-dir", "k", "train.epochs=100000", "data.n_samples=400",
            "output.images=false", "output.tensorboard=false", "train.checkpoint_every=1"]  # fmt: skip
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HUBERFIT_DIST_TIMEOUT": "20"}
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "HUBERFIT_DIST_TIMEOUT": "20",
+        "TMPDIR": str(tmp_path),
+    }  # torchrun leaves a torchelastic_* folder there
     try:
         p = subprocess.Popen(cmd, cwd=tmp_path, env=env, start_new_session=True,
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
