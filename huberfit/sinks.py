@@ -128,6 +128,9 @@ class ConsoleSink:
 
     def close(self) -> None:
         if self.progress is not None:
+            task = self.progress.tasks[0]
+            if task.total and task.completed < task.total:  # the summary below says why
+                self.progress.update(self.task, info=f"{task.fields['info']}  stopped early")
             self.progress.stop()
             self.progress = None
 

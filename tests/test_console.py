@@ -134,3 +134,19 @@ def test_a_stopped_commands_resume_line_never_wraps_mid_command(monkeypatch):
         monkeypatch.setattr(cli, "err", console)
         cli.say_resumable(line)
         assert console.file.getvalue() == expected + "\n"
+
+
+def test_the_progress_bar_of_a_run_that_stopped_early_says_so():
+    """L-BFGS done at epoch 3 of 100: the bar stayed at 'epoch 3/100', as if cut off."""
+    from types import SimpleNamespace
+
+    from huberfit.sinks import ConsoleSink
+
+    for last, stopped in ((3, True), (100, False)):
+        terminal = Console(file=io.StringIO(), width=100, force_terminal=True, color_system=None)
+        sink = ConsoleSink(100, err=terminal)
+        sink.start(0, 10)
+        sink.epoch(SimpleNamespace(epoch=last, val=None, train_loss=0.5, samples_per_second=1e6))
+        sink.close()
+        final = terminal.file.getvalue().rsplit("\r", 1)[-1]
+        assert f"epoch {last}/100" in final and ("stopped early" in final) is stopped
