@@ -203,6 +203,7 @@ def test_no_tensorboard_hint_without_event_files(runner, tmp_path):
     assert f"run folder: {run_dir}" in r.stdout and "tensorboard --logdir" not in r.stdout
 
 
+@pytest.mark.slow  # a real process: its stderr is a pipe, not a terminal
 def test_a_log_file_keeps_each_warning_and_note_on_one_line(tmp_path):
     """Written to a file (not a terminal), a warning or note is one line, as an ``error:``
     line is: it was cut at 80 columns with a trailing space (found by a fresh-eyes check)."""
