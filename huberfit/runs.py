@@ -41,8 +41,9 @@ def list_runs(runs_dir: str | Path, check: Check | None = None) -> list[dict[str
             children = [{**_run_row(child, check), "parent": folder.name}
                         for child in _folders(folder) if child.name not in SIDE_RUNS]  # fmt: skip
             # in the order they were trained (a comparison's table order): started (to the
-            # second), then finished
-            rows += sorted(children, key=lambda r: (r["started"], _finished(Path(r["folder"]))))
+            # second), then when each wrote its metrics.json, its last file
+            rows += sorted(children, key=lambda r: (r["started"],
+                                                    _started(Path(r["folder"]) / "metrics.json")))  # fmt: skip
         else:
             rows.append(_run_row(folder, check))
     return rows
@@ -55,19 +56,10 @@ def _folders(root: Path) -> list[Path]:
         raise RunError(f"cannot list {root}: {exc.strerror}") from None
 
 
-def _finished(folder: Path) -> float:
-    """When a run wrote its ``metrics.json`` (its last file), or its folder last changed."""
-    for path in (folder / "metrics.json", folder):
-        try:
-            return path.stat().st_mtime
-        except OSError:
-            continue
-    return 0.0
-
-
-def _started(folder: Path) -> float:
+def _started(path: Path) -> float:
+    """``path``'s modification time (0 when it cannot be read)."""
     try:
-        return folder.stat().st_mtime
+        return path.stat().st_mtime
     except OSError:
         return 0.0
 

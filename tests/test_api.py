@@ -49,7 +49,10 @@ def test_errors_are_huberfit_errors_with_the_cli_line(tmp_path):
 
 
 def test_compare_losses_from_python(tmp_path):
-    result = huberfit.compare_losses(losses=["huber", "mse"], overrides=["train.epochs=2"],
+    result = huberfit.compare_losses(losses=["mse", "huber", "l1"], overrides=["train.epochs=2"],
                                      runs_dir=str(tmp_path), quiet=True)  # fmt: skip
-    assert [r["label"] for r in result.rows] == ["huber", "mse"]
+    assert [r["label"] for r in result.rows] == ["mse", "huber", "l1"]
     assert (result.parent / "comparison.json").is_file() and result.verdict
+    from huberfit.runs import list_runs  # its runs listed in the table's order, not by name
+
+    assert [r["name"] for r in list_runs(tmp_path) if r.get("parent")] == ["mse", "huber", "l1"]
